@@ -1,5 +1,6 @@
 """distilbert-eqx: knowledge distillation of BERT into DistilBERT in JAX/Equinox."""
 
+from .hf import CheckpointError, from_pretrained, save_pretrained
 from .models import (
     BertConfig,
     BertForSequenceClassification,
@@ -11,9 +12,12 @@ from .models import (
 
 __all__ = [
     "BertConfig",
+    "CheckpointError",
     "BertForSequenceClassification",
     "ClassifierOutput",
     "DistilBertConfig",
     "DistilBertForSequenceClassification",
     "SequenceClassifier",
+    "from_pretrained",
+    "save_pretrained",
 ]

@@ -19,7 +19,7 @@ def dense(layer: eqx.nn.Linear, x: Float[Array, "seq d_in"]) -> Float[Array, "se
     """Apply a linear layer to every position, in the dtype of ``x`` (weights are cast, not the input)."""
     y = x @ layer.weight.T.astype(x.dtype)
     if layer.bias is not None:
-        y = y + layer.bias.astype(x.dtype)
+        y = y + layer.bias.astype(x.dtype)[None, :]
     return y
 
 

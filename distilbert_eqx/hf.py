@@ -1,0 +1,342 @@
+"""Hugging Face checkpoint I/O: ``config.json`` <-> config dataclasses, safetensors <-> modules.
+
+The heart of this file is an explicit, exhaustive map from every ``transformers`` tensor name to the module path
+that holds it (``weight_map``). Loading fills a shape-only template through that map and reports every missing,
+unexpected or mis-shaped tensor in one error; saving runs the same map backwards. ``eqx.nn.Linear.weight`` is
+``(out, in)`` like ``torch.nn.Linear``, so nothing is transposed.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from ._types import ComputeDtype
+from .models import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    SequenceClassifier,
+)
+
+logger = logging.getLogger(__name__)
+
+Getter = Callable[[Any], Array]
+
+# Tensors that belong to other heads (pre-training, masked LM) or are non-persistent buffers: a sequence classifier
+# skips them, as transformers does when it loads e.g. distilbert-base-uncased for classification.
+IGNORED_SUFFIXES = (".position_ids",)
+IGNORED_PREFIXES = ("cls.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "qa_outputs.")
+
+# Tensors a checkpoint may lack (a plain BertModel, a masked-LM DistilBERT); they are freshly initialised.
+HEAD_PREFIXES = {"bert": ("bert.pooler.", "classifier."), "distilbert": ("pre_classifier.", "classifier.")}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or its tensors do not match what the model expects."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    model_type: str
+    hf_class: str
+    prefix: str
+    config_cls: type
+    model_cls: type
+    layer_names: tuple[str, ...]
+
+
+BERT = Architecture(
+    "bert",
+    "BertForSequenceClassification",
+    "bert.",
+    BertConfig,
+    BertForSequenceClassification,
+    (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    ),
+)
+DISTILBERT = Architecture(
+    "distilbert",
+    "DistilBertForSequenceClassification",
+    "distilbert.",
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    (
+        "attention.q_lin",
+        "attention.k_lin",
+        "attention.v_lin",
+        "attention.out_lin",
+        "sa_layer_norm",
+        "ffn.lin1",
+        "ffn.lin2",
+        "output_layer_norm",
+    ),
+)
+ARCHITECTURES = {a.model_type: a for a in (BERT, DISTILBERT)}
+
+
+def _architecture_of(model: SequenceClassifier) -> Architecture:
+    return BERT if isinstance(model, BertForSequenceClassification) else DISTILBERT
+
+
+def _affine(name: str, get: Callable[[Any], Any]) -> dict[str, Getter]:
+    """A Linear or LayerNorm: ``name.weight`` and ``name.bias``."""
+    return {f"{name}.weight": lambda m: get(m).weight, f"{name}.bias": lambda m: get(m).bias}
+
+
+def weight_map(arch: Architecture, num_layers: int) -> dict[str, Getter]:
+    """Every ``transformers`` tensor name of ``arch`` mapped to a function returning our array for it."""
+    p = arch.prefix
+    names: dict[str, Getter] = {
+        f"{p}embeddings.word_embeddings.weight": lambda m: m.embeddings.word.weight,
+        f"{p}embeddings.position_embeddings.weight": lambda m: m.embeddings.position.weight,
+        **_affine(f"{p}embeddings.LayerNorm", lambda m: m.embeddings.norm),
+    }
+    if arch is BERT:
+        names[f"{p}embeddings.token_type_embeddings.weight"] = lambda m: m.embeddings.token_type.weight
+    stack = "encoder.layer" if arch is BERT else "transformer.layer"
+    paths: tuple[Callable[[Any], Any], ...] = (
+        lambda layer: layer.attention.query,
+        lambda layer: layer.attention.key,
+        lambda layer: layer.attention.value,
+        lambda layer: layer.attention.output,
+        lambda layer: layer.attention_norm,
+        lambda layer: layer.feed_forward.up,
+        lambda layer: layer.feed_forward.down,
+        lambda layer: layer.output_norm,
+    )
+    for i in range(num_layers):
+        for hf_name, path in zip(arch.layer_names, paths):
+            names.update(_affine(f"{p}{stack}.{i}.{hf_name}", lambda m, i=i, path=path: path(m.layers[i])))
+    if arch is BERT:
+        names.update(_affine("bert.pooler.dense", lambda m: m.pooler))
+    else:
+        names.update(_affine("pre_classifier", lambda m: m.pre_classifier))
+    names.update(_affine("classifier", lambda m: m.classifier))
+    return names
+
+
+def config_from_dict(raw: dict[str, Any], *, num_labels: int | None = None) -> BertConfig | DistilBertConfig:
+    """Build our config dataclass from a ``config.json`` dict; unknown ``model_type`` is an error."""
+    model_type = raw.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"unsupported model_type {model_type!r} in config.json; expected one of {sorted(ARCHITECTURES)}"
+        )
+    arch = ARCHITECTURES[model_type]
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(
+            f"unsupported position_embedding_type {raw['position_embedding_type']!r}; only 'absolute' is implemented"
+        )
+    fields = {f.name for f in dataclasses.fields(arch.config_cls)} - {"num_labels"}
+    values = {k: raw[k] for k in fields if k in raw and (raw[k] is not None or k == "classifier_dropout")}
+    if num_labels is None:
+        num_labels = len(raw["id2label"]) if "id2label" in raw else int(raw.get("num_labels", 2))
+    return arch.config_cls(**values, num_labels=num_labels)
+
+
+def config_to_dict(config: BertConfig | DistilBertConfig) -> dict[str, Any]:
+    """The ``config.json`` dict that ``transformers`` reads back into the same architecture."""
+    arch = BERT if isinstance(config, BertConfig) else DISTILBERT
+    raw = {k: v for k, v in dataclasses.asdict(config).items() if k != "num_labels"}
+    labels = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+    raw.update(
+        model_type=arch.model_type,
+        architectures=[arch.hf_class],
+        id2label=labels,
+        label2id={v: int(k) for k, v in labels.items()},
+        torch_dtype="float32",
+    )
+    if arch is BERT:
+        raw["position_embedding_type"] = "absolute"
+    return raw
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as is; otherwise a hub id, downloaded (config, weights, tokenizer) via ``huggingface_hub``."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise CheckpointError(f"checkpoint path {text!r} is not a folder (expected a folder with config.json)")
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    files = list_repo_files(text)
+    patterns = ["*.json", "*.txt"]
+    patterns += ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model.bin"]
+    return Path(snapshot_download(text, allow_patterns=patterns))
+
+
+def _read_tensors(folder: Path) -> dict[str, Array]:
+    """All tensors of a checkpoint folder: ``model.safetensors``, sharded safetensors, or ``pytorch_model.bin``."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    elif (folder / "pytorch_model.bin").is_file():
+        return _read_torch_bin(folder / "pytorch_model.bin")
+    else:
+        raise CheckpointError(f"no model.safetensors (or sharded index, or pytorch_model.bin) in {folder}")
+    tensors: dict[str, Array] = {}
+    for file in files:
+        # framework="flax" reads bfloat16 tensors too, which numpy cannot represent.
+        with safe_open(folder / file, framework="flax") as f:
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def _read_torch_bin(path: Path) -> dict[str, Array]:
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError(
+            f"{path.parent} holds only pytorch_model.bin. Install torch to convert it on load, or convert it once "
+            "with: python -c \"from transformers import AutoModel as A; "
+            f"A.from_pretrained('{path.parent}').save_pretrained('{path.parent}-safetensors')\""
+        ) from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: jnp.asarray(v.float().numpy()) for k, v in state.items()}
+
+
+def _canonical_names(tensors: dict[str, Array], arch: Architecture) -> dict[str, Array]:
+    """Rename old-style names (``LayerNorm.gamma/beta``) and add the base-model prefix to a bare base checkpoint."""
+    renamed = {}
+    for name, value in tensors.items():
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        renamed[name] = value
+    if not any(n.startswith(arch.prefix) for n in renamed):
+        renamed = {arch.prefix + n: v for n, v in renamed.items()}
+    return renamed
+
+
+def load_config(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """Resolve a folder or hub id and read its ``config.json``."""
+    folder = _resolve(name_or_path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"no config.json in {folder}")
+    return folder, json.loads(config_file.read_text())
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    num_labels: int | None = None,
+    dtype: ComputeDtype = "float32",
+    key: jax.Array | None = None,
+) -> SequenceClassifier:
+    """Load a BERT or DistilBERT sequence classifier from a Hugging Face folder or hub id.
+
+    Arguments:
+        name_or_path: a folder with ``config.json`` and ``model.safetensors`` (or a sharded index, or
+            ``pytorch_model.bin`` when torch is installed), or a hub id.
+        num_labels: classes of the head; defaults to the checkpoint's.
+        dtype: compute dtype, ``"float32"`` or ``"bfloat16"``; parameters always load as float32.
+        key: PRNG key for a head the checkpoint lacks (a plain ``BertModel``), which is freshly initialised.
+
+    Returns:
+        ``BertForSequenceClassification`` or ``DistilBertForSequenceClassification`` in training mode (dropout on);
+        wrap in ``eqx.nn.inference_mode`` to evaluate.
+    """
+    folder, raw = load_config(name_or_path)
+    config = config_from_dict(raw, num_labels=num_labels)
+    arch = BERT if isinstance(config, BertConfig) else DISTILBERT
+    num_layers = config.num_hidden_layers if arch is BERT else config.n_layers
+    tensors = _canonical_names(_read_tensors(folder), arch)
+    expected = weight_map(arch, num_layers)
+    key = jax.random.key(0) if key is None else key
+    template = eqx.filter_eval_shape(arch.model_cls, config, key=key, compute_dtype=dtype)
+
+    problems, fresh = [], []
+    head_prefixes = HEAD_PREFIXES[arch.model_type]
+    for name, get in expected.items():
+        want = get(template)
+        if name not in tensors:
+            if name.startswith(head_prefixes):
+                fresh.append(name)
+            else:
+                problems.append(f"missing tensor {name} (expected shape {tuple(want.shape)})")
+        elif tensors[name].shape != want.shape:
+            problems.append(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(want.shape)}")
+        elif not jnp.issubdtype(tensors[name].dtype, jnp.floating):
+            problems.append(f"tensor {name} has dtype {tensors[name].dtype}, expected a floating dtype")
+    ignored = [n for n in tensors if n not in expected and (n.endswith(IGNORED_SUFFIXES) or n.startswith(IGNORED_PREFIXES))]
+    problems += [f"unexpected tensor {n}" for n in tensors if n not in expected and n not in ignored]
+    if problems:
+        raise CheckpointError(f"cannot load {folder} as {arch.hf_class}:\n  " + "\n  ".join(problems))
+
+    initialised = arch.model_cls(config, key=key, compute_dtype=dtype) if fresh else None
+    names = list(expected)
+    values = [expected[n](initialised) if n in fresh else tensors[n].astype(jnp.float32) for n in names]
+    model = eqx.tree_at(lambda m: [expected[n](m) for n in names], template, values)
+    if fresh:
+        logger.warning("%s: these tensors are not in the checkpoint and were freshly initialised: %s", folder, fresh)
+    if ignored:
+        logger.info("%s: ignored tensors of other heads or buffers: %s", folder, ignored)
+    return model
+
+
+def save_pretrained(model: SequenceClassifier, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) that ``transformers`` loads as is.
+
+    Arguments:
+        model: our BERT or DistilBERT classifier.
+        path: output folder (created; files in it are replaced atomically one by one).
+        tokenizer: a ``transformers`` tokenizer (saved with its ``save_pretrained``) or a folder whose
+            tokenizer files are copied.
+    """
+    from safetensors.numpy import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    arch = _architecture_of(model)
+    expected = weight_map(arch, len(model.layers))
+    tensors = {name: np.asarray(get(model), dtype=np.float32) for name, get in expected.items()}
+    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config_to_dict(model.config), indent=2)))
+    _atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    if tokenizer is not None:
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(out))
+        else:
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer) / name).is_file():
+                    _atomic_write(out / name, lambda p, name=name: shutil.copyfile(Path(tokenizer) / name, p))
+    return out
+
+
+def _atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
