@@ -1,0 +1,190 @@
+"""Optimizer, train step and eval step: one ``eqx.filter_jit`` region each.
+
+The teacher is an ordinary argument of the step: never donated, never in the optimizer state, never
+differentiated (its forward runs outside ``value_and_grad`` under ``stop_gradient``), and never a static field, so
+its weights are inputs of the compiled program rather than constants baked into it.
+
+The step bodies take an optional ``axis_name``: ``parallel.py`` runs the very same bodies inside ``jax.shard_map``,
+where every sum that normalises a loss or a metric is summed across devices.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from .data import Batch
+from .losses import distillation_loss
+from .models import BertForSequenceClassification, ClassifierOutput, SequenceClassifier
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms; ``alpha_kl = alpha_cos = 0`` is plain fine-tuning (no teacher needed)."""
+
+    temperature: float = 2.0
+    alpha_ce: float = 1.0
+    alpha_kl: float = 0.45
+    alpha_cos: float = 0.1
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.alpha_kl > 0 or self.alpha_cos > 0
+
+
+class TrainState(eqx.Module):
+    """Everything that changes during training (the teacher does not, so it is not here)."""
+
+    student: SequenceClassifier
+    opt_state: PyTree
+    step: Int[Array, ""]
+    key: PRNGKeyArray
+
+
+class StepMetrics(NamedTuple):
+    loss: Float[Array, ""]
+    loss_ce: Float[Array, ""]
+    loss_kl: Float[Array, ""]
+    loss_cos: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """Weight decay on weight matrices and embedding tables only, not on biases or LayerNorms (BERT convention)."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(
+    learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int, max_grad_norm: float = 1.0
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0, and gradient clipping.
+
+    Returns the optimizer and its learning-rate schedule (for logging).
+    """
+    warmup = int(warmup_ratio * total_steps)
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, learning_rate, max(warmup, 1)),
+            optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay, mask=decay_mask),
+    )
+    return optimizer, schedule
+
+
+def init_state(student: SequenceClassifier, optimizer: optax.GradientTransformation, *, key: PRNGKeyArray) -> TrainState:
+    """Fresh optimizer state over the student's float arrays, step 0."""
+    opt_state = optimizer.init(eqx.filter(student, eqx.is_inexact_array))
+    return TrainState(student, opt_state, jnp.zeros((), jnp.int32), key)
+
+
+def forward(
+    model: SequenceClassifier, batch: Batch, *, key: PRNGKeyArray | None, output_hidden_states: bool
+) -> ClassifierOutput:
+    """Run a classifier over a batch; only BERT is given token types (DistilBERT has none)."""
+    keys = None if key is None else jax.random.split(key, batch.input_ids.shape[0])
+    if isinstance(model, BertForSequenceClassification):
+
+        def one(ids, mask, types, k):
+            return model(ids, mask, types, key=k, output_hidden_states=output_hidden_states)
+
+        return jax.vmap(one)(batch.input_ids, batch.attention_mask, batch.token_type_ids, keys)
+
+    def one_distil(ids, mask, k):
+        return model(ids, mask, key=k, output_hidden_states=output_hidden_states)
+
+    return jax.vmap(one_distil)(batch.input_ids, batch.attention_mask, keys)
+
+
+def train_step_body(
+    teacher: SequenceClassifier | None,
+    state: TrainState,
+    batch: Batch,
+    optimizer: optax.GradientTransformation,
+    losses: LossConfig,
+    axis_name: str | None = None,
+) -> tuple[TrainState, StepMetrics]:
+    """One optimizer step on one (local) batch. See ``train_step`` for the jitted single-device version."""
+    key, step_key = jax.random.split(state.key)
+    if axis_name is not None:
+        # Each device draws its own dropout masks.
+        step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
+    use_hidden = losses.alpha_cos > 0
+    teacher_out = None
+    if losses.needs_teacher:
+        teacher_out = jax.lax.stop_gradient(forward(teacher, batch, key=None, output_hidden_states=use_hidden))
+
+    params, static = eqx.partition(state.student, eqx.is_inexact_array)
+
+    def loss_fn(params):
+        student = eqx.combine(params, static)
+        out = forward(student, batch, key=step_key, output_hidden_states=use_hidden)
+        total, parts = distillation_loss(
+            out.logits,
+            None if teacher_out is None else teacher_out.logits,
+            out.hidden_states[:, -1] if use_hidden else None,
+            teacher_out.hidden_states[:, -1] if use_hidden else None,
+            batch.labels,
+            batch.attention_mask,
+            batch.weights,
+            temperature=losses.temperature,
+            alpha_ce=losses.alpha_ce,
+            alpha_kl=losses.alpha_kl,
+            alpha_cos=losses.alpha_cos,
+            axis_name=axis_name,
+        )
+        return total, parts
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    student = eqx.apply_updates(state.student, updates)
+    zero = jnp.zeros((), jnp.float32)
+    metrics = StepMetrics(
+        loss,
+        parts.get("loss_ce", zero),
+        parts.get("loss_kl", zero),
+        parts.get("loss_cos", zero),
+        optax.global_norm(grads),
+    )
+    return TrainState(student, opt_state, state.step + 1, key), metrics
+
+
+@eqx.filter_jit(donate="all-except-first")
+def train_step(
+    teacher: SequenceClassifier | None,
+    state: TrainState,
+    batch: Batch,
+    optimizer: optax.GradientTransformation,
+    losses: LossConfig,
+) -> tuple[TrainState, StepMetrics]:
+    """One jitted optimizer step on one device; the state is donated, the teacher (first argument) is not."""
+    return train_step_body(teacher, state, batch, optimizer, losses)
+
+
+class EvalCounts(NamedTuple):
+    correct: Float[Array, ""]
+    total: Float[Array, ""]
+
+
+def eval_step_body(model: SequenceClassifier, batch: Batch, axis_name: str | None = None) -> tuple[EvalCounts, Any]:
+    """Weighted count of correct predictions (padding rows weigh 0), and the logits."""
+    logits = forward(model, batch, key=None, output_hidden_states=False).logits
+    correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == batch.labels, batch.weights, 0.0))
+    total = jnp.sum(batch.weights)
+    if axis_name is not None:
+        correct, total = jax.lax.psum(correct, axis_name), jax.lax.psum(total, axis_name)
+    return EvalCounts(correct, total), logits
+
+
+@eqx.filter_jit
+def eval_step(model: SequenceClassifier, batch: Batch) -> tuple[EvalCounts, Any]:
+    """Jitted single-device evaluation of one batch; ``model`` must be in inference mode."""
+    return eval_step_body(model, batch)

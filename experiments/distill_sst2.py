@@ -1,0 +1,22 @@
+"""Distil a BERT teacher into a DistilBERT student on SST-2.
+
+    python experiments/distill_sst2.py --config experiments/configs/FILE.yaml [--set key=value ...]
+"""
+
+import argparse
+import json
+
+from distilbert_eqx.config import add_config_args, config_from_args
+from distilbert_eqx.experiment import distill
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    summary = distill(config_from_args(parser.parse_args(argv)))
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
