@@ -74,6 +74,8 @@ def _training_mode(model: SequenceClassifier, config: ExperimentConfig) -> Seque
 def distill(config: ExperimentConfig) -> dict[str, Any]:
     """Distil ``teacher_model`` into a student (loaded from ``student_model``, or built from the teacher's
     ``student_init_layers``) on SST-2, as ``config`` says."""
+    # First: with several processes, jax.distributed must start before anything touches a JAX device.
+    make_steps = _make_steps(config)
     tokenizer, splits = _load_splits(config, ("train", "dev"))
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
@@ -93,7 +95,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
         tokenizer=_tokenizer_to_save(config),
         final_name="student",
         key=train_key,
-        make_steps=_make_steps(config),
+        make_steps=make_steps,
     )
 
 
@@ -104,6 +106,7 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
             f"fine-tuning uses the label loss alone: set alpha_ce > 0 and alpha_kl = alpha_cos = 0 "
             f"(got alpha_ce={config.alpha_ce}, alpha_kl={config.alpha_kl}, alpha_cos={config.alpha_cos})"
         )
+    make_steps = _make_steps(config)
     tokenizer, splits = _load_splits(config, ("train", "dev"))
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     model = from_pretrained(config.teacher_model, num_labels=2, dtype=config.dtype, key=init_key)
@@ -116,7 +119,7 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
         tokenizer=_tokenizer_to_save(config),
         final_name="model",
         key=train_key,
-        make_steps=_make_steps(config),
+        make_steps=make_steps,
     )
 
 

@@ -154,7 +154,7 @@ def train_step_body(
         parts.get("loss_ce", zero),
         parts.get("loss_kl", zero),
         parts.get("loss_cos", zero),
-        optax.global_norm(grads),
+        optax.tree.norm(grads),
     )
     return TrainState(student, opt_state, state.step + 1, key), metrics
 

@@ -1,0 +1,332 @@
+"""The experiment configuration: a frozen dataclass loaded from YAML, with ``key=value`` overrides.
+
+The defaults reproduce the original Flax experiment (``test_distil_bert_flax.yaml``); the fields after
+``output_dir`` are additions of this codebase. Every value is type-checked and validated on construction, so a
+bad value fails at start-up with the key, the value and what is allowed, not hours into a run.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._types import ComputeDtype
+
+PLATFORMS = ("cpu", "gpu", "tpu", "tt")
+OPTIMIZERS = ("adamw",)
+DATASETS = ("glue/sst2",)
+_DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
+_DTYPES = ("float32", "bfloat16")
+_SMALLEST_BUCKET = 16
+
+
+class ConfigError(ValueError):
+    """A configuration key, value or override is invalid; the message names the key and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Every parameter of a distillation run, type-checked and validated on construction.
+
+    Fields hold canonical values (``dtype`` is ``"float32"`` or ``"bfloat16"``, sequences are tuples, floats are
+    floats); :func:`config_from_dict` and :func:`load_config` also accept the YAML spellings (the original's
+    ``"jax.bfloat16"``, lists, ints for floats). ``length_buckets``, when given, must be strictly increasing and
+    end exactly at ``max_length``: every truncated example then fits the last bucket, and no bucket is longer
+    than an example can be.
+    """
+
+    # Dataset
+    dataset_id: str = "glue/sst2"
+    tokenizer_name: str = "bert-base-uncased"
+    max_length: int = 128
+    # Model
+    teacher_model: str = "textattack/bert-base-uncased-SST-2"
+    student_model: str = "distilbert-base-uncased"
+    dtype: ComputeDtype = "bfloat16"
+    # Training
+    learning_rate: float = 1e-5
+    batch_size: int = 32
+    num_epochs: int = 3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    optimizer: str = "adamw"
+    seed: int = 42
+    resume_from_checkpoint: bool = False
+    # Loss
+    temperature: float = 2.0
+    alpha_kl: float = 0.45
+    alpha_ce: float = 1.0
+    alpha_cos: float = 0.1
+    # Logging and checkpoints
+    use_wandb: bool = False
+    experiment_name: str = "Flax DistilBERT on SST-2"
+    project_name: str = "bert-distillation"
+    job_name: str = "distillation"
+    log_every: int = 100
+    log_val_every: int = 100
+    do_checkpoint: bool = False
+    checkpoint_every: int = 100
+    keep_top_k_checkpoints: int = 2
+    output_dir: str = "runs/distill_sst2"
+    # Additions of this codebase
+    data_dir: str | None = None
+    max_steps: int = 0
+    num_devices: int = 1
+    platform: str | None = None
+    student_init_layers: tuple[int, ...] | None = None
+    length_buckets: tuple[int, ...] | None = None
+    group_by_length: bool = False
+    dropout: bool = True
+    eval_batch_size: int | None = None
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            normalised = _coerce(f.name, value)
+            # Normalising is config_from_dict's job; a direct caller must already pass the canonical form.
+            if type(normalised) is not type(value) or normalised != value:
+                raise ConfigError(
+                    f"{f.name}={value!r}: pass {normalised!r} to ExperimentConfig, or build the config with "
+                    "config_from_dict/load_config, which accept the looser YAML spellings"
+                )
+        _validate(self)
+
+
+def _field_type(key: str) -> tuple[Any, bool]:
+    """The type a field holds (``Literal`` read as ``str``) and whether it may be None."""
+    annotation = typing.get_type_hints(ExperimentConfig)[key]
+    nullable = isinstance(annotation, types.UnionType) and type(None) in typing.get_args(annotation)
+    if nullable:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return (str if typing.get_origin(annotation) is typing.Literal else annotation), nullable
+
+
+def _coerce(key: str, value: object) -> object:
+    """Check ``value`` against the type of field ``key`` and return its canonical form: int -> float for float
+    fields, list -> tuple, ``jax.bfloat16`` -> ``bfloat16``."""
+    base, nullable = _field_type(key)
+    if value is None and nullable:
+        return None
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        if isinstance(value, (list, tuple)) and all(_is_instance(v, item) for v in value):
+            return tuple(value)
+        expected = f"a list of {item.__name__}"
+    elif base is float and _is_instance(value, int):
+        return float(value)
+    elif _is_instance(value, base):
+        return _normalise_dtype(value) if key == "dtype" else value
+    else:
+        expected = base.__name__
+    raise ConfigError(
+        f"{key}={value!r} has type {type(value).__name__}; expected {expected}{' or null' if nullable else ''}"
+    )
+
+
+def _is_instance(value: object, cls: type) -> bool:
+    # bool is a subclass of int, but `batch_size: true` is a mistake, not the number 1.
+    return isinstance(value, cls) and (cls is bool or not isinstance(value, bool))
+
+
+def _normalise_dtype(dtype: str) -> ComputeDtype:
+    """Accept ``float32``/``bfloat16`` and the original's ``jax.bfloat16``/``jnp.bfloat16`` spellings."""
+    name = dtype
+    for prefix in _DTYPE_PREFIXES:
+        name = name.removeprefix(prefix)
+    if name == "float32":
+        return "float32"
+    if name == "bfloat16":
+        return "bfloat16"
+    raise ConfigError(
+        f"dtype={dtype!r} is not supported; expected one of {_DTYPES}, optionally prefixed by 'jax.' or 'jnp.'"
+    )
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid; expected {allowed}")
+
+
+def _validate(c: ExperimentConfig) -> None:
+    """Range and consistency checks; types were already checked by ``_coerce``."""
+    _require(c.dataset_id in DATASETS, "dataset_id", c.dataset_id, f"one of {DATASETS}")
+    _require(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"one of {OPTIMIZERS}")
+    _require(c.platform is None or c.platform in PLATFORMS, "platform", c.platform, f"null or one of {PLATFORMS}")
+    for key in ("tokenizer_name", "teacher_model", "student_model", "output_dir"):
+        _require(getattr(c, key) != "", key, getattr(c, key), "a non-empty string")
+    for key in ("data_dir", "coordinator_address"):
+        _require(getattr(c, key) != "", key, getattr(c, key), "null or a non-empty string")
+    # Room for [CLS] and [SEP].
+    _require(c.max_length >= 2, "max_length", c.max_length, "an int >= 2")
+    positive = ("batch_size", "num_epochs", "log_every", "log_val_every", "checkpoint_every")
+    for key in (*positive, "keep_top_k_checkpoints", "num_devices", "num_processes"):
+        _require(getattr(c, key) >= 1, key, getattr(c, key), "an int >= 1")
+    _require(c.eval_batch_size is None or c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size,
+             "null or an int >= 1")
+    _require(c.max_steps >= 0, "max_steps", c.max_steps, "an int >= 0 (0 = run num_epochs)")
+    # numpy's Generator rejects negative seeds.
+    _require(c.seed >= 0, "seed", c.seed, "an int >= 0")
+    _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "a float > 0")
+    _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
+    _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
+    _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")
+    for key in ("alpha_kl", "alpha_ce", "alpha_cos"):
+        _require(getattr(c, key) >= 0, key, getattr(c, key), "a float >= 0")
+    alphas = (c.alpha_kl, c.alpha_ce, c.alpha_cos)
+    _require(any(a > 0 for a in alphas), "alpha_kl/alpha_ce/alpha_cos", alphas, "at least one weight > 0")
+    _require(0 <= c.process_id < c.num_processes, "process_id", c.process_id,
+             f"an int with 0 <= process_id < num_processes={c.num_processes}")
+    # num_devices counts devices over all processes, and each process contributes the same number.
+    _require(c.num_devices % c.num_processes == 0, "num_devices", c.num_devices,
+             f"a multiple of num_processes={c.num_processes}")
+    # Each process takes an equal slice of the global batch, and each device an equal slice of that.
+    for key in ("batch_size", "eval_batch_size"):
+        size = getattr(c, key)
+        for divisor in ("num_devices", "num_processes"):
+            _require(size is None or size % getattr(c, divisor) == 0, key, size,
+                     f"a multiple of {divisor}={getattr(c, divisor)}")
+    if c.student_init_layers is not None:
+        layers = c.student_init_layers
+        _require(len(layers) > 0 and layers[0] >= 0 and _increasing(layers), "student_init_layers", layers,
+                 "null or a non-empty, strictly increasing list of teacher layer indices >= 0")
+    if c.length_buckets is not None:
+        buckets = c.length_buckets
+        _require(len(buckets) > 0 and buckets[0] >= 1 and _increasing(buckets) and buckets[-1] == c.max_length,
+                 "length_buckets", buckets,
+                 f"null or a strictly increasing list of lengths >= 1 ending at max_length={c.max_length}")
+
+
+def _increasing(values: tuple[int, ...]) -> bool:
+    return all(a < b for a, b in zip(values, values[1:]))
+
+
+def resolved_length_buckets(config: ExperimentConfig) -> tuple[int, ...]:
+    """The padded sequence lengths a batch may have, ascending, the last being ``max_length``.
+
+    ``length_buckets`` when set; otherwise powers of two from 16 below ``max_length``, then ``max_length``
+    (``max_length=128`` gives ``(16, 32, 64, 128)``; ``100`` gives ``(16, 32, 64, 100)``).
+    """
+    if config.length_buckets is not None:
+        return config.length_buckets
+    buckets = []
+    length = _SMALLEST_BUCKET
+    while length < config.max_length:
+        buckets.append(length)
+        length *= 2
+    return (*buckets, config.max_length)
+
+
+def resolved_eval_batch_size(config: ExperimentConfig) -> int:
+    """``eval_batch_size``, falling back to ``batch_size`` when unset."""
+    return config.batch_size if config.eval_batch_size is None else config.eval_batch_size
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but reading ``1e-5`` as a float (YAML 1.2) rather than the string ``"1e-5"``."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> object:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def _check_keys(keys: Sequence[str], where: str) -> None:
+    valid = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def parse_override(override: str) -> tuple[str, object]:
+    """Split ``"key=value"`` and parse the value as YAML (``[0, 2, 4]``, ``null``, ``1e-5``, ``true``).
+
+    For string fields, a value that YAML would read as a number or bool (``job_name=123``) stays the raw string,
+    so shell users need not quote it.
+    """
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"malformed override {override!r}; expected key=value, e.g. batch_size=16")
+    _check_keys([key], f"override {override!r}")
+    try:
+        value = _parse_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({e})") from e
+    if _field_type(key)[0] is str and isinstance(value, (bool, int, float)):
+        value = text.strip()
+    return key, value
+
+
+def config_from_dict(values: Mapping[str, object], where: str = "config") -> ExperimentConfig:
+    """Build a config from YAML-style values: lists, ints for floats and ``jax.bfloat16`` are accepted.
+
+    Unknown keys are an error that names ``where`` the values came from and lists the valid keys.
+    """
+    _check_keys([str(k) for k in values], where)
+    return ExperimentConfig(**{str(k): _coerce(str(k), v) for k, v in values.items()})
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a flat YAML mapping of config keys (or start from defaults when ``path`` is None), then apply
+    ``key=value`` overrides in order.
+
+    Raises ``ConfigError`` for an unreadable file, a non-mapping document, an unknown key (listing the valid
+    ones), a malformed override, or an invalid value.
+    """
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            document = _parse_yaml(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
+        if document is not None and not isinstance(document, Mapping):
+            raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {document!r}")
+        document = document or {}
+        _check_keys([str(k) for k in document], f"config file {str(path)!r}")
+        values.update(document)
+    for override in overrides:
+        key, value = parse_override(override)
+        values[key] = value
+    return config_from_dict(values)
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, object]:
+    """The config as plain JSON/YAML types (tuples become lists); ``load_config`` reads it back unchanged."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE`` and ``--set key=value [key=value ...]`` (repeatable) to a script's parser."""
+    parser.add_argument("--config", metavar="FILE", default=None, help="YAML file of config keys")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="override config keys; each value is parsed as YAML (repeatable: --set a=1 b=2 --set c=3)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The config named by the arguments that :func:`add_config_args` added."""
+    return load_config(args.config, args.overrides)

@@ -1,0 +1,185 @@
+"""The student built from teacher layers reproduces the teacher where the DistilBERT recipe says it should."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distilbert_eqx.init import default_student_layers, student_config, student_from_teacher
+from distilbert_eqx.models import BertConfig, BertForSequenceClassification, DistilBertConfig
+
+CONFIG = BertConfig(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    intermediate_size=64,
+    # Distinct rates, so a dropout module copied from the wrong place shows.
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.2,
+    max_position_embeddings=64,
+    num_labels=3,
+)
+LAYERS = [0, 2, 4]
+BATCH, SEQ = 4, 16
+
+
+@pytest.fixture(scope="module")
+def teacher() -> BertForSequenceClassification:
+    return BertForSequenceClassification(CONFIG, key=jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def student(teacher):
+    return student_from_teacher(teacher, LAYERS, key=jax.random.key(1))
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[jax.Array, jax.Array]:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, SEQ + 1, size=BATCH)
+    mask = np.arange(SEQ)[None, :] < lengths[:, None]
+    ids = np.where(mask, rng.integers(1, CONFIG.vocab_size, size=(BATCH, SEQ)), CONFIG.pad_token_id)
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+
+
+def _hidden_states(model, ids, mask) -> jax.Array:
+    model = eqx.nn.inference_mode(model)
+    return jax.vmap(lambda i, m: model(i, m, output_hidden_states=True).hidden_states)(ids, mask)
+
+
+def _max_diff(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)))
+
+
+def test_default_student_layers():
+    assert default_student_layers(12) == [0, 2, 4, 7, 9, 11]
+    assert default_student_layers(6) == [0, 2, 4]
+    assert default_student_layers(5) == [0, 2, 4]
+    assert default_student_layers(1) == [0]
+
+
+def test_default_layers_are_used(teacher):
+    student = student_from_teacher(teacher, key=jax.random.key(1))
+    assert student.config.n_layers == 3
+
+
+def test_student_config(student):
+    assert student.config == DistilBertConfig(
+        vocab_size=100,
+        dim=32,
+        n_layers=3,
+        n_heads=4,
+        hidden_dim=64,
+        activation="gelu",
+        dropout=0.1,
+        attention_dropout=0.2,
+        max_position_embeddings=64,
+        sinusoidal_pos_embds=False,
+        initializer_range=0.02,
+        pad_token_id=0,
+        num_labels=3,
+    )
+    assert student_config(CONFIG, 3, 3) == student.config
+    assert student.compute_dtype == "float32"
+
+
+def test_num_labels_and_compute_dtype_overrides(teacher):
+    student = student_from_teacher(
+        teacher, LAYERS, num_labels=2, key=jax.random.key(1), compute_dtype="bfloat16"
+    )
+    assert student.config.num_labels == 2
+    assert student.classifier.weight.shape == (2, CONFIG.hidden_size)
+    assert student.compute_dtype == "bfloat16"
+
+
+def test_student_embeddings_equal_the_teachers(teacher, student, batch):
+    # Without the token-type fold they would differ by token_type[0], which the random init makes non-zero.
+    assert float(jnp.max(jnp.abs(teacher.embeddings.token_type.weight[0]))) > 0
+    ids, mask = batch
+    student_embeddings = _hidden_states(student, ids, mask)[:, 0]
+    assert _max_diff(student_embeddings, _hidden_states(teacher, ids, mask)[:, 0]) <= 1e-6
+
+
+def test_student_layer_weights_equal_the_teachers_exactly(teacher, student):
+    for i, t in enumerate(LAYERS):
+        s_leaves = jax.tree.leaves(eqx.filter(student.layers[i], eqx.is_array))
+        t_leaves = jax.tree.leaves(eqx.filter(teacher.layers[t], eqx.is_array))
+        assert len(s_leaves) == len(t_leaves) == 16
+        for s_leaf, t_leaf in zip(s_leaves, t_leaves):
+            np.testing.assert_array_equal(np.asarray(s_leaf), np.asarray(t_leaf))
+    np.testing.assert_array_equal(
+        np.asarray(student.embeddings.word.weight), np.asarray(teacher.embeddings.word.weight)
+    )
+    assert eqx.tree_equal(student.embeddings.norm, teacher.embeddings.norm)
+
+
+def test_student_dropout_is_distilberts(student):
+    for layer in student.layers:
+        assert layer.attention.dropout.p == 0.2
+        assert layer.attention_dropout.p == 0.0
+        assert layer.feed_forward.dropout.p == 0.1
+    assert student.embeddings.dropout.p == 0.1
+    assert student.embeddings.token_type is None
+
+
+def test_student_layers_reproduce_teacher_hidden_states(teacher, student, batch):
+    ids, mask = batch
+    teacher_states = _hidden_states(teacher, ids, mask)
+    inference_student = eqx.nn.inference_mode(student)
+    for i, t in enumerate(LAYERS):
+        out = jax.vmap(inference_student.layers[i])(teacher_states[:, t], mask)
+        assert _max_diff(out, teacher_states[:, t + 1]) <= 1e-5
+    # The first copied layer also reproduces the teacher when fed the student's own embeddings.
+    student_states = _hidden_states(student, ids, mask)
+    assert _max_diff(student_states[:, 1], teacher_states[:, 1]) <= 1e-5
+
+
+def test_head_is_new_and_initialised_like_transformers(teacher, student):
+    for layer in (student.pre_classifier, student.classifier):
+        np.testing.assert_array_equal(np.asarray(layer.bias), 0.0)
+    assert student.pre_classifier.weight.shape == (CONFIG.hidden_size, CONFIG.hidden_size)
+    assert 0.015 < float(jnp.std(student.pre_classifier.weight)) < 0.025
+    assert not np.array_equal(np.asarray(student.classifier.weight), np.asarray(teacher.classifier.weight))
+
+
+def test_teacher_survives_donating_the_student(teacher):
+    # The train step donates the student; shared buffers would take the teacher's weights with it.
+    student = student_from_teacher(teacher, LAYERS, key=jax.random.key(1))
+    donate = eqx.filter_jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate="all")
+    donate(eqx.filter(student, eqx.is_array))
+    assert all(not leaf.is_deleted() for leaf in jax.tree.leaves(eqx.filter(teacher, eqx.is_array)))
+
+
+def test_student_runs_batched_and_jitted(student, batch):
+    ids, mask = batch
+    logits = eqx.filter_jit(lambda m, i, k: jax.vmap(lambda x, y: m(x, y).logits)(i, k))(
+        eqx.nn.inference_mode(student), ids, mask
+    )
+    assert logits.shape == (BATCH, CONFIG.num_labels)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ([0, 6], r"layer index 6 is out of range: the teacher has 6 layers"),
+        ([-1, 2], r"layer index -1 is out of range: the teacher has 6 layers"),
+        ([0, 2, 2], r"layer index 2 appears twice in \[0, 2, 2\]; the teacher has 6 layers"),
+        ([3, 1], r"layer indices must be increasing, but 1 follows 3 in \[3, 1\]; the teacher has 6 layers"),
+        ([], r"at least one layer; the teacher has 6 layers"),
+    ],
+)
+def test_bad_layer_choices_are_rejected(teacher, layers, message):
+    with pytest.raises(ValueError, match=message):
+        student_from_teacher(teacher, layers, key=jax.random.key(1))
+
+
+def test_teacher_with_another_layer_norm_eps_is_rejected():
+    config = dataclasses.replace(CONFIG, layer_norm_eps=1e-5)
+    teacher = BertForSequenceClassification(config, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"layer_norm_eps is 1e-05"):
+        student_from_teacher(teacher, LAYERS, key=jax.random.key(1))
