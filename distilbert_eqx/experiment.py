@@ -144,7 +144,7 @@ def evaluate_checkpoint(
     model = from_pretrained(folder, dtype="float32")
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
     config = ExperimentConfig(max_length=max_length, batch_size=batch_size)
-    accuracy, n, logits = evaluate(model, data, batch_size, resolved_length_buckets(config), single_device_steps(None, None))
+    accuracy, n, logits = evaluate(model, data, batch_size, resolved_length_buckets(config))
     if predictions_out is not None:
         with open(predictions_out, "w") as f:
             for row, label in zip(logits, data.labels):

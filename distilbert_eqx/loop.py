@@ -7,7 +7,6 @@ models come in as modules and go out through ``save_pretrained`` to local folder
 
 import dataclasses
 import json
-import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -53,14 +52,24 @@ def single_device_steps(losses: LossConfig, optimizer) -> Steps:
 
 
 def evaluate(
-    model: SequenceClassifier, split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...], steps: Steps
+    model: SequenceClassifier,
+    split: TokenizedSplit,
+    batch_size: int,
+    buckets: tuple[int, ...],
+    steps: Steps | None = None,
 ) -> tuple[float, int, np.ndarray]:
-    """Accuracy of ``model`` on ``split``: ``(accuracy, examples, logits (examples, classes))``, dataset order."""
-    model = steps.place_state(eqx.nn.inference_mode(model))
+    """Accuracy of ``model`` on ``split`` with ``steps`` (one device when ``None``).
+
+    Returns ``(accuracy, examples, logits (examples, classes))``, logits in dataset order.
+    """
+    run, place = (eval_step, lambda b: b) if steps is None else (steps.evaluate, steps.place)
+    model = eqx.nn.inference_mode(model)
+    if steps is not None:
+        model = steps.place_state(model)
     correct = total = 0.0
     all_logits = []
     for batch in eval_batches(split, batch_size, buckets):
-        counts, logits = steps.evaluate(model, steps.place(batch))
+        counts, logits = run(model, place(batch))
         correct += float(counts.correct)
         total += float(counts.total)
         all_logits.append(np.asarray(logits)[batch.weights > 0])
@@ -146,12 +155,12 @@ def fit(
         out.mkdir(parents=True, exist_ok=True)
     state = init_state(student, optimizer, key=key)
     manager = CheckpointManager(out / "checkpoints", config.keep_top_k_checkpoints, is_writer=writer)
-    best_accuracy, start_step = -math.inf, 0
+    best_accuracy, start_step = -1.0, 0  # any accuracy beats -1
     latest = manager.latest() if config.resume_from_checkpoint else None
     if latest is not None:
         state, meta = manager.restore(latest, state)
         start_step = int(meta["step"])
-        best_accuracy = meta.get("best_accuracy", -math.inf)
+        best_accuracy = meta["metadata"]["best_accuracy"]
         print(f"resumed from {latest} at step {start_step}")
     elif not config.resume_from_checkpoint:
         manager.clear()

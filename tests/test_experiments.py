@@ -1,0 +1,158 @@
+"""The experiment scripts end to end on a tiny model and a few dozen real SST-2 rows; Ctrl-C and exact resume."""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+import transformers
+
+import distilbert_eqx as de
+from distilbert_eqx.config import load_config
+from distilbert_eqx.data import DataError, load_text_split, load_tokenizer, tokenize_split
+from distilbert_eqx.init import student_from_teacher
+from distilbert_eqx.loop import fit, single_device_steps
+from paths import REPO, minilm_dir, shared_dir
+
+sys.path.insert(0, str(REPO / "experiments"))
+import distill_sst2  # noqa: E402
+import evaluate as evaluate_script  # noqa: E402
+import finetune_teacher  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A data folder with the first rows of the real splits, and a tiny BERT saved with the real tokenizer."""
+    tokenizer = minilm_dir()
+    if tokenizer is None:
+        pytest.skip("MiniLM tokenizer not found (set DISTILBERT_EQX_MINILM or run .ci/run)")
+    root = tmp_path_factory.mktemp("experiment")
+    data = root / "data"
+    data.mkdir()
+    for split, rows in (("train", 40), ("dev", 20)):
+        lines = (shared_dir() / f"data/sst2/{split}.tsv").read_text().splitlines()[: rows + 1]
+        (data / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=128,
+    )
+    teacher = root / "teacher"
+    transformers.BertForSequenceClassification(config).save_pretrained(teacher)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (teacher / name).write_bytes((tokenizer / name).read_bytes())
+    return root
+
+
+def common(workspace: Path, out: str) -> list[str]:
+    settings = {
+        "data_dir": workspace / "data", "tokenizer_name": workspace / "teacher", "teacher_model": workspace / "teacher",
+        "max_steps": 2, "batch_size": 8, "log_every": 1, "log_val_every": 2, "dtype": "float32",
+        "output_dir": workspace / out, "max_length": 64,
+    }
+    return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+
+
+def test_finetune_evaluate_distill_scripts(workspace, capsys):
+    summary = finetune_teacher.main(
+        common(workspace, "ft") + ["--set", "alpha_kl=0", "--set", "alpha_cos=0", "--set", "do_checkpoint=true",
+                                   "--set", "checkpoint_every=1"]
+    )
+    assert summary["steps"] == 2
+    out = workspace / "ft"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert {"loss", "loss_ce", "lr", "examples_per_sec"} <= set(records[0])
+    assert any("val_accuracy" in r for r in records)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+
+    predictions = workspace / "predictions.jsonl"
+    capsys.readouterr()
+    result = evaluate_script.main(
+        ["--model", str(out / "model"), "--data-dir", str(workspace / "data"), "--split", "dev",
+         "--predictions-out", str(predictions)]
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert result["n"] == len(rows) == 20
+    assert result["accuracy"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in rows]))
+    assert [r["label"] for r in rows] == load_text_split("dev", data_dir=workspace / "data").labels.tolist()
+
+    summary = distill_sst2.main(
+        common(workspace, "kd") + ["--set", f"teacher_model={out / 'model'}", "--set", "student_init_layers=[0,1]"]
+    )
+    assert summary["steps"] == 2
+    student = transformers.AutoModelForSequenceClassification.from_pretrained(workspace / "kd" / "student")
+    assert isinstance(student, transformers.DistilBertForSequenceClassification)
+    assert (workspace / "kd" / "best" / "tokenizer.json").is_file()
+
+
+def _student_and_teacher(workspace: Path):
+    teacher = de.from_pretrained(workspace / "teacher")
+    student = student_from_teacher(teacher, [0, 1], key=jax.random.key(1))
+    return student, eqx.nn.inference_mode(teacher)
+
+
+def _splits(workspace: Path):
+    tokenizer = load_tokenizer(str(workspace / "teacher"), 64)
+    return {s: tokenize_split(load_text_split(s, data_dir=workspace / "data"), tokenizer) for s in ("train", "dev")}
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
+    """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
+    overrides = [
+        f"data_dir={workspace / 'data'}", "batch_size=8", "num_epochs=2", "log_every=1", "log_val_every=4",
+        "do_checkpoint=true", "checkpoint_every=4", "dtype=float32", "max_length=64", "learning_rate=1e-3",
+    ]
+    splits = _splits(workspace)
+
+    def run(out: str, *, resume: bool, interrupt_after: int | None):
+        config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
+        student, teacher = _student_and_teacher(workspace)
+
+        def make_steps(losses, optimizer):
+            steps = single_device_steps(losses, optimizer)
+            calls = []
+
+            def train(teacher, state, batch):
+                calls.append(1)
+                if len(calls) == interrupt_after:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return steps.train(teacher, state, batch)
+
+            return type(steps)(train, steps.evaluate, steps.place, steps.place_state)
+
+        summary = fit(config, student, teacher, splits, key=jax.random.key(7), make_steps=make_steps)
+        return summary, workspace / out
+
+    full, full_dir = run("uninterrupted", resume=False, interrupt_after=None)
+    stopped, resumed_dir = run("resumed", resume=False, interrupt_after=3)
+    assert stopped == {"interrupted": True, "steps": 3}
+    assert (resumed_dir / "checkpoints" / "step_00000003").is_dir()
+    resumed, _ = run("resumed", resume=True, interrupt_after=None)
+    assert full["steps"] == resumed["steps"] == 10
+    a = de.from_pretrained(full_dir / "student")
+    b = de.from_pretrained(resumed_dir / "student")
+    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    logged = [json.loads(line)["step"] for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in logged if s <= 3][:3] == [1, 2, 3] and 4 in logged
+
+
+def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):
+    base = common(workspace, "unused")
+    missing = base + ["--set", f"data_dir={tmp_path / 'nowhere'}", "--set", f"output_dir={tmp_path / 'out1'}"]
+    with pytest.raises(DataError, match="train.tsv"):
+        distill_sst2.main(missing + ["--set", "student_init_layers=[0,1]"])
+    assert not (tmp_path / "out1").exists()
+
+    other = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=4, hidden_dim=48)
+    transformers.DistilBertForSequenceClassification(other).save_pretrained(tmp_path / "small_vocab")
+    mismatch = base + ["--set", f"student_model={tmp_path / 'small_vocab'}", "--set", f"output_dir={tmp_path / 'out2'}"]
+    with pytest.raises(DataError, match="vocabularies differ"):
+        distill_sst2.main(mismatch)
+    assert not (tmp_path / "out2").exists()
