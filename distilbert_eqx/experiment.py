@@ -13,11 +13,11 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .config import ExperimentConfig, resolved_eval_batch_size, resolved_length_buckets
+from .config import ExperimentConfig, resolved_length_buckets
 from .data import DataError, load_text_split, load_tokenizer, tokenize_split
 from .hf import from_pretrained, load_config
 from .init import student_from_teacher
-from .loop import Steps, evaluate, fit, single_device_steps
+from .loop import evaluate, fit, single_device_steps
 from .models import SequenceClassifier
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
-import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 from tqdm import tqdm
