@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ._types import ComputeDtype
+from .checkpoint import atomic_replace_dir, temp_sibling
 from .models import (
     BertConfig,
     BertForSequenceClassification,
@@ -306,37 +306,36 @@ def from_pretrained(
 def save_pretrained(model: SequenceClassifier, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) that ``transformers`` loads as is.
 
+    The folder is built beside ``path`` and renamed into place, so readers (and a crash) see the old folder or
+    the new one whole, never weights from one save with the config of another.
+
     Arguments:
         model: our BERT or DistilBERT classifier.
-        path: output folder (created; files in it are replaced atomically one by one).
+        path: output folder; an existing one is replaced as a whole.
         tokenizer: a ``transformers`` tokenizer (saved with its ``save_pretrained``) or a folder whose
             tokenizer files are copied.
     """
     from safetensors.numpy import save_file
 
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     arch = _architecture_of(model)
-    expected = weight_map(arch, len(model.layers))
-    tensors = {name: np.asarray(get(model), dtype=np.float32) for name, get in expected.items()}
-    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config_to_dict(model.config), indent=2)))
-    _atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    if tokenizer is not None:
+    names = weight_map(arch, len(model.layers))
+    tensors = {name: np.asarray(get(model), dtype=np.float32) for name, get in names.items()}
+    tmp = temp_sibling(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=2))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(out))
-        else:
+            tokenizer.save_pretrained(str(tmp))
+        elif tokenizer is not None:
             for name in TOKENIZER_FILES:
                 if (Path(tokenizer) / name).is_file():
-                    _atomic_write(out / name, lambda p, name=name: shutil.copyfile(Path(tokenizer) / name, p))
+                    shutil.copyfile(Path(tokenizer) / name, tmp / name)
+        atomic_replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
-
-
-def _atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
