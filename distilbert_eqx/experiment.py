@@ -21,16 +21,8 @@ from .loop import evaluate, fit, single_device_steps
 from .models import SequenceClassifier
 
 
-def _is_local_folder(name: str) -> bool:
-    return Path(name).is_dir()
-
-
-def _vocab_size(model: SequenceClassifier) -> int:
-    return model.config.vocab_size
-
-
 def _check_vocabularies(tokenizer_vocab: int, **models: SequenceClassifier) -> None:
-    sizes = {name: _vocab_size(m) for name, m in models.items()}
+    sizes = {name: m.config.vocab_size for name, m in models.items()}
     if len(set(sizes.values())) > 1:
         raise DataError(f"teacher and student vocabularies differ: {sizes}; both must use the same tokenizer")
     for name, size in sizes.items():
@@ -59,7 +51,7 @@ def _load_splits(config: ExperimentConfig, names: tuple[str, ...]):
 
 
 def _tokenizer_to_save(config: ExperimentConfig) -> Any:
-    if _is_local_folder(config.tokenizer_name):
+    if Path(config.tokenizer_name).is_dir():
         return config.tokenizer_name
     import transformers
 
