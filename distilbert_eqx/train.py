@@ -87,7 +87,7 @@ def init_state(student: SequenceClassifier, optimizer: optax.GradientTransformat
 
 
 def forward(
-    model: SequenceClassifier, batch: Batch, *, key: PRNGKeyArray | None, output_hidden_states: bool
+    model: SequenceClassifier, batch: Batch, *, key: PRNGKeyArray | None, output_hidden_states: bool = False
 ) -> ClassifierOutput:
     """Run a classifier over a batch; only BERT is given token types (DistilBERT has none)."""
     keys = None if key is None else jax.random.split(key, batch.input_ids.shape[0])
@@ -120,18 +120,18 @@ def train_step_body(
     use_hidden = losses.alpha_cos > 0
     teacher_out = None
     if losses.needs_teacher:
-        teacher_out = jax.lax.stop_gradient(forward(teacher, batch, key=None, output_hidden_states=use_hidden))
+        teacher_out = jax.lax.stop_gradient(forward(teacher, batch, key=None))
 
     params, static = eqx.partition(state.student, eqx.is_inexact_array)
 
     def loss_fn(params):
         student = eqx.combine(params, static)
-        out = forward(student, batch, key=step_key, output_hidden_states=use_hidden)
+        out = forward(student, batch, key=step_key)
         total, parts = distillation_loss(
             out.logits,
             None if teacher_out is None else teacher_out.logits,
-            out.hidden_states[:, -1] if use_hidden else None,
-            teacher_out.hidden_states[:, -1] if use_hidden else None,
+            out.last_hidden_state if use_hidden else None,
+            teacher_out.last_hidden_state if use_hidden else None,
             batch.labels,
             batch.attention_mask,
             batch.weights,
@@ -180,7 +180,7 @@ class EvalCounts(NamedTuple):
 
 def eval_step_body(model: SequenceClassifier, batch: Batch, axis_name: str | None = None) -> tuple[EvalCounts, Any]:
     """Weighted count of correct predictions (padding rows weigh 0), and the logits."""
-    logits = forward(model, batch, key=None, output_hidden_states=False).logits
+    logits = forward(model, batch, key=None).logits
     correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == batch.labels, batch.weights, 0.0))
     total = jnp.sum(batch.weights)
     if axis_name is not None:

@@ -129,6 +129,7 @@ def test_whole_model_matches(pair):
     assert got.hidden_states.shape[1] == len(expected.hidden_states)
     for i, state in enumerate(expected.hidden_states):
         assert max_diff(got.hidden_states[:, i], state.numpy()) <= MODEL_TOL, f"hidden state {i}"
+    assert max_diff(got.last_hidden_state, expected.hidden_states[-1].numpy()) <= MODEL_TOL
     assert max_diff(got.logits, expected.logits.numpy()) <= MODEL_TOL
 
 

@@ -103,13 +103,15 @@ class BertForSequenceClassification(eqx.Module):
             output_hidden_states: also return the embeddings and every layer's output.
 
         Returns:
-            ``ClassifierOutput`` with float32 ``logits (classes,)`` and, when asked, float32
-            ``hidden_states (num_layers + 1, seq, hidden)``.
+            ``ClassifierOutput`` with float32 ``logits (classes,)``, ``last_hidden_state (seq, hidden)`` and,
+            when asked, ``hidden_states (num_layers + 1, seq, hidden)``.
         """
         k_emb, k_layers, k_head = split_key(key, 3)
         x = self.embeddings(input_ids, token_type_ids, key=k_emb).astype(to_jnp_dtype(self.compute_dtype))
-        states = run_layers(self.layers, x, attention_mask, key=k_layers)
-        first_token = states[-1, :1].astype(jnp.float32)
+        last, states = run_layers(self.layers, x, attention_mask, key=k_layers, keep_states=output_hidden_states)
+        first_token = last[:1].astype(jnp.float32)
         pooled = jnp.tanh(dense(self.pooler, first_token))
         logits = dense(self.classifier, self.classifier_dropout(pooled, key=k_head))[0]
-        return ClassifierOutput(logits, states.astype(jnp.float32) if output_hidden_states else None)
+        return ClassifierOutput(
+            logits, last.astype(jnp.float32), None if states is None else states.astype(jnp.float32)
+        )

@@ -205,20 +205,23 @@ class TransformerLayer(eqx.Module):
 
 
 def run_layers(
-    layers: tuple[TransformerLayer, ...], x: Hidden, mask: TokenMask, *, key: Key | None
-) -> Float[Array, "layers_plus_one seq hidden"]:
-    """Run the encoder stack; returns the input and every layer's output, stacked (``transformers``' order)."""
+    layers: tuple[TransformerLayer, ...], x: Hidden, mask: TokenMask, *, key: Key | None, keep_states: bool
+) -> tuple[Hidden, Float[Array, "layers_plus_one seq hidden"] | None]:
+    """Run the encoder stack. Returns the last layer's output and, if ``keep_states``, the input and every layer's
+    output stacked in ``transformers``' order (``None`` otherwise: the stack is a copy of every activation)."""
     keys = split_key(key, len(layers))
     states = [x]
     for layer, k in zip(layers, keys):
         x = layer(x, mask, key=k)
         states.append(x)
-    return jnp.stack(states)
+    return x, jnp.stack(states) if keep_states else None
 
 
 class ClassifierOutput(eqx.Module):
-    """What a sequence classifier returns for one example."""
+    """What a sequence classifier returns for one example: float32 logits, the last layer's float32 output (what
+    the cosine loss compares) and, when asked for, every hidden state."""
 
     logits: Float[Array, " classes"]
+    last_hidden_state: Float[Array, "seq hidden"]
     hidden_states: Float[Array, "layers_plus_one seq hidden"] | None
 
