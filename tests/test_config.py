@@ -278,7 +278,15 @@ def test_config_to_dict_round_trips_through_yaml_and_json(tmp_path):
 
 @pytest.mark.parametrize(
     ("max_length", "expected"),
-    [(128, (16, 32, 64, 128)), (100, (16, 32, 64, 100)), (16, (16,)), (8, (8,)), (512, (16, 32, 64, 128, 256, 512))],
+    [
+        (128, (8, 12, 16, 24, 32, 48, 64, 96, 128)),
+        (100, (8, 12, 16, 24, 32, 48, 64, 96, 100)),
+        (16, (8, 12, 16)),
+        (8, (8,)),
+        (5, (5,)),
+        (13, (8, 12, 13)),
+        (512, (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)),
+    ],
 )
 def test_default_length_buckets(max_length, expected):
     assert resolved_length_buckets(ExperimentConfig(max_length=max_length)) == expected
