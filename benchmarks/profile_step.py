@@ -93,7 +93,7 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     return instructions, computations
 
 
-def dots_of(op: dict, instructions: dict, computations: dict) -> list[dict]:
+def dots_of(op: dict, computations: dict) -> list[dict]:
     """The dot instructions an op runs: itself, or those inside the computation it calls (a fusion)."""
     if op["opcode"] == "dot":
         return [op]
@@ -110,7 +110,7 @@ def dot_flops(dot: dict, instructions: dict) -> int:
 
 def classify(op: dict, instructions: dict, computations: dict, seq_len: int) -> tuple[str, int]:
     """The kind of one compiled op, and the matmul FLOPs it performs."""
-    dots = dots_of(op, instructions, computations)
+    dots = dots_of(op, computations)
     if dots:
         flops = sum(dot_flops(d, instructions) for d in dots)
         return ("attention matmuls" if any(d["batch_dims"] for d in dots) else "dense matmuls"), flops

@@ -28,6 +28,9 @@ def layer_norm(norm: eqx.nn.LayerNorm, x: Float[Array, "seq hidden"]) -> Float[A
     return jax.vmap(norm)(x.astype(jnp.float32)).astype(x.dtype)
 
 
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
 def activation(name: str, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """The activations found in BERT-family ``config.json`` files, with ``transformers``' exact definitions."""
     if name == "gelu":
@@ -36,10 +39,7 @@ def activation(name: str, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return jax.nn.gelu(x, approximate=True)
     if name == "relu":
         return jax.nn.relu(x)
-    raise ValueError(f"unsupported activation {name!r}; expected one of 'gelu', 'gelu_new', 'relu'")
-
-
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+    raise ValueError(f"unsupported activation {name!r}; expected one of {SUPPORTED_ACTIVATIONS}")
 
 
 def linear(d_in: int, d_out: int, std: float, *, key: Key) -> eqx.nn.Linear:
