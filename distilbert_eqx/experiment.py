@@ -16,6 +16,7 @@ import numpy as np
 from .config import ExperimentConfig, resolved_length_buckets
 from .data import DataError, load_text_split, load_tokenizer, tokenize_split
 from .hf import from_pretrained, load_config
+from .host_memory import retain_freed_memory
 from .init import student_from_teacher
 from .loop import evaluate, fit, single_device_steps
 from .models import SequenceClassifier
@@ -66,7 +67,9 @@ def _training_mode(model: SequenceClassifier, config: ExperimentConfig) -> Seque
 def distill(config: ExperimentConfig) -> dict[str, Any]:
     """Distil ``teacher_model`` into a student (loaded from ``student_model``, or built from the teacher's
     ``student_init_layers``) on SST-2, as ``config`` says."""
-    # First: with several processes, jax.distributed must start before anything touches a JAX device.
+    # Before JAX starts its threads, so that their malloc arenas get the setting too.
+    retain_freed_memory()
+    # Then: with several processes, jax.distributed must start before anything touches a JAX device.
     make_steps = _make_steps(config)
     tokenizer, splits = _load_splits(config, ("train", "dev"))
     key = jax.random.key(config.seed)
@@ -98,6 +101,7 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
             f"fine-tuning uses the label loss alone: set alpha_ce > 0 and alpha_kl = alpha_cos = 0 "
             f"(got alpha_ce={config.alpha_ce}, alpha_kl={config.alpha_kl}, alpha_cos={config.alpha_cos})"
         )
+    retain_freed_memory()
     make_steps = _make_steps(config)
     tokenizer, splits = _load_splits(config, ("train", "dev"))
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
