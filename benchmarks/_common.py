@@ -140,9 +140,16 @@ def log(message: str) -> None:
 
 class OursDistiller:
     """Ours: a random BERT teacher (inference mode) and the DistilBERT student ``init.student_from_teacher``
-    builds from it, stepped by ``train.train_step``; dropout is off in both."""
+    builds from it, stepped by ``train.train_step``; dropout is off in both.
 
-    def __init__(self, size: ModelSize, total_steps: int, seed: int = 0):
+    Like the experiment scripts, it first calls ``host_memory.retain_freed_memory`` (glibc keeps the memory
+    XLA:CPU frees, instead of page-faulting it back in every step), unless ``default_malloc``."""
+
+    def __init__(self, size: ModelSize, total_steps: int, seed: int = 0, default_malloc: bool = False):
+        from distilbert_eqx.host_memory import retain_freed_memory
+
+        self.retained_freed_memory = False if default_malloc else retain_freed_memory()
+
         import equinox as eqx
         import jax
 

@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-warmup", type=int, help="untimed PyTorch steps before timing (default 3)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
+                        "runs call first (for an A/B of that setting)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of the script; unless given: --size tiny --train-examples 2000 "
                         "--max-steps 3 --torch-warmup 1")
@@ -166,7 +169,9 @@ def real_examples(batch) -> int:
 
 
 def time_ours(args: argparse.Namespace, head: list, stats, first_of_shape: dict) -> dict:
-    distiller = OursDistiller(SIZES[args.size], total_steps=stats.num_batches)
+    distiller = OursDistiller(
+        SIZES[args.size], total_steps=stats.num_batches, default_malloc=args.default_malloc
+    )
     per_shape = {}
     for seq in sorted(stats.bucket_counts):
         warm = []
@@ -266,7 +271,8 @@ def child_argv(args: argparse.Namespace, variant: str) -> list[str]:
         "--batch-size": args.batch_size, "--max-length": args.max_length, "--seed": args.seed,
         "--torch-warmup": args.torch_warmup, "--torch-threads": args.torch_threads,
     }
-    return [str(x) for option in options.items() for x in option]
+    argv = [str(x) for option in options.items() for x in option]
+    return argv + (["--default-malloc"] if args.default_malloc else [])
 
 
 def main() -> None:

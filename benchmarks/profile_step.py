@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="traced steps (default %(default)s)")
     parser.add_argument("--trace-dir", help="where the trace goes (default: a temporary folder)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
+                        "runs call first (for an A/B of that setting)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
@@ -149,7 +152,7 @@ def main(argv=None) -> None:
     from distilbert_eqx.data import Batch
     from distilbert_eqx.train import train_step
 
-    distiller = OursDistiller(SIZES[args.size], 10_000)
+    distiller = OursDistiller(SIZES[args.size], 10_000, default_malloc=args.default_malloc)
     batch = Batch(**synthetic_batch(args.batch_size, args.seq_len))
     with warnings.catch_warnings():
         # Equinox silences this for its jitted calls but not for .lower(); the step itself donates as usual.
