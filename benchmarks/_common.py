@@ -86,6 +86,13 @@ def step_matmul_flops(size: ModelSize, batch: int, seq: int) -> int:
     return teacher + 3 * student
 
 
+def add_default_malloc_option(parser: Any) -> None:
+    """``--default-malloc``: our side skips ``host_memory.retain_freed_memory`` (an A/B of that setting)."""
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
+                        "runs call first (for an A/B of that setting)")
+
+
 def fill_defaults(args: Any, defaults: dict[str, Any], quick_defaults: dict[str, Any]) -> None:
     """Give every option left unset (``None``) its default, or its ``--quick`` default under ``--quick``
     (so ``--quick --steps 5`` keeps the 5)."""

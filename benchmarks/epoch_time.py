@@ -43,6 +43,7 @@ from _common import (
     SIZES,
     OursDistiller,
     TorchDistiller,
+    add_default_malloc_option,
     emit_result,
     fill_defaults,
     log,
@@ -80,9 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-warmup", type=int, help="untimed PyTorch steps before timing (default 3)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
-                        "runs call first (for an A/B of that setting)")
+    add_default_malloc_option(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of the script; unless given: --size tiny --train-examples 2000 "
                         "--max-steps 3 --torch-warmup 1")

@@ -39,7 +39,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import SIZES, OursDistiller, log, synthetic_batch
+from _common import SIZES, OursDistiller, add_default_malloc_option, log, synthetic_batch
 
 KINDS = ("dense matmuls", "attention matmuls", "softmax and mask", "GELU", "LayerNorm", "optimizer", "other")
 # Trace events that are not XLA ops: the Python call stack ("$..."), executor and thread-pool bookkeeping.
@@ -56,9 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="traced steps (default %(default)s)")
     parser.add_argument("--trace-dir", help="where the trace goes (default: a temporary folder)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
-                        "runs call first (for an A/B of that setting)")
+    add_default_malloc_option(parser)
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")

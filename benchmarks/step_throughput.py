@@ -43,6 +43,7 @@ from _common import (
     SIZES,
     OursDistiller,
     TorchDistiller,
+    add_default_malloc_option,
     emit_result,
     fill_defaults,
     log,
@@ -79,9 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--matmul-repeats", type=int, help="timed peak matmuls; the best counts (default 10)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
-                        "runs call first (for an A/B of that setting)")
+    add_default_malloc_option(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of the script; unless given: --sizes tiny --batch-size 4 "
                         "--seq-len 16 --steps 2 --warmup 1 --matmul-size 256 --matmul-repeats 3")
