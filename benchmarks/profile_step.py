@@ -14,7 +14,9 @@ of the same step) and sorted into a kind:
   other              layout copies and transposes, embedding gather/scatter, the losses, ...
 
 For each kind: op time per step (summed over ops; XLA runs independent ops concurrently on the intra-op thread
-pool, so the sum exceeds the wall time), matmul GFLOP and GFLOP/s per op. Also: the step's wall time, the part of
+pool, so the sum exceeds the wall time), the wall time during which at least one op of that kind ran, matmul
+GFLOP, and GFLOP/s over that wall time (what the kind achieves with both threads; per-op rates understate it
+when two ops share the threads). Then the ``--top`` slowest instructions with their shapes. Also: the step's wall time, the part of
 it covered by at least one traced op (XLA:CPU's Eigen matmuls, used when YNNPACK is off, are not traced), and
 the minor page faults and system CPU time per step: XLA:CPU allocates a fresh temporary buffer on every
 execution, and the kernel zero-fills each of its pages on first touch.
@@ -55,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="traced steps (default %(default)s)")
+    parser.add_argument("--top", type=int, default=10, help="slowest instructions to list (default %(default)s)")
     parser.add_argument("--trace-dir", help="where the trace goes (default: a temporary folder)")
     add_default_malloc_option(parser)
     args = parser.parse_args(argv)
@@ -130,6 +133,19 @@ def classify(op: dict, instructions: dict, computations: dict, seq_len: int) -> 
     return "other", 0
 
 
+def instruction_summary(op: dict, instructions: dict, computations: dict) -> str:
+    """One line for an instruction: output shape, the dots it runs (operand shapes), the other ops it fuses."""
+    parts = [f"{op['opcode']} -> {op['shape']}"]
+    for dot in dots_of(op, computations):
+        operands = [instructions.get(name, {}).get("shape", "?") for name in dot["operands"]]
+        parts.append(f"dot {' x '.join(map(str, operands))}" + (" (batched)" if dot["batch_dims"] else ""))
+    skip = {"parameter", "bitcast", "broadcast", "constant", "dot"}
+    fused = sorted({i["opcode"] for i in computations.get(op["calls"] or "", []) if i["opcode"] not in skip})
+    if fused:
+        parts.append("with " + ", ".join(fused))
+    return "; ".join(parts) + (f" [{op['op_name']}]" if op["op_name"] else "")
+
+
 def covered(intervals: list[tuple[float, float]]) -> float:
     """Length of the union of intervals."""
     total, end = 0.0, -math.inf
@@ -185,6 +201,7 @@ def main(argv=None) -> None:
            and any(a <= e["ts"] <= b for a, b in windows)]
 
     time_us, flops, count = collections.Counter(), collections.Counter(), collections.Counter()
+    spans, by_instruction = collections.defaultdict(list), collections.Counter()
     unmatched = 0
     for event in ops:
         op = instructions.get(event["name"])
@@ -194,6 +211,8 @@ def main(argv=None) -> None:
         else:
             kind, op_flops = classify(op, instructions, computations, args.seq_len)
         time_us[kind] += event["dur"]
+        spans[kind].append((event["ts"], event["ts"] + event["dur"]))
+        by_instruction[event["name"]] += event["dur"]
         flops[kind] += op_flops
         count[kind] += 1
     wall_us = sum(b - a for a, b in windows) / args.steps
@@ -204,9 +223,13 @@ def main(argv=None) -> None:
     rows = []
     for kind in KINDS:
         ms = time_us[kind] / 1e3 / steps
+        wall_ms = covered(spans[kind]) / 1e3 / steps
         gflop = flops[kind] / 1e9 / steps
-        rows.append({"kind": kind, "op_ms_per_step": ms, "ops_per_step": count[kind] / steps,
-                     "matmul_gflop": gflop, "gflop_per_s": gflop / (ms / 1e3) if ms and gflop else None})
+        rows.append({"kind": kind, "op_ms_per_step": ms, "wall_ms_per_step": wall_ms, "ops_per_step": count[kind] / steps,
+                     "matmul_gflop": gflop, "gflop_per_s": gflop / (wall_ms / 1e3) if wall_ms and gflop else None})
+    slowest = [{"instruction": name, "ms_per_step": us / 1e3 / steps,
+                "text": instruction_summary(instructions[name], instructions, computations)}
+               for name, us in by_instruction.most_common(args.top) if name in instructions]
     result = {
         "benchmark": "profile_step", "size": args.size, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "steps": steps,
@@ -214,7 +237,7 @@ def main(argv=None) -> None:
         "covered_by_traced_ops_s": covered_us / 1e6, "op_time_total_s": sum(time_us.values()) / 1e6 / steps,
         "unmatched_op_ms_per_step": unmatched / 1e3 / steps,
         "minor_page_faults_per_step": faults, "system_cpu_s_per_step": system_s, "user_cpu_s_per_step": user_s,
-        "kinds": rows, "trace_dir": str(trace_dir),
+        "kinds": rows, "slowest": slowest, "trace_dir": str(trace_dir),
     }
 
     print(f"## Our train step, {args.size} pair, {args.batch_size} x {args.seq_len}, fp32 "
@@ -223,12 +246,17 @@ def main(argv=None) -> None:
           f"{covered_us / 1e6:.3f} s of it; op time summed {result['op_time_total_s']:.3f} s")
     print(f"per step: {faults:,.0f} minor page faults ({faults * 4 / 1024:,.0f} MiB first touched), "
           f"system CPU {system_s:.3f} s, user CPU {user_s:.3f} s\n")
-    print("| kind | op time / step | ops / step | matmul GFLOP | GFLOP/s per op |")
-    print("|---|---:|---:|---:|---:|")
+    print("| kind | op time / step | wall time / step | ops / step | matmul GFLOP | GFLOP/s over wall time |")
+    print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         rate = f"{row['gflop_per_s']:.1f}" if row["gflop_per_s"] else ""
         gflop = f"{row['matmul_gflop']:.1f}" if row["matmul_gflop"] else ""
-        print(f"| {row['kind']} | {row['op_ms_per_step']:.0f} ms | {row['ops_per_step']:.0f} | {gflop} | {rate} |")
+        print(f"| {row['kind']} | {row['op_ms_per_step']:.0f} ms | {row['wall_ms_per_step']:.0f} ms "
+              f"| {row['ops_per_step']:.0f} | {gflop} | {rate} |")
+    if slowest:
+        print(f"\nslowest {len(slowest)} instructions (op time per step):")
+        for op in slowest:
+            print(f"  {op['ms_per_step']:7.1f} ms  {op['instruction']}: {op['text']}")
     if unmatched:
         log(f"{unmatched / 1e3 / steps:.0f} ms/step of traced ops had no instruction of that name (counted as other)")
     print()
