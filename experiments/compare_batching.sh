@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Length-grouped vs random batches, same recipe, one pair of distillation runs per seed (README, Results).
+# Distils the fine-tuned MiniLM teacher (runs/minilm_teacher/best, from reproduce_offline.sh) into the 3-layer
+# student with group_by_length on and off, then evaluates each best/ checkpoint on SST-2 dev and test.
+#   bash experiments/compare_batching.sh 1 2          # seeds; about 50 min per seed on 2 cores
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$#" -eq 0 ]; then
+  echo "usage: $0 SEED [SEED ...]" >&2
+  exit 2
+fi
+data=../shared/data/sst2
+config=experiments/configs/sst2_minilm_offline.yaml
+
+for seed in "$@"; do
+  for grouped in true false; do
+    arm=$([ "$grouped" = true ] && echo grouped || echo random)
+    out=runs/batching/seed${seed}_${arm}
+    python experiments/distill_sst2.py --config "$config" \
+      --set seed="$seed" group_by_length="$grouped" output_dir="$out" job_name="batching-seed${seed}-${arm}"
+    for split in dev test; do
+      printf 'seed %s %s %s ' "$seed" "$arm" "$split"
+      python experiments/evaluate.py --model "$out/best" --data-dir "$data" --split "$split"
+    done
+  done
+done
