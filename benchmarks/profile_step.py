@@ -16,10 +16,10 @@ of the same step) and sorted into a kind:
 For each kind: op time per step (summed over ops; XLA runs independent ops concurrently on the intra-op thread
 pool, so the sum exceeds the wall time), the wall time during which at least one op of that kind ran, matmul
 GFLOP, and GFLOP/s over that wall time (what the kind achieves with both threads; per-op rates understate it
-when two ops share the threads). Then the ``--top`` slowest instructions with their shapes. Also: the step's wall time, the part of
-it covered by at least one traced op (XLA:CPU's Eigen matmuls, used when YNNPACK is off, are not traced), and
-the minor page faults and system CPU time per step: XLA:CPU allocates a fresh temporary buffer on every
-execution, and the kernel zero-fills each of its pages on first touch.
+when two ops share the threads). Then the ``--top`` slowest instructions with their shapes. Also: the step's
+wall time, the part of it covered by at least one traced op (XLA:CPU's Eigen matmuls, used when YNNPACK is
+off, are not traced), and the minor page faults and system CPU time per step: XLA:CPU allocates a fresh
+temporary buffer on every execution, and the kernel zero-fills each of its pages on first touch.
 
     python benchmarks/profile_step.py                        # mini, 32 x 128
     python benchmarks/profile_step.py --size base --steps 2
@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
+    if args.top < 0:
+        parser.error(f"--top must be at least 0, got {args.top}")
     return args
 
 
@@ -134,7 +136,7 @@ def classify(op: dict, instructions: dict, computations: dict, seq_len: int) -> 
 
 
 def instruction_summary(op: dict, instructions: dict, computations: dict) -> str:
-    """One line for an instruction: output shape, the dots it runs (operand shapes), the other ops it fuses."""
+    """One line for an instruction: output shape, its dots (operand shapes), the other ops fused into it."""
     parts = [f"{op['opcode']} -> {op['shape']}"]
     for dot in dots_of(op, computations):
         operands = [instructions.get(name, {}).get("shape", "?") for name in dot["operands"]]
@@ -225,8 +227,9 @@ def main(argv=None) -> None:
         ms = time_us[kind] / 1e3 / steps
         wall_ms = covered(spans[kind]) / 1e3 / steps
         gflop = flops[kind] / 1e9 / steps
-        rows.append({"kind": kind, "op_ms_per_step": ms, "wall_ms_per_step": wall_ms, "ops_per_step": count[kind] / steps,
-                     "matmul_gflop": gflop, "gflop_per_s": gflop / (wall_ms / 1e3) if wall_ms and gflop else None})
+        rows.append({"kind": kind, "op_ms_per_step": ms, "wall_ms_per_step": wall_ms,
+                     "ops_per_step": count[kind] / steps, "matmul_gflop": gflop,
+                     "gflop_per_s": gflop / (wall_ms / 1e3) if wall_ms and gflop else None})
     slowest = [{"instruction": name, "ms_per_step": us / 1e3 / steps,
                 "text": instruction_summary(instructions[name], instructions, computations)}
                for name, us in by_instruction.most_common(args.top) if name in instructions]
