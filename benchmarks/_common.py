@@ -120,15 +120,19 @@ def emit_result(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run_child(script: Path, argv: Sequence[str]) -> dict[str, Any]:
+def run_child(
+    script: Path, argv: Sequence[str], env_defaults: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``script`` with ``argv`` in a fresh interpreter and return the JSON it emitted.
 
-    The child's stderr (progress, warnings) goes straight through; its other stdout lines are forwarded to
-    stderr, so that the parent's stdout holds only the report.
+    ``env_defaults`` (default ``JAX_PLATFORMS=cpu``) are set in the child's environment where this process
+    has not set them. The child's stderr (progress, warnings) goes straight through; its other stdout lines
+    are forwarded to stderr, so that the parent's stdout holds only the report.
     """
     command = [sys.executable, str(script), *argv]
     env = dict(os.environ)
-    env.setdefault("JAX_PLATFORMS", "cpu")
+    for name, value in (env_defaults or {"JAX_PLATFORMS": "cpu"}).items():
+        env.setdefault(name, value)
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     result = None
     for line in completed.stdout.splitlines():
@@ -147,12 +151,14 @@ def log(message: str) -> None:
 
 class OursDistiller:
     """Ours: a random BERT teacher (inference mode) and the DistilBERT student ``init.student_from_teacher``
-    builds from it, stepped by ``train.train_step``; dropout is off in both.
+    builds from it, stepped by ``train.train_step``; dropout is off in both. ``compute_dtype="bfloat16"``
+    runs both models' matmuls in bfloat16 (parameters, softmax, LayerNorm and the optimizer stay float32).
 
     Like the experiment scripts, it first calls ``host_memory.retain_freed_memory`` (glibc keeps the memory
     XLA:CPU frees, instead of page-faulting it back in every step), unless ``default_malloc``."""
 
-    def __init__(self, size: ModelSize, total_steps: int, seed: int = 0, default_malloc: bool = False):
+    def __init__(self, size: ModelSize, total_steps: int, seed: int = 0, default_malloc: bool = False,
+                 compute_dtype: str = "float32"):
         from distilbert_eqx.host_memory import retain_freed_memory
 
         self.retained_freed_memory = False if default_malloc else retain_freed_memory()
@@ -172,7 +178,9 @@ class OursDistiller:
             intermediate_size=size.intermediate,
         )
         k_teacher, k_student, k_state = jax.random.split(jax.random.key(seed), 3)
-        self.teacher = eqx.nn.inference_mode(BertForSequenceClassification(config, key=k_teacher))
+        self.teacher = eqx.nn.inference_mode(
+            BertForSequenceClassification(config, key=k_teacher, compute_dtype=compute_dtype)
+        )
         # Inference mode is the package's `dropout: false` (experiment.py): every dropout is skipped.
         student = eqx.nn.inference_mode(student_from_teacher(self.teacher, key=k_student))
         if student.config.n_layers != size.student_layers:
@@ -207,15 +215,28 @@ class TorchDistiller:
     mode under ``torch.no_grad()``, ``DistilBertForSequenceClassification`` student with dropout 0, the three
     losses as the DistilBERT recipe writes them, ``torch.optim.AdamW`` (no decay on biases and LayerNorms)
     with the same linear warm-up/decay schedule, and ``clip_grad_norm_(1.0)``; ``threads`` intra-op
-    threads."""
+    threads. On ``device`` ("cpu" or "cuda"); ``dtype="bfloat16"`` runs the forward passes and losses under
+    ``torch.autocast`` (parameters, gradients and AdamW stay float32), the usual mixed-precision recipe."""
 
-    def __init__(self, size: ModelSize, total_steps: int, threads: int, seed: int = 0):
+    def __init__(self, size: ModelSize, total_steps: int, threads: int, seed: int = 0, device: str = "cpu",
+                 dtype: str = "float32"):
+        import contextlib
+
         import torch
         import transformers
 
+        if device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device gpu: PyTorch sees no CUDA device")
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.torch = torch
+        self.device = torch.device(device)
+        if dtype == "bfloat16":
+            self.autocast = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)
+        elif dtype == "float32":
+            self.autocast = contextlib.nullcontext
+        else:
+            raise ValueError(f"dtype {dtype!r}: expected 'float32' or 'bfloat16'")
         self.teacher = transformers.BertForSequenceClassification(
             transformers.BertConfig(
                 vocab_size=VOCAB_SIZE,
@@ -226,7 +247,7 @@ class TorchDistiller:
                 hidden_dropout_prob=0.0,
                 attention_probs_dropout_prob=0.0,
             )
-        ).eval()
+        ).to(self.device).eval()
         self.student = transformers.DistilBertForSequenceClassification(
             transformers.DistilBertConfig(
                 vocab_size=VOCAB_SIZE,
@@ -238,7 +259,7 @@ class TorchDistiller:
                 attention_dropout=0.0,
                 seq_classif_dropout=0.0,
             )
-        ).train()
+        ).to(self.device).train()
         decay = [p for p in self.student.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.student.parameters() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -257,26 +278,30 @@ class TorchDistiller:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
     def step(self, input_ids, attention_mask, token_type_ids, labels) -> float:
-        """One optimizer step on numpy arrays of real rows (converted here, as a collate function would)."""
+        """One optimizer step on numpy arrays of real rows (converted and moved to the device here, as a
+        collate function and the training loop would); returns the loss, which waits for the step."""
         torch = self.torch
-        ids = torch.from_numpy(input_ids).long()
-        mask = torch.from_numpy(attention_mask).long()
-        types = torch.from_numpy(token_type_ids).long()
-        gold = torch.from_numpy(labels).long()
-        with torch.no_grad():
-            t_out = self.teacher(
-                input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True
+        ids, mask, types, gold = (
+            torch.from_numpy(a).long().to(self.device)
+            for a in (input_ids, attention_mask, token_type_ids, labels)
+        )
+        with self.autocast():
+            with torch.no_grad():
+                t_out = self.teacher(
+                    input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True
+                )
+            s_out = self.student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            T = TEMPERATURE
+            ce = torch.nn.functional.cross_entropy(s_out.logits, gold)
+            s_log_probs = torch.log_softmax(s_out.logits / T, -1)
+            t_probs = torch.softmax(t_out.logits / T, -1)
+            kl = torch.nn.functional.kl_div(s_log_probs, t_probs, reduction="batchmean")
+            tokens = mask.bool()
+            s_h, t_h = s_out.hidden_states[-1][tokens], t_out.hidden_states[-1][tokens]
+            cos = torch.nn.functional.cosine_embedding_loss(
+                s_h, t_h, torch.ones(len(s_h), device=self.device)
             )
-        s_out = self.student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        T = TEMPERATURE
-        ce = torch.nn.functional.cross_entropy(s_out.logits, gold)
-        s_log_probs = torch.log_softmax(s_out.logits / T, -1)
-        t_probs = torch.softmax(t_out.logits / T, -1)
-        kl = torch.nn.functional.kl_div(s_log_probs, t_probs, reduction="batchmean")
-        tokens = mask.bool()
-        s_h, t_h = s_out.hidden_states[-1][tokens], t_out.hidden_states[-1][tokens]
-        cos = torch.nn.functional.cosine_embedding_loss(s_h, t_h, torch.ones(len(s_h)))
-        loss = ALPHA_CE * ce + ALPHA_KL * T * T * kl + ALPHA_COS * cos
+            loss = ALPHA_CE * ce + ALPHA_KL * T * T * kl + ALPHA_COS * cos
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
