@@ -58,6 +58,27 @@ def decay_mask(params: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale the gradients by ``min(1, max_norm / norm)``, ``norm`` their global L2 norm (no state).
+
+    ``optax.clip_by_global_norm`` does the same up to rounding, but divides every element by the norm, and XLA
+    will not copy a divide into the several AdamW fusions that read each gradient: the clipped gradients were
+    written out in a pass of their own over every parameter (10 ms of a 190 ms step at 32 x 8 for the mini
+    student here, most of it the 30522 x 384 word embedding). Here the factor is one scalar, and the multiply
+    fuses into AdamW's moment updates. This is also ``torch.nn.utils.clip_grad_norm_``'s form (less its 1e-6).
+    """
+
+    def update(
+        updates: PyTree, state: optax.EmptyState, params: PyTree | None = None
+    ) -> tuple[PyTree, optax.EmptyState]:
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, max_norm / norm)  # 1 when norm is 0 (max_norm / 0 = inf)
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(
     learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int, max_grad_norm: float = 1.0
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -74,7 +95,7 @@ def make_optimizer(
         [warmup],
     )
     optimizer = optax.chain(
-        optax.clip_by_global_norm(max_grad_norm),
+        clip_by_global_norm(max_grad_norm),
         optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay, mask=decay_mask),
     )
     return optimizer, schedule

@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
@@ -11,7 +12,15 @@ import transformers
 import distilbert_eqx as de
 from distilbert_eqx.data import Batch
 from distilbert_eqx.init import student_from_teacher
-from distilbert_eqx.train import LossConfig, decay_mask, eval_step, init_state, make_optimizer, train_step
+from distilbert_eqx.train import (
+    LossConfig,
+    clip_by_global_norm,
+    decay_mask,
+    eval_step,
+    init_state,
+    make_optimizer,
+    train_step,
+)
 
 LOSSES = LossConfig(temperature=2.0, alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1)
 
@@ -195,6 +204,33 @@ def test_distillation_learns_the_teacher():
     final_agreement = agreement(state.student)
     print(f"agreement {start_agreement:.3f} -> {final_agreement:.3f}")
     assert final_agreement >= 0.95 and final_agreement > start_agreement
+
+
+@pytest.mark.parametrize("norm", [0.0, 0.3, 1.0, 7.5])
+def test_clip_by_global_norm_equals_torch(norm):
+    """Gradients with global norm ``norm`` come out as torch's clip_grad_norm_(max_norm=1) leaves them, and as
+    optax.clip_by_global_norm does: unchanged at or under 1, scaled to norm 1 above it; zeros stay zeros."""
+    rng = np.random.default_rng(0)
+    grads = {"w": rng.normal(size=(5, 3)), "b": rng.normal(size=3), "e": rng.normal(size=(7, 2))}
+    total = np.sqrt(sum(np.sum(g**2) for g in grads.values()))
+    grads = {k: (g * (norm / total)).astype(np.float32) for k, g in grads.items()}
+    clip = clip_by_global_norm(1.0)
+    ours, _ = clip.update(jax.tree.map(jnp.asarray, grads), clip.init(grads))
+    reference, _ = optax.clip_by_global_norm(1.0).update(jax.tree.map(jnp.asarray, grads), optax.EmptyState())
+
+    params = {k: torch.nn.Parameter(torch.zeros(g.shape)) for k, g in grads.items()}
+    for k, p in params.items():
+        p.grad = torch.from_numpy(grads[k].copy())
+    torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+
+    out_norm = float(optax.tree.norm(ours))
+    assert out_norm == pytest.approx(min(norm, 1.0), rel=1e-6, abs=0.0)
+    for k in grads:
+        np.testing.assert_allclose(np.asarray(ours[k]), params[k].grad.numpy(), rtol=2e-6, atol=0)
+        np.testing.assert_allclose(np.asarray(ours[k]), np.asarray(reference[k]), rtol=1e-6, atol=0)
+    if norm <= 1.0:
+        for k in grads:
+            np.testing.assert_array_equal(np.asarray(ours[k]), grads[k])
 
 
 def test_optimizer_schedule_warms_up_then_decays():
