@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Length-grouped vs random batches, same recipe, one pair of distillation runs per seed (README, Results).
 # Distils the fine-tuned MiniLM teacher (runs/minilm_teacher/best, from reproduce_offline.sh) into the 3-layer
-# student with group_by_length on and off, then evaluates each best/ checkpoint on SST-2 dev and test.
+# student with group_by_length on and off, then evaluates each best/ checkpoint on SST-2 dev and test
+# (seed<S>_<arm>/accuracy_<split>.json) and prints summarize_batching.py's table.
 #   bash experiments/compare_batching.sh 1 2          # seeds; about 50 min per seed on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,10 @@ for seed in "$@"; do
       --set seed="$seed" group_by_length="$grouped" output_dir="$out" job_name="batching-seed${seed}-${arm}"
     for split in dev test; do
       printf 'seed %s %s %s ' "$seed" "$arm" "$split"
-      python experiments/evaluate.py --model "$out/best" --data-dir "$data" --split "$split"
+      python experiments/evaluate.py --model "$out/best" --data-dir "$data" --split "$split" \
+        | tee "$out/accuracy_${split}.json"
     done
   done
 done
+# Every seed found under runs/batching, this call's and earlier ones'.
+python experiments/summarize_batching.py runs/batching

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 import distill_sst2  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
 import finetune_teacher  # noqa: E402
+import summarize_batching  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,39 @@ def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):
     with pytest.raises(DataError, match="vocabularies differ"):
         distill_sst2.main(mismatch)
     assert not (tmp_path / "out2").exists()
+
+
+def test_summarize_batching_pools_seeds_and_pairs_differences(tmp_path, capsys):
+    # The four seeds of the README's grouped-vs-random table, as correct predictions out of 872 (dev) and
+    # 1821 (test); seed 9 lacks one file, so it is incomplete and left out.
+    counts = {"42": (766, 774, 1610, 1612), "1": (770, 770, 1611, 1611), "2": (768, 772, 1613, 1613),
+              "3": (760, 769, 1615, 1610), "9": (700, 700, 1500, None)}
+    for seed, (g_dev, r_dev, g_test, r_test) in counts.items():
+        for arm, dev, test in (("grouped", g_dev, g_test), ("random", r_dev, r_test)):
+            run = tmp_path / f"seed{seed}_{arm}"
+            run.mkdir()
+            for split, correct, n in (("dev", dev, 872), ("test", test, 1821)):
+                if correct is not None:
+                    (run / f"accuracy_{split}.json").write_text(json.dumps({"accuracy": correct / n, "n": n}))
+    (tmp_path / "notes.txt").write_text("not a run")
+
+    summary = summarize_batching.main([str(tmp_path)])
+
+    assert summary["seeds"] == ["1", "2", "3", "42"]
+    assert summary["dev"]["mean_accuracy"]["grouped"] == pytest.approx(3064 / 3488)
+    assert summary["dev"]["mean_accuracy"]["random"] == pytest.approx(3085 / 3488)
+    assert summary["test"]["mean_accuracy"]["random"] == pytest.approx(6446 / 7284)
+    # By hand, in sentences: differences 0, -4, -9, -8; mean -5.25; squared deviations 27.5625 + 1.5625 +
+    # 14.0625 + 7.5625 = 50.75, sample sd sqrt(50.75 / 3) = 4.1130, t = -5.25 / (4.1130 / 2) = -2.5529.
+    dev = summary["dev"]["paired"]
+    assert dev["differences"] == pytest.approx([0.0, -400 / 872, -900 / 872, -800 / 872])
+    assert dev["mean_difference"] == pytest.approx(-525 / 872)
+    assert dev["t"] == pytest.approx(-2.5529, abs=1e-4)
+    assert dev["df"] == 3
+    out = capsys.readouterr().out
+    assert "incomplete seeds, left out: 9" in out
+    assert "| 3 | 87.16 | 88.19 | 88.69 | 88.41 |" in out
+    assert "| mean | 87.84 | 88.45 | 88.54 | 88.50 |" in out
+
+    with pytest.raises(SystemExit, match="no seed with all"):
+        summarize_batching.main([str(tmp_path / "seed9_grouped")])

@@ -1,0 +1,107 @@
+"""Table of ``compare_batching.sh``'s results: accuracy per seed and arm, means, and paired differences.
+
+    python experiments/summarize_batching.py runs/batching
+
+Reads ``SEED_DIR/accuracy_{dev,test}.json`` (``evaluate.py``'s output) below ``seed<S>_grouped`` and
+``seed<S>_random``; seeds without all four files are listed as incomplete and left out. Prints a Markdown
+table, then one JSON line. The mean of an arm pools its correct predictions over the seeds; the paired
+difference is grouped minus random per seed, in points, with its mean and the paired t statistic (n - 1
+degrees of freedom).
+"""
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ARMS = ("grouped", "random")
+SPLITS = ("dev", "test")
+
+
+def read_results(root: Path) -> tuple[dict[str, dict[tuple[str, str], dict]], list[str]]:
+    """``{seed: {(arm, split): {"accuracy", "n"}}}`` for complete seeds, and the incomplete seeds' names."""
+    found: dict[str, dict[tuple[str, str], dict]] = {}
+    for run in sorted(root.glob("seed*_*")):
+        match = re.fullmatch(r"seed(.+)_(grouped|random)", run.name)
+        if match is None or not run.is_dir():
+            continue
+        for split in SPLITS:
+            path = run / f"accuracy_{split}.json"
+            if path.is_file():
+                found.setdefault(match[1], {})[(match[2], split)] = json.loads(path.read_text())
+    complete = {s: r for s, r in found.items() if len(r) == len(ARMS) * len(SPLITS)}
+    incomplete = sorted(set(found) - set(complete))
+    return dict(sorted(complete.items(), key=lambda kv: _seed_key(kv[0]))), incomplete
+
+
+def _seed_key(seed: str) -> tuple[int, str]:
+    return (int(seed), "") if seed.isdigit() else (sys.maxsize, seed)
+
+
+def paired_summary(grouped: list[float], random: list[float]) -> dict:
+    """Mean, standard deviation and t statistic of the per-seed differences ``grouped - random`` (points)."""
+    diffs = [100 * (g - r) for g, r in zip(grouped, random, strict=True)]
+    summary = {"differences": diffs, "mean_difference": statistics.fmean(diffs)}
+    if len(diffs) >= 2:
+        sd = statistics.stdev(diffs)
+        summary["sd"] = sd
+        summary["t"] = summary["mean_difference"] / (sd / math.sqrt(len(diffs))) if sd > 0 else None
+        summary["df"] = len(diffs) - 1
+    return summary
+
+
+def summarize(results: dict[str, dict[tuple[str, str], dict]]) -> dict:
+    """Pooled accuracy per arm and split, and the paired differences per split."""
+    out: dict = {"seeds": list(results)}
+    for split in SPLITS:
+        pooled = {}
+        for arm in ARMS:
+            rows = [results[s][(arm, split)] for s in results]
+            correct = sum(round(r["accuracy"] * r["n"]) for r in rows)
+            pooled[arm] = correct / sum(r["n"] for r in rows)
+        out[split] = {
+            "mean_accuracy": pooled,
+            "paired": paired_summary(
+                [results[s][("grouped", split)]["accuracy"] for s in results],
+                [results[s][("random", split)]["accuracy"] for s in results],
+            ),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", default="runs/batching", help="compare_batching.sh's output folder")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        raise SystemExit(f"{root}: not a folder; expected compare_batching.sh's output (runs/batching)")
+    results, incomplete = read_results(root)
+    if incomplete:
+        print(f"incomplete seeds, left out: {', '.join(incomplete)}")
+    if not results:
+        raise SystemExit(f"{root}: no seed with all of seed<S>_{{grouped,random}}/accuracy_{{dev,test}}.json")
+    summary = summarize(results)
+    print("| seed | grouped dev | random dev | grouped test | random test |")
+    print("|---|---:|---:|---:|---:|")
+    for seed, r in results.items():
+        cells = [f"{100 * r[(arm, split)]['accuracy']:.2f}" for split in SPLITS for arm in ARMS]
+        print(f"| {seed} | {' | '.join(cells)} |")
+    means = [f"{100 * summary[split]['mean_accuracy'][arm]:.2f}" for split in SPLITS for arm in ARMS]
+    print(f"| mean | {' | '.join(means)} |")
+    for split in SPLITS:
+        paired = summary[split]["paired"]
+        line = f"{split}: grouped - random, per seed " + ", ".join(f"{d:+.2f}" for d in paired["differences"])
+        line += f"; mean {paired['mean_difference']:+.2f} points"
+        if paired.get("t") is not None:
+            line += f", paired t = {paired['t']:.2f} ({paired['df']} df)"
+        print(line)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
