@@ -2,11 +2,13 @@
 
     python experiments/summarize_batching.py runs/batching
 
-Reads ``SEED_DIR/accuracy_{dev,test}.json`` (``evaluate.py``'s output) below ``seed<S>_grouped`` and
-``seed<S>_random``; seeds without all four files are listed as incomplete and left out. Prints a Markdown
-table, then one JSON line. The mean of an arm pools its correct predictions over the seeds; the paired
-difference is grouped minus random per seed, in points, with its mean and the paired t statistic (n - 1
-degrees of freedom).
+Reads ``evaluate.py``'s outputs below ``seed<S>_grouped`` and ``seed<S>_random``: ``accuracy_{dev,test}.json``
+for the ``best/`` checkpoint and ``final_accuracy_{dev,test}.json`` for the last step's ``student/``. ``best/``
+is chosen by dev accuracy, so its dev numbers are biased upward (by more for the arm whose validation curve
+swings more); the final model's are not, and test is never used for choosing. Seeds without all four files of
+a kind are listed as incomplete and left out of that kind's table. Prints a Markdown table per kind, then one
+JSON line. The mean of an arm pools its correct predictions over the seeds; the paired difference is grouped
+minus random per seed, in points, with its mean and the paired t statistic (n - 1 degrees of freedom).
 """
 
 import argparse
@@ -19,17 +21,20 @@ from pathlib import Path
 
 ARMS = ("grouped", "random")
 SPLITS = ("dev", "test")
+# Checkpoint kind -> prefix of its accuracy files (compare_batching.sh).
+CHECKPOINTS = {"best": "", "final": "final_"}
 
 
-def read_results(root: Path) -> tuple[dict[str, dict[tuple[str, str], dict]], list[str]]:
-    """``{seed: {(arm, split): {"accuracy", "n"}}}`` for complete seeds, and the incomplete seeds' names."""
+def read_results(root: Path, prefix: str) -> tuple[dict[str, dict[tuple[str, str], dict]], list[str]]:
+    """``{seed: {(arm, split): {"accuracy", "n"}}}`` for seeds with all of ``<prefix>accuracy_<split>.json``,
+    and the names of the seeds with only some of them."""
     found: dict[str, dict[tuple[str, str], dict]] = {}
     for run in sorted(root.glob("seed*_*")):
         match = re.fullmatch(r"seed(.+)_(grouped|random)", run.name)
         if match is None or not run.is_dir():
             continue
         for split in SPLITS:
-            path = run / f"accuracy_{split}.json"
+            path = run / f"{prefix}accuracy_{split}.json"
             if path.is_file():
                 found.setdefault(match[1], {})[(match[2], split)] = json.loads(path.read_text())
     complete = {s: r for s, r in found.items() if len(r) == len(ARMS) * len(SPLITS)}
@@ -79,11 +84,22 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(args.root)
     if not root.is_dir():
         raise SystemExit(f"{root}: not a folder; expected compare_batching.sh's output (runs/batching)")
-    results, incomplete = read_results(root)
-    if incomplete:
-        print(f"incomplete seeds, left out: {', '.join(incomplete)}")
-    if not results:
+    summaries = {}
+    for kind, prefix in CHECKPOINTS.items():
+        results, incomplete = read_results(root, prefix)
+        if incomplete:
+            print(f"{kind}: incomplete seeds, left out: {', '.join(incomplete)}")
+        if results:
+            print(f"\n{kind} checkpoint ({prefix}accuracy_<split>.json)")
+            summaries[kind] = print_summary(results)
+    if not summaries:
         raise SystemExit(f"{root}: no seed with all of seed<S>_{{grouped,random}}/accuracy_{{dev,test}}.json")
+    print(json.dumps(summaries))
+    return summaries
+
+
+def print_summary(results: dict[str, dict[tuple[str, str], dict]]) -> dict:
+    """Print one kind's table and paired differences; return ``summarize(results)``."""
     summary = summarize(results)
     print("| seed | grouped dev | random dev | grouped test | random test |")
     print("|---|---:|---:|---:|---:|")
@@ -99,7 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
         if paired.get("t") is not None:
             line += f", paired t = {paired['t']:.2f} ({paired['df']} df)"
         print(line)
-    print(json.dumps(summary))
     return summary
 
 

@@ -171,9 +171,12 @@ def test_summarize_batching_pools_seeds_and_pairs_differences(tmp_path, capsys):
             for split, correct, n in (("dev", dev, 872), ("test", test, 1821)):
                 if correct is not None:
                     (run / f"accuracy_{split}.json").write_text(json.dumps({"accuracy": correct / n, "n": n}))
+                if seed == "1":  # the final checkpoints' files, for one seed only
+                    (run / f"final_accuracy_{split}.json").write_text(json.dumps({"accuracy": 0.5, "n": n}))
     (tmp_path / "notes.txt").write_text("not a run")
 
-    summary = summarize_batching.main([str(tmp_path)])
+    summaries = summarize_batching.main([str(tmp_path)])
+    summary = summaries["best"]
 
     assert summary["seeds"] == ["1", "2", "3", "42"]
     assert summary["dev"]["mean_accuracy"]["grouped"] == pytest.approx(3064 / 3488)
@@ -187,7 +190,10 @@ def test_summarize_batching_pools_seeds_and_pairs_differences(tmp_path, capsys):
     assert dev["t"] == pytest.approx(-2.5529, abs=1e-4)
     assert dev["df"] == 3
     out = capsys.readouterr().out
-    assert "incomplete seeds, left out: 9" in out
+    assert "best: incomplete seeds, left out: 9" in out
+    assert "final: incomplete" not in out
+    assert summaries["final"]["seeds"] == ["1"]
+    assert summaries["final"]["dev"]["paired"] == {"differences": [0.0], "mean_difference": 0.0}
     assert "| 3 | 87.16 | 88.19 | 88.69 | 88.41 |" in out
     assert "| mean | 87.84 | 88.45 | 88.54 | 88.50 |" in out
 
