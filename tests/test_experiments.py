@@ -160,7 +160,7 @@ def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):
 
 
 def test_summarize_batching_pools_seeds_and_pairs_differences(tmp_path, capsys):
-    # The four seeds of the README's grouped-vs-random table, as correct predictions out of 872 (dev) and
+    # Seeds 42, 1, 2 and 3 of the README's grouped-vs-random table, as correct predictions out of 872 (dev) and
     # 1821 (test); seed 9 lacks one file, so it is incomplete and left out.
     counts = {"42": (766, 774, 1610, 1612), "1": (770, 770, 1611, 1611), "2": (768, 772, 1613, 1613),
               "3": (760, 769, 1615, 1610), "9": (700, 700, 1500, None)}
