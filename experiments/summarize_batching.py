@@ -2,8 +2,8 @@
 
     python experiments/summarize_batching.py runs/batching
 
-Reads ``evaluate.py``'s outputs below ``seed<S>_grouped`` and ``seed<S>_random``: ``accuracy_{dev,test}.json``
-for the ``best/`` checkpoint and ``final_accuracy_{dev,test}.json`` for the last step's ``student/``. ``best/``
+Reads ``evaluate.py``'s outputs below ``seed<S>_grouped`` and ``seed<S>_random``:
+``accuracy_{dev,test}.json`` for the ``best/`` checkpoint and ``final_accuracy_{dev,test}.json`` for the last step's ``student/``. ``best/``
 is chosen by dev accuracy, so its dev numbers are biased upward (by more for the arm whose validation curve
 swings more); the final model's are not, and test is never used for choosing. Seeds without all four files of
 a kind are listed as incomplete and left out of that kind's table. Prints a Markdown table per kind, then one
@@ -78,8 +78,12 @@ def summarize(results: dict[str, dict[tuple[str, str], dict]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", nargs="?", default="runs/batching", help="compare_batching.sh's output folder")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "root", nargs="?", default="runs/batching", help="compare_batching.sh's output folder"
+    )
     args = parser.parse_args(argv)
     root = Path(args.root)
     if not root.is_dir():
