@@ -22,6 +22,7 @@ from ._types import ComputeDtype
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
 DATASETS = ("glue/sst2",)
+COSINE_NORMALIZERS = ("batch_tokens", "train_mean_length")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("float32", "bfloat16")
 _SMALLEST_BUCKET = 8
@@ -83,6 +84,7 @@ class ExperimentConfig:
     student_init_layers: tuple[int, ...] | None = None
     length_buckets: tuple[int, ...] | None = None
     group_by_length: bool = False
+    cosine_normalizer: str = "batch_tokens"
     dropout: bool = True
     eval_batch_size: int | None = None
     coordinator_address: str | None = None
@@ -161,6 +163,8 @@ def _validate(c: ExperimentConfig) -> None:
     """Range and consistency checks; types were already checked by ``_coerce``."""
     _require(c.dataset_id in DATASETS, "dataset_id", c.dataset_id, f"one of {DATASETS}")
     _require(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"one of {OPTIMIZERS}")
+    _require(c.cosine_normalizer in COSINE_NORMALIZERS, "cosine_normalizer", c.cosine_normalizer,
+             f"one of {COSINE_NORMALIZERS}")
     _require(c.platform is None or c.platform in PLATFORMS, "platform", c.platform, f"null or one of {PLATFORMS}")
     for key in ("tokenizer_name", "teacher_model", "student_model", "output_dir"):
         _require(getattr(c, key) != "", key, getattr(c, key), "a non-empty string")

@@ -142,7 +142,12 @@ def fit(
     out = Path(config.output_dir)
     buckets = resolved_length_buckets(config)
     eval_batch = resolved_eval_batch_size(config)
-    losses = LossConfig(config.temperature, config.alpha_ce, config.alpha_kl, config.alpha_cos)
+    # train_mean_length: every token weighs the same in every batch, grouped by length or not.
+    tokens_per_example = (
+        float(splits["train"].lengths.mean()) if config.cosine_normalizer == "train_mean_length" else None
+    )
+    alphas = (config.alpha_ce, config.alpha_kl, config.alpha_cos)
+    losses = LossConfig(config.temperature, *alphas, tokens_per_example)
     if losses.needs_teacher and teacher is None:
         raise ValueError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
     per_epoch = num_batches(splits["train"], config.batch_size)

@@ -116,11 +116,18 @@ def cosine_loss(
     attention_mask: BatchTokenMask,
     weights: BatchWeights,
     axis_name: str | None = None,
+    tokens_per_example: float | None = None,
 ) -> Scalar:
     """``1 - cos(student, teacher)`` per token, averaged over the real tokens of the real rows.
 
     Equal to ``torch.nn.CosineEmbeddingLoss()`` with target +1 on the tokens where ``attention_mask`` is set
     and the row's weight is positive. Weights act only as a row mask here: every selected token counts once.
+
+    That average divides by the batch's own token count, so how much a token weighs depends on the lengths of
+    the examples batched with it; ``group_by_length`` shifts weight towards short examples. With
+    ``tokens_per_example`` (the training set's mean length, say) the sum over the selected tokens is divided by
+    ``tokens_per_example`` times the number of real rows instead: every token weighs the same in every batch,
+    and a pass over the data sums to the same loss however its examples were batched.
 
     Arguments:
         student_hidden: ``(batch, seq, hidden)``.
@@ -128,6 +135,7 @@ def cosine_loss(
         attention_mask: ``(batch, seq)``, ``True`` for real tokens.
         weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
         axis_name: inside ``jax.shard_map``, the mesh axis the rows are split over; ``None`` outside.
+        tokens_per_example: ``None`` for the token average above, or a fixed count ``> 0`` to normalise by.
 
     Returns:
         float32 scalar; 0 when no token is selected.
@@ -145,7 +153,12 @@ def cosine_loss(
     dot = jnp.sum(s * t, axis=-1)
     norms = jnp.sqrt((jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS))
     token_weights = (attention_mask & (weights > 0)[:, None]).astype(jnp.float32)
-    return _masked_mean(1.0 - dot / norms, token_weights, axis_name)
+    if tokens_per_example is None:
+        return _masked_mean(1.0 - dot / norms, token_weights, axis_name)
+    if tokens_per_example <= 0:
+        raise ValueError(f"tokens_per_example must be positive or None, got {tokens_per_example}")
+    per_row = jnp.sum(jnp.where(token_weights > 0, 1.0 - dot / norms, 0.0), axis=-1) / tokens_per_example
+    return _masked_mean(per_row, (weights > 0).astype(jnp.float32), axis_name)
 
 
 def distillation_loss(
@@ -162,6 +175,7 @@ def distillation_loss(
     alpha_kl: float,
     alpha_cos: float,
     axis_name: str | None = None,
+    cosine_tokens_per_example: float | None = None,
 ) -> tuple[Scalar, dict[str, Scalar]]:
     """``alpha_ce * hard + alpha_kl * soft + alpha_cos * cosine``.
 
@@ -181,6 +195,7 @@ def distillation_loss(
         alpha_ce, alpha_kl, alpha_cos: non-negative weights of the three terms, at least one positive.
         axis_name: inside ``jax.shard_map``, the mesh axis the rows are split over; every mean is then over
             the global batch.
+        cosine_tokens_per_example: :func:`cosine_loss`'s ``tokens_per_example``.
 
     Returns:
         ``(total, parts)``: the float32 total and a dict with ``"loss_ce"``, ``"loss_kl"``, ``"loss_cos"`` for
@@ -203,7 +218,9 @@ def distillation_loss(
     if alpha_kl > 0:
         parts["loss_kl"] = soft_loss(student_logits, teacher_logits, weights, temperature, axis_name)
     if alpha_cos > 0:
-        parts["loss_cos"] = cosine_loss(student_hidden, teacher_hidden, attention_mask, weights, axis_name)
+        parts["loss_cos"] = cosine_loss(
+            student_hidden, teacher_hidden, attention_mask, weights, axis_name, cosine_tokens_per_example
+        )
     coefficients = {"loss_ce": alpha_ce, "loss_kl": alpha_kl, "loss_cos": alpha_cos}
     total = sum(coefficients[name] * value for name, value in parts.items())
     return total, parts

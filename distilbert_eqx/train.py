@@ -24,12 +24,17 @@ from .models import BertForSequenceClassification, ClassifierOutput, SequenceCla
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Weights of the loss terms; ``alpha_kl = alpha_cos = 0`` is plain fine-tuning (no teacher needed)."""
+    """Weights of the loss terms; ``alpha_kl = alpha_cos = 0`` is plain fine-tuning (no teacher needed).
+
+    ``cosine_tokens_per_example``: ``None`` averages the cosine loss over the batch's real tokens; a number
+    normalises by that many tokens per real row (``losses.cosine_loss``).
+    """
 
     temperature: float = 2.0
     alpha_ce: float = 1.0
     alpha_kl: float = 0.45
     alpha_cos: float = 0.1
+    cosine_tokens_per_example: float | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -161,6 +166,7 @@ def train_step_body(
             alpha_kl=losses.alpha_kl,
             alpha_cos=losses.alpha_cos,
             axis_name=axis_name,
+            cosine_tokens_per_example=losses.cosine_tokens_per_example,
         )
         return total, parts
 

@@ -103,6 +103,27 @@ def _splits(workspace: Path):
     return {s: tokenize_split(load_text_split(s, data_dir=workspace / "data"), tokenizer) for s in ("train", "dev")}
 
 
+@pytest.mark.parametrize("normalizer", ["batch_tokens", "train_mean_length"])
+def test_fit_gives_the_cosine_loss_the_normalizer_of_the_config(workspace, normalizer):
+    config = load_config(None, [f"data_dir={workspace / 'data'}", "max_length=64", f"cosine_normalizer={normalizer}",
+                                f"output_dir={workspace / 'cosine'}"])
+    splits = _splits(workspace)
+    given = []
+
+    class Stop(Exception):
+        pass
+
+    def make_steps(losses, optimizer):
+        given.append(losses)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(config, *_student_and_teacher(workspace), splits, key=jax.random.key(7), make_steps=make_steps)
+    mean_length = splits["train"].offsets[-1] / len(splits["train"])
+    expected = None if normalizer == "batch_tokens" else pytest.approx(mean_length, rel=1e-12)
+    assert given[0].cosine_tokens_per_example == expected
+
+
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
     overrides = [

@@ -106,6 +106,57 @@ def test_cosine_loss_matches_torch_on_masked_tokens(seed):
     assert abs(float(got) - expected) <= TOL
 
 
+def _torch_cosine_per_row(s: np.ndarray, t: np.ndarray, mask: np.ndarray, tokens_per_example: float) -> float:
+    per_token = torch.nn.CosineEmbeddingLoss(reduction="none")(
+        _t(s).flatten(0, 1), _t(t).flatten(0, 1), torch.ones(s.shape[0] * s.shape[1], dtype=torch.float64)
+    ).reshape(mask.shape)
+    return (per_token * torch.tensor(mask)).sum(dim=1).div(tokens_per_example).mean().item()
+
+
+@pytest.mark.parametrize("seed", range(3))
+# Near the mean length (6.5 here), so that the loss is O(1), where TOL holds (see TOL).
+@pytest.mark.parametrize("tokens_per_example", [4.0, 12.0])
+def test_cosine_loss_with_tokens_per_example_matches_torch_row_sums(seed, tokens_per_example):
+    x = _inputs(seed)
+    expected = _torch_cosine_per_row(x["student_hidden"], x["teacher_hidden"], x["attention_mask"],
+                                     tokens_per_example)
+    got = cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones(),
+                      tokens_per_example=tokens_per_example)
+    assert got.dtype == jnp.float32
+    assert abs(float(got) - expected) <= TOL
+
+
+def test_cosine_loss_with_tokens_per_example_does_not_depend_on_the_batching():
+    """Eight examples in two batches of four, batched by length or alternately: with ``tokens_per_example``
+    the two batches' losses add up to the same total either way; the token average does not."""
+    x = _inputs(0)
+    lengths = x["attention_mask"].sum(axis=1)
+    by_length = np.argsort(lengths, kind="stable")
+    batchings = {"grouped": [by_length[:4], by_length[4:]], "mixed": [by_length[::2], by_length[1::2]]}
+    assert lengths[by_length[:4]].sum() < lengths[by_length[4:]].sum(), "the inputs need lengths that differ"
+
+    def total(rows_per_batch, tokens_per_example):
+        four = jnp.ones(4, jnp.float32)
+        return sum(
+            float(cosine_loss(_j(x["student_hidden"][rows]), _j(x["teacher_hidden"][rows]),
+                              _j(x["attention_mask"][rows]), four, tokens_per_example=tokens_per_example))
+            for rows in rows_per_batch
+        )
+
+    fixed = {name: total(rows, 6.5) for name, rows in batchings.items()}
+    assert abs(fixed["grouped"] - fixed["mixed"]) <= TOL
+    averaged = {name: total(rows, None) for name, rows in batchings.items()}
+    assert abs(averaged["grouped"] - averaged["mixed"]) > 100 * TOL
+
+
+@pytest.mark.parametrize("tokens_per_example", [0.0, -2.0])
+def test_non_positive_tokens_per_example_is_rejected(tokens_per_example):
+    x = _inputs(0)
+    with pytest.raises(ValueError, match=f"tokens_per_example must be positive or None, got {tokens_per_example}"):
+        cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones(),
+                    tokens_per_example=tokens_per_example)
+
+
 @pytest.mark.parametrize(
     ("temperature", "expected", "atol"),
     [(1.0, [0.9997, 0.0003], 1e-3), (2.0, [0.982, 0.018], 1e-3), (5.0, [0.83, 0.17], 5e-3)],
@@ -165,6 +216,11 @@ def test_padding_rows_do_not_change_any_loss():
         (
             cosine_loss(s_hidden, t_hidden, mask, weights),
             cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones()),
+        ),
+        (
+            cosine_loss(s_hidden, t_hidden, mask, weights, tokens_per_example=6.5),
+            cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones(),
+                        tokens_per_example=6.5),
         ),
     ]
     for with_padding, without in pairs:
@@ -329,12 +385,14 @@ def test_missing_inputs_for_a_weighted_term_are_rejected():
         distillation_loss(s_logits, t_logits, None, None, *common, alpha_cos=0.1, **kw)
 
 
-def test_sharded_losses_equal_the_global_batch_loss():
+@pytest.mark.parametrize("cosine_tokens_per_example", [None, 6.5])
+def test_sharded_losses_equal_the_global_batch_loss(cosine_tokens_per_example):
     """One row per device, the last three rows padding (so three devices hold padding only): with
     ``axis_name`` the loss and its gradient are those of the whole batch, on every device."""
     x = _inputs(0)
     weights = jnp.asarray(np.arange(BATCH) < BATCH - 3, jnp.float32)
-    kw = {"temperature": 2.0, "alpha_ce": 1.0, "alpha_kl": 0.45, "alpha_cos": 0.1}
+    kw = {"temperature": 2.0, "alpha_ce": 1.0, "alpha_kl": 0.45, "alpha_cos": 0.1,
+          "cosine_tokens_per_example": cosine_tokens_per_example}
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
 
     def sharded(s_logits, s_hidden, *rest):
