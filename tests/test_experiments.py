@@ -13,13 +13,14 @@ import pytest
 import transformers
 
 import distilbert_eqx as de
-from distilbert_eqx.config import load_config
-from distilbert_eqx.data import DataError, load_text_split, load_tokenizer, tokenize_split
+from distilbert_eqx.config import ExperimentConfig, load_config
+from distilbert_eqx.data import DataError, TokenizedSplit, load_text_split, load_tokenizer, tokenize_split
 from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.loop import fit, single_device_steps
 from paths import REPO, minilm_dir, shared_dir
 
 sys.path.insert(0, str(REPO / "experiments"))
+import cosine_weights  # noqa: E402
 import distill_sst2  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
 import finetune_teacher  # noqa: E402
@@ -122,6 +123,29 @@ def test_fit_gives_the_cosine_loss_the_normalizer_of_the_config(workspace, norma
     mean_length = splits["train"].offsets[-1] / len(splits["train"])
     expected = None if normalizer == "batch_tokens" else pytest.approx(mean_length, rel=1e-12)
     assert given[0].cosine_tokens_per_example == expected
+
+
+def test_cosine_weights_by_length_class():
+    """Eight examples of each of the lengths 4, 6, 12, 16, 20, 30, 40, 50 in batches of 8. Grouped, each batch
+    holds one length, so the token average weighs examples equally (the example shares); train_mean_length gives
+    the token shares with either batching; random batches with the token average give neither."""
+    lengths = np.repeat([4, 6, 12, 16, 20, 30, 40, 50], 8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    split = TokenizedSplit("train", np.zeros(len(lengths), np.int32), offsets, np.ones(offsets[-1], np.int32),
+                           np.zeros(offsets[-1], np.int32), 0)
+    config = ExperimentConfig(batch_size=8)
+    examples = np.array([2, 3, 3]) / 8  # <= 8: 4, 6; 9-24: 12, 16, 20; > 24: 30, 40, 50
+    tokens = np.array([4 + 6, 12 + 16 + 20, 30 + 40 + 50]) / lengths.reshape(8, 8)[:, 0].sum()
+    assert cosine_weights.example_shares(split) == pytest.approx(examples, abs=1e-12)
+
+    def shares(grouped, normalizer):
+        return cosine_weights.cosine_weight_shares(config, split, 3, grouped, normalizer)
+
+    assert shares(True, "batch_tokens") == pytest.approx(examples, abs=1e-12)
+    assert shares(True, "train_mean_length") == pytest.approx(tokens, abs=1e-12)
+    assert shares(False, "train_mean_length") == pytest.approx(tokens, abs=1e-12)
+    random_batches = shares(False, "batch_tokens")
+    assert np.abs(random_batches - examples).max() > 0.05 and np.abs(random_batches - tokens).max() > 1e-3
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
