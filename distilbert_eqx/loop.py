@@ -143,11 +143,11 @@ def fit(
     buckets = resolved_length_buckets(config)
     eval_batch = resolved_eval_batch_size(config)
     # train_mean_length: every token weighs the same in every batch, grouped by length or not.
-    tokens_per_example = (
-        float(splits["train"].lengths.mean()) if config.cosine_normalizer == "train_mean_length" else None
+    mean_length = float(splits["train"].lengths.mean())
+    losses = LossConfig(
+        config.temperature, config.alpha_ce, config.alpha_kl, config.alpha_cos,
+        cosine_tokens_per_example=mean_length if config.cosine_normalizer == "train_mean_length" else None,
     )
-    alphas = (config.alpha_ce, config.alpha_kl, config.alpha_cos)
-    losses = LossConfig(config.temperature, *alphas, tokens_per_example)
     if losses.needs_teacher and teacher is None:
         raise ValueError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
     per_epoch = num_batches(splits["train"], config.batch_size)
