@@ -1,8 +1,10 @@
 """Table of ``compare_batching.sh``'s results: accuracy per seed and arm, means, and paired differences.
 
     python experiments/summarize_batching.py runs/batching
+    python experiments/summarize_batching.py runs/batching --grouped-root runs/batching_cosnorm
 
-Reads ``evaluate.py``'s outputs below ``seed<S>_grouped`` and ``seed<S>_random``:
+Reads ``evaluate.py``'s outputs below ``seed<S>_grouped`` and ``seed<S>_random`` (the grouped runs from
+``--grouped-root`` when given, to compare grouped runs of another setting with the same random runs):
 ``accuracy_{dev,test}.json`` for the ``best/`` checkpoint and ``final_accuracy_{dev,test}.json`` for the last step's ``student/``. ``best/``
 is chosen by dev accuracy, so its dev numbers are biased upward (by more for the arm whose validation curve
 swings more); the final model's are not, and test is never used for choosing. Seeds without all four files of
@@ -25,18 +27,21 @@ SPLITS = ("dev", "test")
 CHECKPOINTS = {"best": "", "final": "final_"}
 
 
-def read_results(root: Path, prefix: str) -> tuple[dict[str, dict[tuple[str, str], dict]], list[str]]:
+def read_results(
+    root: Path, prefix: str, grouped_root: Path | None = None
+) -> tuple[dict[str, dict[tuple[str, str], dict]], list[str]]:
     """``{seed: {(arm, split): {"accuracy", "n"}}}`` for seeds with all of ``<prefix>accuracy_<split>.json``,
-    and the names of the seeds with only some of them."""
+    and the names of the seeds with only some of them. The grouped runs come from ``grouped_root`` when given."""
     found: dict[str, dict[tuple[str, str], dict]] = {}
-    for run in sorted(root.glob("seed*_*")):
-        match = re.fullmatch(r"seed(.+)_(grouped|random)", run.name)
-        if match is None or not run.is_dir():
-            continue
-        for split in SPLITS:
-            path = run / f"{prefix}accuracy_{split}.json"
-            if path.is_file():
-                found.setdefault(match[1], {})[(match[2], split)] = json.loads(path.read_text())
+    for arm, folder in (("grouped", grouped_root or root), ("random", root)):
+        for run in sorted(folder.glob(f"seed*_{arm}")):
+            match = re.fullmatch(rf"seed(.+)_{arm}", run.name)
+            if match is None or not run.is_dir():
+                continue
+            for split in SPLITS:
+                path = run / f"{prefix}accuracy_{split}.json"
+                if path.is_file():
+                    found.setdefault(match[1], {})[(arm, split)] = json.loads(path.read_text())
     complete = {s: r for s, r in found.items() if len(r) == len(ARMS) * len(SPLITS)}
     incomplete = sorted(set(found) - set(complete))
     return dict(sorted(complete.items(), key=lambda kv: _seed_key(kv[0]))), incomplete
@@ -84,13 +89,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "root", nargs="?", default="runs/batching", help="compare_batching.sh's output folder"
     )
+    parser.add_argument(
+        "--grouped-root", default=None,
+        help="take the grouped runs (seed<S>_grouped) from this folder instead, e.g. runs of another setting",
+    )
     args = parser.parse_args(argv)
     root = Path(args.root)
-    if not root.is_dir():
-        raise SystemExit(f"{root}: not a folder; expected compare_batching.sh's output (runs/batching)")
+    grouped_root = None if args.grouped_root is None else Path(args.grouped_root)
+    for folder in (root, grouped_root):
+        if folder is not None and not folder.is_dir():
+            raise SystemExit(f"{folder}: not a folder; expected compare_batching.sh's output (runs/batching)")
     summaries = {}
     for kind, prefix in CHECKPOINTS.items():
-        results, incomplete = read_results(root, prefix)
+        results, incomplete = read_results(root, prefix, grouped_root)
         if incomplete:
             print(f"{kind}: incomplete seeds, left out: {', '.join(incomplete)}")
         if results:

@@ -244,3 +244,13 @@ def test_summarize_batching_pools_seeds_and_pairs_differences(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="no seed with all"):
         summarize_batching.main([str(tmp_path / "seed9_grouped")])
+
+    # The grouped runs of another setting, in their own folder, against the same random runs.
+    other = tmp_path / "other"
+    (other / "seed3_grouped").mkdir(parents=True)
+    for split, correct, n in (("dev", 769, 872), ("test", 1610, 1821)):
+        (other / "seed3_grouped" / f"accuracy_{split}.json").write_text(json.dumps({"accuracy": correct / n, "n": n}))
+    summary = summarize_batching.main([str(tmp_path), "--grouped-root", str(other)])["best"]
+    assert summary["seeds"] == ["3"]
+    assert summary["dev"]["paired"]["differences"] == [0.0]
+    assert "| 3 | 88.19 | 88.19 | 88.41 | 88.41 |" in capsys.readouterr().out
