@@ -1,16 +1,16 @@
-"""How the cosine loss spreads its weight over example lengths in one training epoch, grouped vs random batches.
+"""How the cosine loss spreads its weight over example lengths in one epoch, grouped vs random batches.
 
     python experiments/cosine_weights.py --config experiments/configs/sst2_minilm_offline.yaml
 
 CE and KL average over a batch's examples, so every example weighs the same however the epoch is batched. The
-cosine loss with ``cosine_normalizer: batch_tokens`` averages over the batch's real tokens: an example's share of
-its batch's loss is its length over the batch's total length. With random batches that is close to its share of
-all the tokens; with ``group_by_length`` (a batch's examples about equally long) it is close to one example's
-share. ``train_mean_length`` gives an example ``length / (rows x mean length)`` in every batch.
+cosine loss with ``cosine_normalizer: batch_tokens`` averages over the batch's real tokens: an example's
+share of its batch's loss is its length over the batch's total length. With random batches that is close to
+its share of all the tokens; with ``group_by_length`` (a batch's examples about equally long) it is close to
+one example's share. ``train_mean_length`` gives an example ``length / (rows x mean length)`` in every batch.
 
-For each batching and normalizer, prints the share of the epoch's cosine-loss weight carried by the examples of
-each length class (tokens, [CLS] and [SEP] included), averaged over the epoch orders of ``--seeds`` seeds; then
-each class's share of the examples of train, dev and test. Ends with one JSON line.
+For each batching and normalizer, prints the share of the epoch's cosine-loss weight carried by the examples
+of each length class (tokens, [CLS] and [SEP] included), averaged over the epoch orders of ``--seeds`` seeds;
+then each class's share of the examples of train, dev and test. Ends with one JSON line.
 """
 
 import argparse
@@ -25,7 +25,8 @@ from distilbert_eqx.config import (
     config_from_args,
     resolved_length_buckets,
 )
-from distilbert_eqx.data import TokenizedSplit, load_text_split, load_tokenizer, tokenize_split, train_batches
+from distilbert_eqx.data import TokenizedSplit, train_batches
+from distilbert_eqx.experiment import _load_splits as load_splits
 
 # Upper edges of the length classes; the last class is everything longer.
 EDGES = (8, 24)
@@ -59,16 +60,13 @@ def example_shares(split: TokenizedSplit) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--seeds", type=int, default=3, help="epoch orders to average over (default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="epoch orders to average over (default %(default)s)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     config = config_from_args(args)
-    tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
-    splits = {
-        name: tokenize_split(load_text_split(name, data_dir=config.data_dir, dataset_id=config.dataset_id), tokenizer)
-        for name in ("train", "dev", "test")
-    }
+    _, splits = load_splits(config, ("train", "dev", "test"))
     rows = []
     for group_by_length in (False, True):
         for normalizer in COSINE_NORMALIZERS:
@@ -85,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("| batches | cosine_normalizer | " + " | ".join(CLASSES) + " |")
     print("|---|---|" + "---:|" * len(CLASSES))
     for row in rows:
-        print(f"| {row['batches']} | {row['normalizer']} | " + " | ".join(f"{s:.3f}" for s in row["shares"]) + " |")
+        cells = " | ".join(f"{s:.3f}" for s in row["shares"])
+        print(f"| {row['batches']} | {row['normalizer']} | {cells} |")
     for name, shares in examples.items():
         label = "train examples (CE and KL, any batching)" if name == "train" else f"{name} examples"
         print(f"| share of {label} | | " + " | ".join(f"{s:.3f}" for s in shares) + " |")
