@@ -152,7 +152,9 @@ def fit(
         raise ValueError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
     per_epoch = num_batches(splits["train"], config.batch_size)
     total_steps = config.max_steps or config.num_epochs * per_epoch
-    optimizer, schedule = make_optimizer(config.learning_rate, config.weight_decay, config.warmup_ratio, total_steps)
+    optimizer, schedule = make_optimizer(
+        config.learning_rate, config.weight_decay, config.warmup_ratio, total_steps, config.max_grad_norm
+    )
     steps = make_steps(losses, optimizer)
     writer = steps.is_writer
     if writer:

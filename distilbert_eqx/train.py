@@ -85,9 +85,14 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-    learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int, max_grad_norm: float = 1.0
+    learning_rate: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    total_steps: int,
+    max_grad_norm: float | None = 1.0,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0, and gradient clipping.
+    """AdamW with linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0, and gradient clipping
+    to ``max_grad_norm`` (``None``: no clipping).
 
     Returns the optimizer and its learning-rate schedule (for logging).
     """
@@ -100,7 +105,7 @@ def make_optimizer(
         [warmup],
     )
     optimizer = optax.chain(
-        clip_by_global_norm(max_grad_norm),
+        optax.identity() if max_grad_norm is None else clip_by_global_norm(max_grad_norm),
         optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay, mask=decay_mask),
     )
     return optimizer, schedule

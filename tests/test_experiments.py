@@ -16,6 +16,7 @@ import distilbert_eqx as de
 from distilbert_eqx.config import ExperimentConfig, load_config
 from distilbert_eqx.data import DataError, TokenizedSplit, load_text_split, load_tokenizer, tokenize_split
 from distilbert_eqx.init import student_from_teacher
+from distilbert_eqx import loop
 from distilbert_eqx.loop import fit, single_device_steps
 from paths import REPO, minilm_dir, shared_dir
 
@@ -123,6 +124,25 @@ def test_fit_gives_the_cosine_loss_the_normalizer_of_the_config(workspace, norma
     mean_length = splits["train"].offsets[-1] / len(splits["train"])
     expected = None if normalizer == "batch_tokens" else pytest.approx(mean_length, rel=1e-12)
     assert given[0].cosine_tokens_per_example == expected
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.25])
+def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monkeypatch, max_grad_norm):
+    config = load_config(None, [f"data_dir={workspace / 'data'}", "max_length=64", f"output_dir={workspace / 'gradclip'}",
+                                f"max_grad_norm={'null' if max_grad_norm is None else max_grad_norm}"])
+    given = []
+
+    class Stop(Exception):
+        pass
+
+    def make_optimizer(*args):
+        given.append(args)
+        raise Stop
+
+    monkeypatch.setattr(loop, "make_optimizer", make_optimizer)
+    with pytest.raises(Stop):
+        fit(config, *_student_and_teacher(workspace), _splits(workspace), key=jax.random.key(7))
+    assert given[0][-1] == max_grad_norm
 
 
 def test_cosine_weights_by_length_class():

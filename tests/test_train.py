@@ -239,3 +239,41 @@ def test_optimizer_schedule_warms_up_then_decays():
     assert float(schedule(10)) == pytest.approx(1e-3)
     assert float(schedule(55)) == pytest.approx(0.5e-3)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5])
+def test_optimizer_equals_torch_adamw_with_and_without_clipping(max_grad_norm):
+    """Three steps of make_optimizer against torch.optim.AdamW on a matrix (decayed) and a bias (not decayed),
+    with gradients of global norm 8, 0.2 and 3: clip_grad_norm_ before each step when ``max_grad_norm`` is set,
+    none when it is None. The first step alone could not tell them apart (Adam's first step is scale-free)."""
+    lr, weight_decay, total = 1e-2, 0.1, 4
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    grads = []
+    for norm in (8.0, 0.2, 3.0):
+        g = {k: rng.normal(size=v.shape) for k, v in params.items()}
+        total_norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
+        grads.append({k: (x * norm / total_norm).astype(np.float32) for k, x in g.items()})
+
+    optimizer, schedule = make_optimizer(lr, weight_decay, 0.0, total, max_grad_norm)
+    ours = jax.tree.map(jnp.asarray, params)
+    opt_state = optimizer.init(ours)
+    for g in grads:
+        with jax.numpy_dtype_promotion("standard"):  # as in train_step: optax computes b1 ** count (float ** int)
+            updates, opt_state = optimizer.update(jax.tree.map(jnp.asarray, g), opt_state, ours)
+        ours = optax.apply_updates(ours, updates)
+
+    w, b = (torch.nn.Parameter(torch.from_numpy(params[k].copy())) for k in ("w", "b"))
+    reference = torch.optim.AdamW(
+        [{"params": [w], "weight_decay": weight_decay}, {"params": [b], "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.999), eps=1e-8,
+    )
+    for step, g in enumerate(grads):
+        w.grad, b.grad = torch.from_numpy(g["w"].copy()), torch.from_numpy(g["b"].copy())
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([w, b], max_grad_norm)
+        for group in reference.param_groups:
+            group["lr"] = float(schedule(step))
+        reference.step()
+    np.testing.assert_allclose(np.asarray(ours["w"]), w.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ours["b"]), b.detach().numpy(), rtol=1e-5, atol=1e-6)
