@@ -21,6 +21,7 @@ from distilbert_eqx.loop import fit, single_device_steps
 from paths import REPO, minilm_dir, shared_dir
 
 sys.path.insert(0, str(REPO / "experiments"))
+import clipping_by_length  # noqa: E402
 import cosine_weights  # noqa: E402
 import distill_sst2  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
@@ -166,6 +167,44 @@ def test_cosine_weights_by_length_class():
     assert shares(False, "train_mean_length") == pytest.approx(tokens, abs=1e-12)
     random_batches = shares(False, "batch_tokens")
     assert np.abs(random_batches - examples).max() > 0.05 and np.abs(random_batches - tokens).max() > 1e-3
+
+
+def test_clipping_by_length_class_by_hand():
+    """Four steps of two examples: norms 0.5 and 1.0 are not clipped, 2.0 and 4.0 are scaled by 1/2 and 1/4."""
+    counts = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2], [1, 1, 0]])
+    r = clipping_by_length.clipping_by_class(counts, np.array([0.5, 2.0, 4.0, 1.0]), 1.0)
+    assert r["steps"] == 4 and r["clipped"] == 0.5 and r["clipped_by_quarter"] == [0, 1, 1, 0]
+    assert r["mean_scale"] == pytest.approx((1 + 0.5 + 0.25 + 1) / 4)
+    assert r["example_share"] == pytest.approx([3 / 8, 3 / 8, 2 / 8])
+    assert r["clip_weighted_share"] == pytest.approx(np.array([2 + 1, 2 * 0.5 + 1, 2 * 0.25]) / 5.5)
+    # The last step's classes tie; it counts as its first (<= 8), with norm 1.0 beside the first step's 0.5.
+    assert r["median_norm_by_dominant_class"] == pytest.approx([0.75, 2.0, 4.0])
+    assert r["batches_by_dominant_class"] == [2, 1, 1]
+
+
+def test_clipping_by_length_rebuilds_a_runs_batches(workspace, tmp_path, capsys):
+    """A grouped run of 7 steps over 5 batches per epoch: the script reads every step's norm and finds each step's
+    examples; the first epoch's 5 batches hold every training example once (checked against the tokenized split)."""
+    run = workspace / "clip"
+    distill_sst2.main(common(workspace, "clip") + ["--set", "max_steps=7", "--set", "group_by_length=true",
+                                                      "--set", "student_init_layers=[0,1]"])
+    norms = clipping_by_length.read_grad_norms(run)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert norms.tolist() == [r["grad_norm"] for r in logged if "grad_norm" in r]
+    _, counts, max_norm = clipping_by_length.run_class_counts(run, len(norms))
+    assert max_norm == 1.0
+    assert counts.shape == (7, 3) and (counts.sum(axis=1) == 8).all()
+    lengths = _splits(workspace)["train"].lengths
+    assert counts[:5].sum(axis=0).tolist() == np.bincount(clipping_by_length.length_class(lengths), minlength=3).tolist()
+    (result,) = clipping_by_length.main([str(run)])
+    assert result["steps"] == 7
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"][0]["steps"] == 7
+
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    (sparse / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "grad_norm": 1.0}) for s in (1, 2, 4)))
+    with pytest.raises(ValueError, match="no record for step 3"):
+        clipping_by_length.read_grad_norms(sparse)
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
