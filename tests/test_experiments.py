@@ -129,8 +129,9 @@ def test_fit_gives_the_cosine_loss_the_normalizer_of_the_config(workspace, norma
 
 @pytest.mark.parametrize("max_grad_norm", [None, 0.25])
 def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monkeypatch, max_grad_norm):
-    config = load_config(None, [f"data_dir={workspace / 'data'}", "max_length=64", f"output_dir={workspace / 'gradclip'}",
-                                f"max_grad_norm={'null' if max_grad_norm is None else max_grad_norm}"])
+    value = "null" if max_grad_norm is None else max_grad_norm
+    config = load_config(None, [f"data_dir={workspace / 'data'}", "max_length=64",
+                                f"output_dir={workspace / 'gradclip'}", f"max_grad_norm={value}"])
     given = []
 
     class Stop(Exception):
