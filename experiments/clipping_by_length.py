@@ -22,18 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cosine_weights import CLASSES, length_class  # the same length classes
 from distilbert_eqx.config import config_from_dict, resolved_length_buckets
 from distilbert_eqx.experiment import _load_splits as load_splits
 from distilbert_eqx.loop import _epoch_batches as epoch_batches
 
-# Upper edges of the length classes (as in cosine_weights.py); the last class is everything longer.
-EDGES = (8, 24)
-CLASSES = ("<= 8", "9-24", "> 24")
 QUARTERS = 4
-
-
-def length_class(lengths: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.asarray(EDGES), lengths, side="left")
 
 
 def read_grad_norms(run: Path) -> np.ndarray:

@@ -13,10 +13,10 @@ import pytest
 import transformers
 
 import distilbert_eqx as de
+from distilbert_eqx import loop
 from distilbert_eqx.config import ExperimentConfig, load_config
 from distilbert_eqx.data import DataError, TokenizedSplit, load_text_split, load_tokenizer, tokenize_split
 from distilbert_eqx.init import student_from_teacher
-from distilbert_eqx import loop
 from distilbert_eqx.loop import fit, single_device_steps
 from paths import REPO, minilm_dir, shared_dir
 
