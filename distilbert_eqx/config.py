@@ -84,6 +84,7 @@ class ExperimentConfig:
     student_init_layers: tuple[int, ...] | None = None
     length_buckets: tuple[int, ...] | None = None
     group_by_length: bool = False
+    group_chunk_batches: int = 100
     cosine_normalizer: str = "batch_tokens"
     max_grad_norm: float | None = 1.0
     dropout: bool = True
@@ -174,7 +175,7 @@ def _validate(c: ExperimentConfig) -> None:
     # Room for [CLS] and [SEP].
     _require(c.max_length >= 2, "max_length", c.max_length, "an int >= 2")
     positive = ("batch_size", "num_epochs", "log_every", "log_val_every", "checkpoint_every")
-    for key in (*positive, "keep_top_k_checkpoints", "num_devices", "num_processes"):
+    for key in (*positive, "keep_top_k_checkpoints", "num_devices", "num_processes", "group_chunk_batches"):
         _require(getattr(c, key) >= 1, key, getattr(c, key), "an int >= 1")
     _require(c.eval_batch_size is None or c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size,
              "null or an int >= 1")

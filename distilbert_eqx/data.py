@@ -20,9 +20,9 @@ from jaxtyping import Bool, Float32, Int32, Int64
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 _HEADER = ["sentence", "label"]
-# group_by_length sorts within chunks of this many batches: long enough to group similar lengths, short enough
-# that batch contents still change from epoch to epoch (the Hugging Face "megabatch" idea).
-_GROUP_CHUNK_BATCHES = 100
+# group_by_length sorts within chunks of this many batches by default: long enough to group similar lengths,
+# short enough that batch contents still change from epoch to epoch (the Hugging Face "megabatch" idea).
+GROUP_CHUNK_BATCHES = 100
 
 
 class DataError(ValueError):
@@ -251,14 +251,19 @@ def _batch_indices(order: Int64[np.ndarray, " examples"], batch_size: int) -> li
 
 
 def _train_order(
-    lengths: Int64[np.ndarray, " examples"], batch_size: int, seed: int, epoch: int, group_by_length: bool
+    lengths: Int64[np.ndarray, " examples"],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    group_chunk_batches: int,
 ) -> list[np.ndarray]:
     """Example indices of each batch of one training epoch; a partial batch, if any, is always last."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if not group_by_length:
         return _batch_indices(order, batch_size)
-    chunk = _GROUP_CHUNK_BATCHES * batch_size
+    chunk = group_chunk_batches * batch_size
     chunks = [order[i : i + chunk] for i in range(0, len(order), chunk)]
     order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
     batches = _batch_indices(order, batch_size)
@@ -299,15 +304,20 @@ def train_batches(
     seed: int,
     epoch: int,
     group_by_length: bool = False,
+    group_chunk_batches: int = GROUP_CHUNK_BATCHES,
     start: int = 0,
 ) -> Iterator[Batch]:
     """Batches of one training epoch in a shuffled order fixed by ``(seed, epoch)``, skipping the first
     ``start`` (for exact resume). Every example appears exactly once; each batch is ``(batch_size, bucket)``.
 
-    ``group_by_length`` sorts by length within chunks of 100 batches before shuffling the batches, so most
-    batches land in a short bucket.
+    ``group_by_length`` sorts by length within chunks of ``group_chunk_batches`` batches (of the shuffled
+    examples) before shuffling the batches, so most batches land in a short bucket. Smaller chunks give batches
+    of less uniform length and more padding; a chunk of 1 batch gives the batches of ``group_by_length=False``
+    (in another order).
     """
-    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
+    if group_chunk_batches < 1:
+        raise ValueError(f"group_chunk_batches={group_chunk_batches}; expected an int >= 1")
+    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length, group_chunk_batches)
     if not 0 <= start <= len(batches):
         raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
     return (_make_batch(split, indices, batch_size, buckets) for indices in batches[start:])

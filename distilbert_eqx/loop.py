@@ -113,8 +113,8 @@ def _epoch_batches(config: ExperimentConfig, train: TokenizedSplit, buckets, sta
     epoch, position = divmod(start_step, per_epoch)
     while True:
         yield from train_batches(
-            train, config.batch_size, buckets, seed=config.seed, epoch=epoch,
-            group_by_length=config.group_by_length, start=position,
+            train, config.batch_size, buckets, seed=config.seed, epoch=epoch, group_by_length=config.group_by_length,
+            group_chunk_batches=config.group_chunk_batches, start=position,
         )
         epoch, position = epoch + 1, 0
 

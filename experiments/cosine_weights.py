@@ -43,8 +43,10 @@ def cosine_weight_shares(
     """Share of one epoch's cosine-loss weight per length class (sums to 1)."""
     mean_length = float(train.lengths.mean())
     totals = np.zeros(len(CLASSES))
-    batches = train_batches(train, config.batch_size, resolved_length_buckets(config), seed=seed, epoch=0,
-                            group_by_length=group_by_length)
+    batches = train_batches(
+        train, config.batch_size, resolved_length_buckets(config), seed=seed, epoch=0,
+        group_by_length=group_by_length, group_chunk_batches=config.group_chunk_batches,
+    )
     for batch in batches:
         rows = batch.weights > 0
         lengths = batch.attention_mask[rows].sum(axis=1)

@@ -1,6 +1,7 @@
 """SST-2 loading, tokenisation and batching: bad data is reported clearly, every example is seen exactly once,
 orders are deterministic, and the tokenizer's own padding is never applied."""
 
+import itertools
 import sys
 import types
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from distilbert_eqx.config import ExperimentConfig, resolved_length_buckets
 from distilbert_eqx.data import (
+    GROUP_CHUNK_BATCHES,
     Batch,
     DataError,
     TextSplit,
@@ -26,6 +28,7 @@ from distilbert_eqx.data import (
     train_batches,
 )
 
+from distilbert_eqx.loop import _epoch_batches as epoch_batches
 from paths import minilm_dir, shared_dir
 
 BUCKETS = (4, 8, 16)
@@ -61,6 +64,11 @@ def example_of_rows(batch: Batch) -> list[int]:
 
 def seen_examples(batches: list[Batch]) -> list[int]:
     return [i for batch in batches for i in example_of_rows(batch)]
+
+
+def batch_members(batches: list[Batch]) -> set[frozenset[int]]:
+    """Which examples went together, whatever the order of the batches and of their rows."""
+    return {frozenset(example_of_rows(b)) for b in batches}
 
 
 def random_lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -275,6 +283,36 @@ def test_group_by_length_cuts_padding():
     assert plain.mean_true_length == pytest.approx(grouped.mean_true_length)
     assert grouped.mean_padded_length < plain.mean_padded_length
     assert grouped.token_efficiency > plain.token_efficiency
+
+
+def test_group_chunk_batches_sets_how_uniform_grouped_batches_are():
+    """A chunk of one batch sorts within each random batch: the random batches, reordered. A chunk of the whole
+    epoch sorts all of it: no two batches' length ranges overlap. Padding falls as chunks grow."""
+    split = synthetic_split(random_lengths(2000))
+
+    def batches(grouped: bool, chunk: int = GROUP_CHUNK_BATCHES):
+        return list(train_batches(split, 8, BUCKETS, seed=3, epoch=1, group_by_length=grouped,
+                                  group_chunk_batches=chunk))
+
+    random_batches, one = batches(False), batches(True, 1)
+    assert batch_members(one) == batch_members(random_batches)
+    assert seen_examples(one) != seen_examples(random_batches)
+    whole = batches(True, 250)
+    ranges = sorted((split.lengths[ids].min(), split.lengths[ids].max()) for ids in map(example_of_rows, whole))
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:]))
+    padded = [padding_stats(batches(True, chunk)).mean_padded_length for chunk in (1, 10, 250)]
+    assert padded[0] > padded[1] > padded[2]
+    with pytest.raises(ValueError, match=r"group_chunk_batches=0; expected an int >= 1"):
+        batches(True, 0)
+
+
+def test_training_epochs_use_the_configs_chunk_size():
+    split = synthetic_split(random_lengths(200))
+    config = ExperimentConfig(batch_size=8, group_by_length=True, group_chunk_batches=1)
+    assert ExperimentConfig().group_chunk_batches == GROUP_CHUNK_BATCHES
+    first_epoch = list(itertools.islice(epoch_batches(config, split, BUCKETS, 0), 25))
+    random_batches = list(train_batches(split, 8, BUCKETS, seed=config.seed, epoch=0))
+    assert batch_members(first_epoch) == batch_members(random_batches)
 
 
 def test_padding_stats_by_hand():
