@@ -26,6 +26,7 @@ import cosine_weights  # noqa: E402
 import distill_sst2  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
 import finetune_teacher  # noqa: E402
+import padding_by_chunk  # noqa: E402
 import summarize_batching  # noqa: E402
 
 
@@ -208,6 +209,23 @@ def test_clipping_by_length_rebuilds_a_runs_batches(workspace, tmp_path, capsys)
     (sparse / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "grad_norm": 1.0}) for s in (1, 2, 4)))
     with pytest.raises(ValueError, match="no record for step 3"):
         clipping_by_length.read_grad_norms(sparse)
+
+
+def test_padding_by_chunk():
+    """Eight examples each of lengths 4, 6, 12, 16, 20, 30, 40, 50, batches of 8: a chunk of the whole epoch gives
+    batches of one length (std 0, padded to each length's bucket); a chunk of one batch pads as random batches."""
+    lengths = np.repeat([4, 6, 12, 16, 20, 30, 40, 50], 8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    split = TokenizedSplit("train", np.zeros(len(lengths), np.int32), offsets, np.ones(offsets[-1], np.int32),
+                           np.zeros(offsets[-1], np.int32), 0)
+    config = ExperimentConfig(batch_size=8, length_buckets=(8, 16, 32, 64, 128))
+    whole = padding_by_chunk.epoch_uniformity(config, split, 8)
+    assert whole["within_batch_std"] == 0.0
+    assert whole["mean_padded_length"] == pytest.approx(np.mean([8, 8, 16, 16, 32, 32, 64, 64]))
+    one, random_batches = (padding_by_chunk.epoch_uniformity(config, split, c) for c in (1, None))
+    assert one["mean_padded_length"] == random_batches["mean_padded_length"] > whole["mean_padded_length"]
+    assert one["within_batch_std"] == pytest.approx(random_batches["within_batch_std"])
+    assert one["within_batch_std"] > 5
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
