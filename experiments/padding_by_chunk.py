@@ -24,14 +24,12 @@ CHUNKS = (100, 50, 25, 10, 5, 2)
 def epoch_uniformity(config: ExperimentConfig, train: TokenizedSplit, chunk: int | None) -> dict:
     """Mean padded length and mean within-batch length std of epoch 0; ``chunk`` None means random batches."""
 
-    def batches():
-        return train_batches(
-            train, config.batch_size, resolved_length_buckets(config), seed=config.seed, epoch=0,
-            group_by_length=chunk is not None, group_chunk_batches=chunk or 1,
-        )
-
-    stats = padding_stats(batches())
-    spread = [float(b.attention_mask[b.weights > 0].sum(axis=1).std()) for b in batches()]
+    batches = list(train_batches(
+        train, config.batch_size, resolved_length_buckets(config), seed=config.seed, epoch=0,
+        group_by_length=chunk is not None, group_chunk_batches=chunk or 1,
+    ))
+    stats = padding_stats(batches)
+    spread = [float(b.attention_mask[b.weights > 0].sum(axis=1).std()) for b in batches]
     return {"chunk": chunk, "mean_padded_length": stats.mean_padded_length, "within_batch_std": float(np.mean(spread))}
 
 

@@ -148,15 +148,21 @@ def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monk
     assert given[0][-1] == max_grad_norm
 
 
+def eight_of_each_length() -> TokenizedSplit:
+    """A training split of eight examples each of lengths 4, 6, 12, 16, 20, 30, 40, 50 (tokens all 1)."""
+    lengths = np.repeat([4, 6, 12, 16, 20, 30, 40, 50], 8)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return TokenizedSplit("train", np.zeros(len(lengths), np.int32), offsets, np.ones(offsets[-1], np.int32),
+                          np.zeros(offsets[-1], np.int32), 0)
+
+
 def test_cosine_weights_by_length_class():
     """Eight examples of each of the lengths 4, 6, 12, 16, 20, 30, 40, 50 in batches of 8. Grouped, each batch
     holds one length, so the token average weighs examples equally (the example shares); train_mean_length gives
     the token shares with either batching; random batches with the token average give neither."""
-    lengths = np.repeat([4, 6, 12, 16, 20, 30, 40, 50], 8)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    split = TokenizedSplit("train", np.zeros(len(lengths), np.int32), offsets, np.ones(offsets[-1], np.int32),
-                           np.zeros(offsets[-1], np.int32), 0)
+    split = eight_of_each_length()
     config = ExperimentConfig(batch_size=8)
+    lengths = split.lengths
     examples = np.array([2, 3, 3]) / 8  # <= 8: 4, 6; 9-24: 12, 16, 20; > 24: 30, 40, 50
     tokens = np.array([4 + 6, 12 + 16 + 20, 30 + 40 + 50]) / lengths.reshape(8, 8)[:, 0].sum()
     assert cosine_weights.example_shares(split) == pytest.approx(examples, abs=1e-12)
@@ -214,10 +220,7 @@ def test_clipping_by_length_rebuilds_a_runs_batches(workspace, tmp_path, capsys)
 def test_padding_by_chunk():
     """Eight examples each of lengths 4, 6, 12, 16, 20, 30, 40, 50, batches of 8: a chunk of the whole epoch gives
     batches of one length (std 0, padded to each length's bucket); a chunk of one batch pads as random batches."""
-    lengths = np.repeat([4, 6, 12, 16, 20, 30, 40, 50], 8)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    split = TokenizedSplit("train", np.zeros(len(lengths), np.int32), offsets, np.ones(offsets[-1], np.int32),
-                           np.zeros(offsets[-1], np.int32), 0)
+    split = eight_of_each_length()
     config = ExperimentConfig(batch_size=8, length_buckets=(8, 16, 32, 64, 128))
     whole = padding_by_chunk.epoch_uniformity(config, split, 8)
     assert whole["within_batch_std"] == 0.0
