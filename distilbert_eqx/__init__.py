@@ -12,8 +12,8 @@ from .models import (
 
 __all__ = [
     "BertConfig",
-    "CheckpointError",
     "BertForSequenceClassification",
+    "CheckpointError",
     "ClassifierOutput",
     "DistilBertConfig",
     "DistilBertForSequenceClassification",

@@ -13,12 +13,12 @@ from jaxtyping import PyTree
 
 from ._types import ComputeDtype, Key
 from .models.bert import BertConfig, BertForSequenceClassification
-from .models.layers import TransformerLayer
 from .models.distilbert import (
     DISTILBERT_LAYER_NORM_EPS,
     DistilBertConfig,
     DistilBertForSequenceClassification,
 )
+from .models.layers import TransformerLayer
 
 
 def default_student_layers(num_teacher_layers: int) -> list[int]:

@@ -23,7 +23,16 @@ from .config import ExperimentConfig, config_to_dict, resolved_eval_batch_size, 
 from .data import Batch, TokenizedSplit, eval_batches, num_batches, train_batches
 from .hf import save_pretrained
 from .models import SequenceClassifier
-from .train import EvalCounts, LossConfig, StepMetrics, TrainState, eval_step, init_state, make_optimizer, train_step
+from .train import (
+    EvalCounts,
+    LossConfig,
+    StepMetrics,
+    TrainState,
+    eval_step,
+    init_state,
+    make_optimizer,
+    train_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)

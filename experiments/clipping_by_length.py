@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cosine_weights import CLASSES, length_class  # the same length classes
 
+from cosine_weights import CLASSES, length_class  # the same length classes
 from distilbert_eqx.config import config_from_dict, resolved_length_buckets
 from distilbert_eqx.experiment import _load_splits as load_splits
 from distilbert_eqx.loop import _epoch_batches as epoch_batches

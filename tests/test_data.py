@@ -27,7 +27,6 @@ from distilbert_eqx.data import (
     tokenize_split,
     train_batches,
 )
-
 from distilbert_eqx.loop import _epoch_batches as epoch_batches
 from paths import minilm_dir, shared_dir
 

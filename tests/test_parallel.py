@@ -14,6 +14,11 @@ import equinox as eqx
 import jax
 import numpy as np
 import pytest
+
+from distilbert_eqx import loop, parallel
+from distilbert_eqx.config import ExperimentConfig
+from distilbert_eqx.data import Batch, TokenizedSplit
+from distilbert_eqx.train import LossConfig, init_state, make_optimizer, train_step
 from multiprocess_worker import (
     LOSSES,
     SGD,
@@ -25,11 +30,6 @@ from multiprocess_worker import (
     train_sharded,
     training_batches,
 )
-
-from distilbert_eqx import loop, parallel
-from distilbert_eqx.config import ExperimentConfig
-from distilbert_eqx.data import Batch, TokenizedSplit
-from distilbert_eqx.train import LossConfig, init_state, make_optimizer, train_step
 
 TOL = 1e-5
 REPO = Path(__file__).resolve().parents[1]
