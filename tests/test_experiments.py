@@ -21,6 +21,7 @@ from distilbert_eqx.loop import fit, single_device_steps
 from paths import REPO, minilm_dir, shared_dir
 
 sys.path.insert(0, str(REPO / "experiments"))
+import accuracy_by_length  # noqa: E402
 import clipping_by_length  # noqa: E402
 import cosine_weights  # noqa: E402
 import distill_sst2  # noqa: E402
@@ -215,6 +216,38 @@ def test_clipping_by_length_rebuilds_a_runs_batches(workspace, tmp_path, capsys)
     (sparse / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "grad_norm": 1.0}) for s in (1, 2, 4)))
     with pytest.raises(ValueError, match="no record for step 3"):
         clipping_by_length.read_grad_norms(sparse)
+
+
+def test_accuracy_by_length_class_by_hand():
+    """Lengths 5, 8 | 9 | 25, 30: right 1 of 2, 1 of 1, 1 of 2; without the 9 the middle class is empty."""
+    correct = np.array([True, False, True, True, False])
+    r = accuracy_by_length.accuracy_by_class(correct, np.array([5, 8, 9, 30, 25]))
+    assert r == {"accuracy": [0.5, 1.0, 0.5], "counts": [2, 1, 2], "overall": 0.6}
+    r = accuracy_by_length.accuracy_by_class(correct[[0, 1, 3, 4]], np.array([5, 8, 30, 25]))
+    assert r["accuracy"] == [0.5, None, 0.5] and r["counts"] == [2, 0, 2]
+
+
+def test_accuracy_by_length_of_a_run(workspace, capsys):
+    """A 2-step run: the script's overall dev accuracy of best/ is evaluate.py's, its classes count every dev
+    sentence by its tokenized length, and a second call reads the saved predictions without the models."""
+    run = workspace / "bylength"
+    distill_sst2.main(common(workspace, "bylength") + ["--set", "student_init_layers=[0,1]"])
+    expected = evaluate_script.main(["--model", str(run / "best"), "--data-dir", str(workspace / "data")])
+    result = accuracy_by_length.main([str(run), "--splits", "dev"])
+    best, final = result["rows"]
+    assert (best["model"], best["arm"], best["split"]) == ("best", "random", "dev") and final["model"] == "final"
+    assert best["overall"] == pytest.approx(expected["accuracy"])
+    lengths = _splits(workspace)["dev"].lengths
+    assert result["counts"]["dev"] == best["counts"] == np.bincount(
+        accuracy_by_length.length_class(lengths), minlength=3).tolist()
+    assert sum(best["counts"]) == 20
+    mean_best = result["means"][0]
+    assert mean_best["accuracy"] == best["accuracy"] and mean_best["runs"] == 1
+    for folder in ("best", "student"):
+        (run / folder / "model.safetensors").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert accuracy_by_length.main([str(run), "--splits", "dev"])["rows"] == result["rows"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == result["rows"]
 
 
 def test_padding_by_chunk():
