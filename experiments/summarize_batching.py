@@ -11,6 +11,8 @@ swings more); the final model's are not, and test is never used for choosing. Se
 a kind are listed as incomplete and left out of that kind's table. Prints a Markdown table per kind, then one
 JSON line. The mean of an arm pools its correct predictions over the seeds; the paired difference is grouped
 minus random per seed, in points, with its mean and the paired t statistic (n - 1 degrees of freedom).
+Last, where both arms of a seed kept their ``metrics.jsonl``, the mean dev accuracy at each validation step
+during training, per arm, and grouped minus random: where in the epoch the arms part.
 """
 
 import argparse
@@ -45,6 +47,36 @@ def read_results(
     complete = {s: r for s, r in found.items() if len(r) == len(ARMS) * len(SPLITS)}
     incomplete = sorted(set(found) - set(complete))
     return dict(sorted(complete.items(), key=lambda kv: _seed_key(kv[0]))), incomplete
+
+
+def read_val_curves(root: Path, grouped_root: Path | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    """``{seed: {arm: {step: dev accuracy}}}`` from each run's ``metrics.jsonl`` (the validation during training;
+    a step logged twice, as after a resume, keeps its last record), for seeds with both arms' curves."""
+    found: dict[str, dict[str, dict[int, float]]] = {}
+    for arm, folder in (("grouped", grouped_root or root), ("random", root)):
+        for run in sorted(folder.glob(f"seed*_{arm}")):
+            match = re.fullmatch(rf"seed(.+)_{arm}", run.name)
+            metrics = run / "metrics.jsonl"
+            if match is None or not metrics.is_file():
+                continue
+            records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+            curve = {r["step"]: r["val_accuracy"] for r in records if "val_accuracy" in r}
+            if curve:
+                found.setdefault(match[1], {})[arm] = curve
+    both = {s: c for s, c in found.items() if len(c) == len(ARMS)}
+    return dict(sorted(both.items(), key=lambda kv: _seed_key(kv[0])))
+
+
+def curve_summary(curves: dict[str, dict[str, dict[int, float]]]) -> dict:
+    """Mean dev accuracy per arm, and mean ``grouped - random`` in points, at the validation steps every run has."""
+    steps = sorted(set.intersection(*(set(c) for arms in curves.values() for c in arms.values())))
+    means = {arm: [statistics.fmean(curves[s][arm][step] for s in curves) for step in steps] for arm in ARMS}
+    return {
+        "seeds": list(curves),
+        "steps": steps,
+        "mean_accuracy": means,
+        "mean_difference": [100 * (g - r) for g, r in zip(means["grouped"], means["random"])],
+    }
 
 
 def _seed_key(seed: str) -> tuple[int, str]:
@@ -109,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
             summaries[kind] = print_summary(results)
     if not summaries:
         raise SystemExit(f"{root}: no seed with all of seed<S>_{{grouped,random}}/accuracy_{{dev,test}}.json")
+    curves = read_val_curves(root, grouped_root)
+    if curves:
+        summaries["val_curve"] = print_curves(curves)
     print(json.dumps(summaries))
     return summaries
 
@@ -130,6 +165,18 @@ def print_summary(results: dict[str, dict[tuple[str, str], dict]]) -> dict:
         if paired.get("t") is not None:
             line += f", paired t = {paired['t']:.2f} ({paired['df']} df)"
         print(line)
+    return summary
+
+
+def print_curves(curves: dict[str, dict[str, dict[int, float]]]) -> dict:
+    """Print the mean validation curves of both arms; return ``curve_summary(curves)``."""
+    summary = curve_summary(curves)
+    print(f"\ndev accuracy during training (metrics.jsonl), mean over seeds {', '.join(summary['seeds'])}")
+    print("| step | " + " | ".join(str(step) for step in summary["steps"]) + " |")
+    print("|---|" + "---:|" * len(summary["steps"]))
+    for arm in ARMS:
+        print(f"| {arm} | " + " | ".join(f"{100 * a:.2f}" for a in summary["mean_accuracy"][arm]) + " |")
+    print("| grouped - random | " + " | ".join(f"{d:+.2f}" for d in summary["mean_difference"]) + " |")
     return summary
 
 

@@ -370,3 +370,30 @@ def test_summarize_batching_pools_seeds_and_pairs_differences(tmp_path, capsys):
     assert summary["seeds"] == ["3"]
     assert summary["dev"]["paired"]["differences"] == [0.0]
     assert "| 3 | 88.19 | 88.19 | 88.41 | 88.41 |" in capsys.readouterr().out
+
+
+def test_summarize_batching_validation_curves(tmp_path, capsys):
+    """Seeds 1 and 2 have both arms' metrics.jsonl; seed 3 only the grouped one, so it is left out. Seed 1's
+    grouped run was resumed (step 1000 logged twice: the last record counts) and seed 2's random run validated
+    at step 250 too (not every run has it, so it is dropped)."""
+    curves = {
+        ("1", "grouped"): [(500, 0.80), (1000, 0.70), (1000, 0.84)],
+        ("1", "random"): [(500, 0.78), (1000, 0.86)],
+        ("2", "grouped"): [(500, 0.82), (1000, 0.85)],
+        ("2", "random"): [(250, 0.5), (500, 0.80), (1000, 0.87)],
+        ("3", "grouped"): [(500, 0.9), (1000, 0.9)],
+    }
+    for (seed, arm), points in curves.items():
+        run = tmp_path / f"seed{seed}_{arm}"
+        run.mkdir()
+        lines = [json.dumps({"step": 1, "loss": 0.3})]  # a training record: no val_accuracy
+        lines += [json.dumps({"step": step, "val_accuracy": acc, "val_examples": 872}) for step, acc in points]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        for split in ("dev", "test"):
+            (run / f"accuracy_{split}.json").write_text(json.dumps({"accuracy": 0.5, "n": 100}))
+    summary = summarize_batching.main([str(tmp_path)])["val_curve"]
+    assert summary["seeds"] == ["1", "2"] and summary["steps"] == [500, 1000]
+    assert summary["mean_accuracy"]["grouped"] == pytest.approx([0.81, 0.845])
+    assert summary["mean_accuracy"]["random"] == pytest.approx([0.79, 0.865])
+    assert summary["mean_difference"] == pytest.approx([2.0, -2.0])
+    assert "| grouped - random | +2.00 | -2.00 |" in capsys.readouterr().out
