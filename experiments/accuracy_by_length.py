@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                 mine = [r for r in rows if (r["arm"], r["model"], r["split"]) == (arm, kind, split)]
                 if mine:
                     # A class empty in one run is empty in all (same split, same tokenizer).
-                    by_class = [None if a[0] is None else float(np.mean(a)) for a in zip(*(r["accuracy"] for r in mine))]
+                    per_class = zip(*(r["accuracy"] for r in mine))
+                    by_class = [None if a[0] is None else float(np.mean(a)) for a in per_class]
                     means.append({"arm": arm, "model": kind, "split": split, "runs": len(mine),
                                   "accuracy": by_class, "overall": float(np.mean([r["overall"] for r in mine]))})
 
