@@ -23,7 +23,6 @@ CHUNKS = (100, 50, 25, 10, 5, 2)
 
 def epoch_uniformity(config: ExperimentConfig, train: TokenizedSplit, chunk: int | None) -> dict:
     """Mean padded length and mean within-batch length std of epoch 0; ``chunk`` None means random batches."""
-
     batches = list(train_batches(
         train, config.batch_size, resolved_length_buckets(config), seed=config.seed, epoch=0,
         group_by_length=chunk is not None, group_chunk_batches=chunk or 1,

@@ -21,6 +21,7 @@ import math
 import re
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ARMS = ("grouped", "random")
@@ -29,21 +30,26 @@ SPLITS = ("dev", "test")
 CHECKPOINTS = {"best": "", "final": "final_"}
 
 
+def _runs(root: Path, grouped_root: Path | None) -> Iterator[tuple[str, str, Path]]:
+    """``(seed, arm, folder)`` of every ``seed<S>_<arm>`` run folder; grouped runs from ``grouped_root`` if given."""
+    for arm, folder in (("grouped", grouped_root or root), ("random", root)):
+        for run in sorted(folder.glob(f"seed*_{arm}")):
+            match = re.fullmatch(rf"seed(.+)_{arm}", run.name)
+            if match is not None and run.is_dir():
+                yield match[1], arm, run
+
+
 def read_results(
     root: Path, prefix: str, grouped_root: Path | None = None
 ) -> tuple[dict[str, dict[tuple[str, str], dict]], list[str]]:
     """``{seed: {(arm, split): {"accuracy", "n"}}}`` for seeds with all of ``<prefix>accuracy_<split>.json``,
     and the names of the seeds with only some of them. The grouped runs come from ``grouped_root`` when given."""
     found: dict[str, dict[tuple[str, str], dict]] = {}
-    for arm, folder in (("grouped", grouped_root or root), ("random", root)):
-        for run in sorted(folder.glob(f"seed*_{arm}")):
-            match = re.fullmatch(rf"seed(.+)_{arm}", run.name)
-            if match is None or not run.is_dir():
-                continue
-            for split in SPLITS:
-                path = run / f"{prefix}accuracy_{split}.json"
-                if path.is_file():
-                    found.setdefault(match[1], {})[(arm, split)] = json.loads(path.read_text())
+    for seed, arm, run in _runs(root, grouped_root):
+        for split in SPLITS:
+            path = run / f"{prefix}accuracy_{split}.json"
+            if path.is_file():
+                found.setdefault(seed, {})[(arm, split)] = json.loads(path.read_text())
     complete = {s: r for s, r in found.items() if len(r) == len(ARMS) * len(SPLITS)}
     incomplete = sorted(set(found) - set(complete))
     return dict(sorted(complete.items(), key=lambda kv: _seed_key(kv[0]))), incomplete
@@ -53,16 +59,14 @@ def read_val_curves(root: Path, grouped_root: Path | None = None) -> dict[str, d
     """``{seed: {arm: {step: dev accuracy}}}`` from each run's ``metrics.jsonl`` (the validation during training;
     a step logged twice, as after a resume, keeps its last record), for seeds with both arms' curves."""
     found: dict[str, dict[str, dict[int, float]]] = {}
-    for arm, folder in (("grouped", grouped_root or root), ("random", root)):
-        for run in sorted(folder.glob(f"seed*_{arm}")):
-            match = re.fullmatch(rf"seed(.+)_{arm}", run.name)
-            metrics = run / "metrics.jsonl"
-            if match is None or not metrics.is_file():
-                continue
-            records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
-            curve = {r["step"]: r["val_accuracy"] for r in records if "val_accuracy" in r}
-            if curve:
-                found.setdefault(match[1], {})[arm] = curve
+    for seed, arm, run in _runs(root, grouped_root):
+        metrics = run / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+        curve = {r["step"]: r["val_accuracy"] for r in records if "val_accuracy" in r}
+        if curve:
+            found.setdefault(seed, {})[arm] = curve
     both = {s: c for s, c in found.items() if len(c) == len(ARMS)}
     return dict(sorted(both.items(), key=lambda kv: _seed_key(kv[0])))
 
