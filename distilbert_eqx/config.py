@@ -85,6 +85,7 @@ class ExperimentConfig:
     length_buckets: tuple[int, ...] | None = None
     group_by_length: bool = False
     group_chunk_batches: int = 100
+    group_fraction: float = 1.0
     cosine_normalizer: str = "batch_tokens"
     max_grad_norm: float | None = 1.0
     dropout: bool = True
@@ -185,6 +186,8 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "a float > 0")
     _require(c.max_grad_norm is None or c.max_grad_norm > 0, "max_grad_norm", c.max_grad_norm,
              "null (no clipping) or a float > 0")
+    _require(0 <= c.group_fraction <= 1, "group_fraction", c.group_fraction,
+             "a float with 0 <= group_fraction <= 1")
     _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
     _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
     _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")

@@ -257,6 +257,7 @@ def _train_order(
     epoch: int,
     group_by_length: bool,
     group_chunk_batches: int,
+    group_fraction: float,
 ) -> list[np.ndarray]:
     """Example indices of each batch of one training epoch; a partial batch, if any, is always last."""
     rng = np.random.default_rng([seed, epoch])
@@ -265,11 +266,19 @@ def _train_order(
         return _batch_indices(order, batch_size)
     chunk = group_chunk_batches * batch_size
     chunks = [order[i : i + chunk] for i in range(0, len(order), chunk)]
-    order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
-    batches = _batch_indices(order, batch_size)
+    by_length = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
+    batches = _batch_indices(by_length, batch_size)
     full = len(order) // batch_size
     # Shuffle batches so the epoch does not run in chunk-sized waves of short then long sequences.
-    return [batches[i] for i in rng.permutation(full)] + batches[full:]
+    batches = [batches[i] for i in rng.permutation(full)] + batches[full:]
+    if group_fraction == 1:
+        return batches
+    # Keep the first grouped batches, exactly as a fully grouped epoch starts; the examples left over follow in
+    # their shuffled order, batched as with group_by_length=False (all of them at group_fraction 0).
+    kept = round(group_fraction * full)
+    left_over = np.ones(len(order), np.bool_)
+    left_over[np.concatenate([np.empty(0, order.dtype), *batches[:kept]])] = False
+    return batches[:kept] + _batch_indices(order[left_over[order]], batch_size)
 
 
 def _make_batch(
@@ -305,6 +314,7 @@ def train_batches(
     epoch: int,
     group_by_length: bool = False,
     group_chunk_batches: int = GROUP_CHUNK_BATCHES,
+    group_fraction: float = 1.0,
     start: int = 0,
 ) -> Iterator[Batch]:
     """Batches of one training epoch in a shuffled order fixed by ``(seed, epoch)``, skipping the first
@@ -313,11 +323,17 @@ def train_batches(
     ``group_by_length`` sorts by length within chunks of ``group_chunk_batches`` batches (of the shuffled
     examples) before shuffling the batches, so most batches land in a short bucket. Smaller chunks give batches
     of less uniform length and more padding; a chunk of 1 batch gives the batches of ``group_by_length=False``
-    (in another order).
+    (in another order). ``group_fraction`` below 1 keeps only the first ``group_fraction`` of a grouped epoch's
+    full batches (the same batches a fully grouped epoch starts with) and puts the remaining examples in random
+    batches, as ``group_by_length=False`` would (0 gives exactly its batches).
     """
     if group_chunk_batches < 1:
         raise ValueError(f"group_chunk_batches={group_chunk_batches}; expected an int >= 1")
-    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length, group_chunk_batches)
+    if not 0 <= group_fraction <= 1:
+        raise ValueError(f"group_fraction={group_fraction}; expected a float with 0 <= group_fraction <= 1")
+    batches = _train_order(
+        split.lengths, batch_size, seed, epoch, group_by_length, group_chunk_batches, group_fraction
+    )
     if not 0 <= start <= len(batches):
         raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
     return (_make_batch(split, indices, batch_size, buckets) for indices in batches[start:])

@@ -123,7 +123,7 @@ def _epoch_batches(config: ExperimentConfig, train: TokenizedSplit, buckets, sta
     while True:
         yield from train_batches(
             train, config.batch_size, buckets, seed=config.seed, epoch=epoch, group_by_length=config.group_by_length,
-            group_chunk_batches=config.group_chunk_batches, start=position,
+            group_chunk_batches=config.group_chunk_batches, group_fraction=config.group_fraction, start=position,
         )
         epoch, position = epoch + 1, 0
 

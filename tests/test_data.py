@@ -305,6 +305,39 @@ def test_group_chunk_batches_sets_how_uniform_grouped_batches_are():
         batches(True, 0)
 
 
+def test_group_fraction_keeps_the_grouped_start_then_batches_the_rest_at_random():
+    """The first ``group_fraction`` of full batches are those of a fully grouped epoch; the examples left over
+    follow in the shuffled order that random batches take them in. 0 gives exactly the random batches."""
+    split = synthetic_split(random_lengths(2003))
+
+    def batches(grouped: bool, fraction: float = 1.0):
+        return list(train_batches(split, 8, BUCKETS, seed=3, epoch=1, group_by_length=grouped,
+                                  group_fraction=fraction))
+
+    random_batches, grouped = batches(False), batches(True)
+    assert seen_examples(batches(True, 0.0)) == seen_examples(random_batches)
+    for fraction, kept in ((0.3, 75), (0.7, 175)):  # of 250 full batches
+        mixed = batches(True, fraction)
+        assert len(mixed) == len(grouped) == 251
+        assert seen_examples(mixed[:kept]) == seen_examples(grouped[:kept])
+        head = set(seen_examples(mixed[:kept]))
+        assert seen_examples(mixed[kept:]) == [e for e in seen_examples(random_batches) if e not in head]
+        assert all(b.weights.all() for b in mixed[:-1])
+    padded = [padding_stats(batches(True, f)).mean_padded_length for f in (0.0, 0.3, 0.7, 1.0)]
+    assert padded[0] > padded[1] > padded[2] > padded[3]
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"group_fraction={bad}; expected a float with 0 <= group_fraction"):
+            batches(True, bad)
+
+
+def test_training_epochs_use_the_configs_group_fraction():
+    split = synthetic_split(random_lengths(200))
+    config = ExperimentConfig(batch_size=8, group_by_length=True, group_fraction=0.0)
+    first_epoch = list(itertools.islice(epoch_batches(config, split, BUCKETS, 0), 25))
+    random_batches = list(train_batches(split, 8, BUCKETS, seed=config.seed, epoch=0))
+    assert seen_examples(first_epoch) == seen_examples(random_batches)
+
+
 def test_training_epochs_use_the_configs_chunk_size():
     split = synthetic_split(random_lengths(200))
     config = ExperimentConfig(batch_size=8, group_by_length=True, group_chunk_batches=1)
