@@ -28,6 +28,7 @@ import distill_sst2  # noqa: E402
 import evaluate as evaluate_script  # noqa: E402
 import finetune_teacher  # noqa: E402
 import padding_by_chunk  # noqa: E402
+import paired_by_sentence  # noqa: E402
 import summarize_batching  # noqa: E402
 
 
@@ -397,3 +398,67 @@ def test_summarize_batching_validation_curves(tmp_path, capsys):
     assert summary["mean_accuracy"]["random"] == pytest.approx([0.79, 0.865])
     assert summary["mean_difference"] == pytest.approx([2.0, -2.0])
     assert "| grouped - random | +2.00 | -2.00 |" in capsys.readouterr().out
+
+
+def test_paired_by_sentence_by_hand():
+    """Two seeds, four sentences: differences [0, 1, 0, 0] and [0, 0, 1, -1], mean 1/8. Per seed 1/4 and 0:
+    sample sd sqrt(1/32), SE 1/8. Per sentence 0, 1/2, 1/2, -1/2: sample sd sqrt(0.6875 / 3), SE half that."""
+    grouped = np.array([[1, 1, 0, 0], [1, 0, 1, 0]], np.float64)
+    random = np.array([[1, 0, 0, 0], [1, 0, 0, 1]], np.float64)
+    r = paired_by_sentence.paired_difference(grouped, random)
+    assert (r["seeds"], r["sentences"]) == (2, 4)
+    assert r["difference"] == pytest.approx(12.5)
+    assert r["se_seeds"] == pytest.approx(12.5)
+    assert r["se_sentences"] == pytest.approx(100 * np.sqrt(0.6875 / 3) / 2)
+    low, high = r["interval_95"]
+    assert low < 12.5 < high
+    assert paired_by_sentence.paired_difference(grouped[:1], random[:1])["se_seeds"] is None
+
+
+def test_paired_by_sentence_bootstrap_draws_sentences_and_seeds():
+    """Seeds that agree: the interval is the sentences' (about +-1.96 SE). Sentences that agree within each
+    seed: the sentence SE is 0 and the interval spans the seeds' differences."""
+    rng = np.random.default_rng(1)
+    diff = rng.integers(-1, 2, size=3000).astype(np.float64)
+    grouped, random = np.tile(np.maximum(diff, 0), (3, 1)), np.tile(np.maximum(-diff, 0), (3, 1))
+    r = paired_by_sentence.paired_difference(grouped, random, resamples=4000)
+    assert r["se_seeds"] == 0
+    low, high = r["interval_95"]
+    assert high - low == pytest.approx(2 * 1.96 * r["se_sentences"], rel=0.1)
+    per_seed = np.array([0.0, 0.5, 1.0])
+    grouped, random = np.repeat(per_seed[:, None], 500, axis=1), np.zeros((3, 500))
+    r = paired_by_sentence.paired_difference(grouped, random)
+    assert r["se_sentences"] == 0 and r["difference"] == pytest.approx(50)
+    low, high = r["interval_95"]
+    assert 0 <= low < 50 < high <= 100 and high - low > 40
+
+
+def test_paired_by_sentence_of_runs(tmp_path, capsys):
+    """Run folders with saved predictions (no models needed): seeds 1 and 2 pair, seed 3 has no random run."""
+    dev_labels = [0, 1, 1, 0, 1]
+    right = {  # which of the 5 dev sentences each run gets right, best/ and final student/
+        (1, True): ([1, 1, 1, 0, 1], [1, 1, 1, 1, 1]), (1, False): ([1, 1, 0, 0, 1], [1, 1, 1, 1, 0]),
+        (2, True): ([1, 0, 1, 1, 1], [0, 0, 1, 1, 1]), (2, False): ([1, 0, 1, 1, 1], [1, 0, 1, 1, 1]),
+        (3, True): ([0, 0, 0, 0, 0], [0, 0, 0, 0, 0]),
+    }
+    runs = []
+    for (seed, grouped), models in right.items():
+        run = tmp_path / f"seed{seed}_{'grouped' if grouped else 'random'}"
+        run.mkdir()
+        config = {"seed": seed, "group_by_length": grouped, "data_dir": "unused", "max_length": 16}
+        (run / "config.json").write_text(json.dumps(config))
+        for prefix, hits in zip(("", "final_"), models):
+            rows = [{"prediction": y if hit else 1 - y, "label": y} for y, hit in zip(dev_labels, hits)]
+            (run / f"{prefix}predictions_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(str(run))
+    result = paired_by_sentence.main([*runs, "--splits", "dev"])
+    assert result["seeds"] == [1, 2] and result["unpaired"] == [3]
+    best, final = result["rows"]
+    assert (best["model"], best["split"], final["model"]) == ("best", "dev", "final")
+    # best/: seed 1 +1 sentence of 5, seed 2 0; final: seed 1 +1, seed 2 -1.
+    assert best["difference"] == pytest.approx(100 * (1 / 5 + 0) / 2)
+    assert final["difference"] == pytest.approx(0)
+    assert final["se_seeds"] == pytest.approx(20)  # sd of +20 and -20 points is 20 * sqrt(2), over sqrt(2)
+    assert "| best | dev | 5 | +10.00 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="two grouped runs of seed 1"):
+        paired_by_sentence.main([runs[0], runs[0], "--splits", "dev"])
