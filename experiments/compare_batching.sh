@@ -12,6 +12,8 @@
 # The grouped runs with the cosine loss normalised by the mean length, paired with runs/batching's random runs:
 #   ARMS=grouped ROOT=runs/batching_cosnorm EXTRA=cosine_normalizer=train_mean_length \
 #     bash experiments/compare_batching.sh 4 5 6
+# Grouped runs that switch to random batches for the last 30% of the epoch:
+#   ARMS=grouped ROOT=runs/tail30 EXTRA=group_fraction=0.7 bash experiments/compare_batching.sh 4 5 6 7 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$#" -eq 0 ]; then
