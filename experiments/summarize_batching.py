@@ -10,7 +10,9 @@ is chosen by dev accuracy, so its dev numbers are biased upward (by more for the
 swings more); the final model's are not, and test is never used for choosing. Seeds without all four files of
 a kind are listed as incomplete and left out of that kind's table. Prints a Markdown table per kind, then one
 JSON line. The mean of an arm pools its correct predictions over the seeds; the paired difference is grouped
-minus random per seed, in points, with its mean and the paired t statistic (n - 1 degrees of freedom).
+minus random per seed, in points, with its mean and the paired t statistic (n - 1 degrees of freedom). That t
+counts the seeds' noise only, not the sampling of the sentences dev and test hold: ``paired_by_sentence.py``
+counts both.
 Last, where both arms of a seed kept their ``metrics.jsonl``, the mean dev accuracy at each validation step
 during training, per arm, and grouped minus random: where in the epoch the arms part.
 """
