@@ -49,13 +49,18 @@ def run_predictions(run: Path, kind: str, split: str, data_dir: str, max_length:
     return np.array([r["prediction"] == r["label"] for r in rows])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run folders, ``--splits`` and ``--data-dir``: the arguments of the scripts that read runs' predictions."""
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (output_dir of distill_sst2.py)")
     parser.add_argument("--splits", nargs="+", default=SPLITS, choices=SPLITS,
                         help="splits to evaluate (default %(default)s)")
     parser.add_argument("--data-dir", default=None,
                         help="folder of GLUE TSV files (default: the data_dir of the first run's config)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     configs = []
     for run in args.runs:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float64
 
-from accuracy_by_length import MODELS, SPLITS, run_predictions
+from accuracy_by_length import MODELS, add_run_arguments, run_predictions
 
 ARMS = ("grouped", "random")
 
@@ -74,11 +74,7 @@ def pair_runs(runs: list[Path]) -> tuple[dict[int, dict[str, Path]], list[int]]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (output_dir of distill_sst2.py)")
-    parser.add_argument("--splits", nargs="+", default=SPLITS, choices=SPLITS,
-                        help="splits to compare (default %(default)s)")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder of GLUE TSV files (default: the data_dir of the first run's config)")
+    add_run_arguments(parser)
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default %(default)s)")
     args = parser.parse_args(argv)
     paired, unpaired = pair_runs(args.runs)
