@@ -49,6 +49,14 @@ def run_predictions(run: Path, kind: str, split: str, data_dir: str, max_length:
     return np.array([r["prediction"] == r["label"] for r in rows])
 
 
+def read_run(run: Path) -> tuple[dict, str]:
+    """The run folder's saved config and its arm, ``"grouped"`` or ``"random"`` (its ``group_by_length``)."""
+    if not (run / "config.json").is_file():
+        raise SystemExit(f"{run} has no config.json; expected the output_dir of a distill_sst2.py run")
+    config = json.loads((run / "config.json").read_text())
+    return config, "grouped" if config["group_by_length"] else "random"
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The run folders, ``--splits`` and ``--data-dir``: the arguments of the scripts that read runs' predictions."""
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (output_dir of distill_sst2.py)")
@@ -62,11 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    configs = []
-    for run in args.runs:
-        if not (run / "config.json").is_file():
-            parser.error(f"{run} has no config.json; expected the output_dir of a distill_sst2.py run")
-        configs.append(json.loads((run / "config.json").read_text()))
+    configs, arms = zip(*map(read_run, args.runs))
     data_dir = args.data_dir or configs[0]["data_dir"]
     max_length = configs[0]["max_length"]
     # Every run's tokenizer is the teacher's; the first run's gives the lengths.
@@ -74,8 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = {s: tokenize_split(load_text_split(s, data_dir=data_dir), tokenizer).lengths for s in args.splits}
 
     rows = []
-    for run, config in zip(args.runs, configs):
-        arm = "grouped" if config["group_by_length"] else "random"
+    for run, config, arm in zip(args.runs, configs, arms):
         for kind in MODELS:
             for split in args.splits:
                 correct = run_predictions(run, kind, split, data_dir, max_length)

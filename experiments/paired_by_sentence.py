@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float64
 
-from accuracy_by_length import MODELS, add_run_arguments, run_predictions
+from accuracy_by_length import MODELS, add_run_arguments, read_run, run_predictions
 
 ARMS = ("grouped", "random")
 
@@ -54,22 +54,20 @@ def paired_difference(
     }
 
 
-def pair_runs(runs: list[Path]) -> tuple[dict[int, dict[str, Path]], list[int]]:
-    """``{seed: {arm: run}}`` for the seeds with both arms, and the seeds with only one; two runs of one seed
-    and arm are an error (which one to pair would be a guess)."""
+def pair_runs(runs: list[Path]) -> tuple[dict[int, dict[str, Path]], list[int], dict]:
+    """``{seed: {arm: run}}`` for the seeds with both arms, the seeds with only one, and the first run's config;
+    two runs of one seed and arm are an error (which one to pair would be a guess)."""
     by_seed: dict[int, dict[str, Path]] = {}
+    configs = []
     for run in runs:
-        config_path = run / "config.json"
-        if not config_path.is_file():
-            raise SystemExit(f"{run} has no config.json; expected the output_dir of a distill_sst2.py run")
-        config = json.loads(config_path.read_text())
-        arm = ARMS[0] if config["group_by_length"] else ARMS[1]
+        config, arm = read_run(run)
+        configs.append(config)
         mine = by_seed.setdefault(config["seed"], {})
         if arm in mine:
             raise SystemExit(f"two {arm} runs of seed {config['seed']}: {mine[arm]} and {run}; pass one")
         mine[arm] = run
     paired = {s: r for s, r in sorted(by_seed.items()) if len(r) == len(ARMS)}
-    return paired, sorted(set(by_seed) - set(paired))
+    return paired, sorted(set(by_seed) - set(paired)), configs[0]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,10 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     add_run_arguments(parser)
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default %(default)s)")
     args = parser.parse_args(argv)
-    paired, unpaired = pair_runs(args.runs)
+    paired, unpaired, first = pair_runs(args.runs)
     if not paired:
         parser.error("no seed has both a grouped and a random run among the given folders")
-    first = json.loads((next(iter(paired.values()))[ARMS[0]] / "config.json").read_text())
     data_dir = args.data_dir or first["data_dir"]
 
     rows = []
