@@ -2,19 +2,23 @@
 
 XLA:CPU allocates each execution's temporary buffers (activations and gradients: about 1.2 GiB for the mini
 distillation step at 32 x 128) with ``malloc`` and frees them when the execution ends. glibc serves blocks
-that large with ``mmap`` and hands them back to the kernel on ``free``, trims the top of its heaps, and gives
-each busy thread its own arena; so every step touches about 1.2 GiB of fresh pages again, and the kernel
-answers each first touch of a 4 KiB page with a page fault and a zeroed page: 320k faults and about 1 s of
-system CPU per step on the 2-core machine of the README's Performance section, where the step takes 3-4 s.
+that large with ``mmap`` and hands them back to the kernel on ``free``, and trims the top of its heaps; so
+every step touches about 1.2 GiB of fresh pages again, and the kernel answers each first touch of a 4 KiB page
+with a page fault and a zeroed page: 320k faults and about 1 s of system CPU per step on the 2-core machine of
+the README's Performance section, where the step takes 3-4 s.
 
 ``retain_freed_memory`` tells glibc to serve every block from its heaps (no ``mmap``), never to trim them,
-and to keep one arena per usable CPU. Freed blocks stay mapped and are reused by the next step: no faults
-after the first. The cost: the process's resident memory never drops below its high-water mark, which is what
-a training process wants. Only glibc has these knobs; elsewhere (macOS, musl) the call does nothing.
+and to keep a single arena. Freed blocks stay mapped and are reused by the next step: no faults after the
+first. The single arena matters: a thread that allocates from an arena of its own (glibc gives busy threads
+one, up to the arena limit) gets its memory from 64 MiB heaps, and glibc 2.36 serves a larger block there
+with ``mmap`` whatever the mmap setting says, and unmaps it on ``free``. XLA:CPU's temporary buffer is larger
+than that for every step shape here (83 MiB at 32 x 8), so with one arena per CPU a step faulted or not
+depending on which arena the allocating thread had drawn. The main arena grows with ``brk`` and obeys the
+settings. The cost: the process's resident memory never drops below its high-water mark, which is what a
+training process wants. Only glibc has these knobs; elsewhere (macOS, musl) the call does nothing.
 """
 
 import ctypes
-import os
 import sys
 
 # mallopt(3) parameter numbers from glibc's <malloc.h>.
@@ -38,21 +42,16 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def retain_freed_memory(arenas: int | None = None) -> bool:
+def retain_freed_memory() -> bool:
     """Make glibc keep freed memory mapped in this process (see the module docstring); process-wide.
 
-    Call it before the first JAX computation: arenas created earlier are not merged (the other two settings
-    apply at once). ``arenas`` defaults to the number of CPUs this process may run on; a value below it makes
-    threads share arenas (more lock contention, fewer mappings). Returns whether glibc accepted all three
+    Call it before the first JAX computation, which starts XLA's threads: a thread that already has an arena
+    of its own keeps it (the other two settings apply at once). Returns whether glibc accepted all three
     settings; ``False`` (and nothing changed) where the C library is not glibc.
     """
-    if arenas is not None and arenas < 1:
-        raise ValueError(f"arenas must be >= 1, got {arenas}")
     libc = _glibc()
     if libc is None:
         return False
-    if arenas is None:
-        arenas = len(os.sched_getaffinity(0))
-    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM), (_M_ARENA_MAX, arenas))
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM), (_M_ARENA_MAX, 1))
     accepted = [libc.mallopt(parameter, value) == 1 for parameter, value in settings]
     return all(accepted)
