@@ -47,7 +47,7 @@ KINDS = ("dense matmuls", "attention matmuls", "softmax and mask", "GELU", "Laye
 # Trace events that are not XLA ops: the Python call stack ("$..."), executor and thread-pool bookkeeping.
 _NOT_OPS = re.compile(r"^\$|Execute|Await|^end: |stop_trace|PjitFunction|Handle inputs|CreateOutputs|DevicePut|"
                       r"np\.asarray")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\((.*?)\)(.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\](\S*) ([\w\-]+)\((.*?)\)(.*)$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,8 +68,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _dims(text: str, key: str) -> list[int]:
+    match = re.search(key + r"=\{([\d,]*)\}", text)
+    return [int(d) for d in match.group(1).split(",") if d] if match else []
+
+
 def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """Instructions by name (``shape``, ``opcode``, ``op_name``, ``calls``) and each computation's instructions."""
+    """Instructions by name and each computation's instructions. An instruction: ``name``, ``dtype``,
+    ``shape``, ``layout`` (minor-to-major dimension order), ``opcode``, ``operands``, ``op_name``, ``calls``;
+    a dot also ``dot_dims``, its lhs/rhs contracting and batch dimensions (``contracting`` and ``batch_dims``
+    repeat the lhs contracting dimensions and the number of batch dimensions)."""
     instructions, computations, current = {}, {}, None
     for line in text.splitlines():
         header = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(", line)
@@ -79,20 +87,26 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
         match = _INSTRUCTION.match(line)
         if not match or current is None:
             continue
-        name, _, dims, opcode, operands, rest = match.groups()
+        name, dtype, dims, layout, opcode, operands, rest = match.groups()
         op_name = re.search(r'op_name="([^"]*)"', rest)
         calls = re.search(r"calls=%([\w.\-]+)", rest)
-        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-        batch = re.search(r"lhs_batch_dims=\{([\d,]*)\}", rest)
+        shape = [int(d) for d in dims.split(",") if d]
+        minor_to_major = re.match(r"\{([\d,]*)", layout)
+        dot_dims = {key: _dims(rest, key) for key in ("lhs_contracting_dims", "rhs_contracting_dims",
+                                                      "lhs_batch_dims", "rhs_batch_dims")}
         info = {
             "name": name,
-            "shape": [int(d) for d in dims.split(",") if d],
+            "dtype": dtype,
+            "shape": shape,
+            "layout": ([int(d) for d in minor_to_major.group(1).split(",") if d] if minor_to_major
+                       else list(range(len(shape)))[::-1]),
             "opcode": opcode,
             "operands": [o.strip().lstrip("%") for o in operands.split(",") if o.strip().startswith("%")],
             "op_name": op_name.group(1) if op_name else "",
             "calls": calls.group(1) if calls else None,
-            "contracting": [int(d) for d in contracting.group(1).split(",") if d] if contracting else [],
-            "batch_dims": len([d for d in batch.group(1).split(",") if d]) if batch else 0,
+            "dot_dims": dot_dims,
+            "contracting": dot_dims["lhs_contracting_dims"],
+            "batch_dims": len(dot_dims["lhs_batch_dims"]),
         }
         instructions[name] = info
         current.append(info)
