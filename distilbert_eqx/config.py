@@ -188,6 +188,11 @@ def _validate(c: ExperimentConfig) -> None:
              "null (no clipping) or a float > 0")
     _require(0 <= c.group_fraction <= 1, "group_fraction", c.group_fraction,
              "a float with 0 <= group_fraction <= 1")
+    # These two only shape grouped epochs: without group_by_length a changed value would be ignored silently.
+    for key in ("group_chunk_batches", "group_fraction"):
+        default = ExperimentConfig.__dataclass_fields__[key].default
+        _require(c.group_by_length or getattr(c, key) == default, key, getattr(c, key),
+                 f"{default} (the default) unless group_by_length is true; it only changes grouped epochs")
     _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
     _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
     _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")

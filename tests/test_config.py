@@ -251,6 +251,19 @@ def test_bad_value_message_in_full():
     )
 
 
+@pytest.mark.parametrize(("override", "default"), [("group_fraction=0.7", "1.0"), ("group_chunk_batches=5", "100")])
+def test_grouping_keys_need_group_by_length(override, default):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == (
+        f"{override} is invalid; expected {default} (the default) unless group_by_length is true; it only "
+        "changes grouped epochs"
+    )
+    config = load_config(None, [override, "group_by_length=true"])
+    assert str(getattr(config, key)) == override.split("=")[1]
+
+
 def test_all_alphas_zero_rejected():
     with pytest.raises(ConfigError, match=r"alpha_kl/alpha_ce/alpha_cos=\(0.0, 0.0, 0.0\).*at least one"):
         load_config(None, ["alpha_kl=0", "alpha_ce=0", "alpha_cos=0"])
