@@ -4,8 +4,8 @@ XLA:CPU allocates each execution's temporary buffers (activations and gradients:
 distillation step at 32 x 128) with ``malloc`` and frees them when the execution ends. glibc serves blocks
 that large with ``mmap`` and hands them back to the kernel on ``free``, and trims the top of its heaps; so
 every step touches about 1.2 GiB of fresh pages again, and the kernel answers each first touch of a 4 KiB page
-with a page fault and a zeroed page: 320k faults and about 1 s of system CPU per step on the 2-core machine of
-the README's Performance section, where the step takes 3-4 s.
+with a page fault and a zeroed page: 320k faults and about 1 s of system CPU per step on the 2-core AMD
+machine of the README's Performance section, where the step takes 3-4 s.
 
 ``retain_freed_memory`` tells glibc to serve every block from its heaps (no ``mmap``), never to trim them,
 and to keep a single arena. Freed blocks stay mapped and are reused by the next step: no faults after the
