@@ -2,22 +2,22 @@
 
 from .hf import CheckpointError, from_pretrained, save_pretrained
 from .models import (
+    AbstractSequenceClassifier,
     BertConfig,
     BertForSequenceClassification,
     ClassifierOutput,
     DistilBertConfig,
     DistilBertForSequenceClassification,
-    SequenceClassifier,
 )
 
 __all__ = [
+    "AbstractSequenceClassifier",
     "BertConfig",
     "BertForSequenceClassification",
     "CheckpointError",
     "ClassifierOutput",
     "DistilBertConfig",
     "DistilBertForSequenceClassification",
-    "SequenceClassifier",
     "from_pretrained",
     "save_pretrained",
 ]

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,13 @@ from jaxtyping import Array
 
 from ._types import ComputeDtype
 from .checkpoint import atomic_replace_dir, temp_sibling
+from .errors import UserError
 from .models import (
+    AbstractSequenceClassifier,
     BertConfig,
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
-    SequenceClassifier,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,18 +47,25 @@ HEAD_PREFIXES = {"bert": ("bert.pooler.", "classifier."), "distilbert": ("pre_cl
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint folder or its tensors do not match what the model expects."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
+    """How one model family names its tensors in ``transformers``, and which of our classes holds them."""
+
     model_type: str
     hf_class: str
     prefix: str
     config_cls: type
     model_cls: type
+    has_token_types: bool
+    stack: str
     layer_names: tuple[str, ...]
+    # The head's pooling Linear: its transformers name and where our module keeps it.
+    pooler_name: str
+    pooler: Callable[[Any], Any]
 
 
 BERT = Architecture(
@@ -66,6 +74,8 @@ BERT = Architecture(
     "bert.",
     BertConfig,
     BertForSequenceClassification,
+    True,
+    "encoder.layer",
     (
         "attention.self.query",
         "attention.self.key",
@@ -76,6 +86,8 @@ BERT = Architecture(
         "output.dense",
         "output.LayerNorm",
     ),
+    "bert.pooler.dense",
+    lambda m: m.pooler,
 )
 DISTILBERT = Architecture(
     "distilbert",
@@ -83,6 +95,8 @@ DISTILBERT = Architecture(
     "distilbert.",
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    False,
+    "transformer.layer",
     (
         "attention.q_lin",
         "attention.k_lin",
@@ -93,12 +107,22 @@ DISTILBERT = Architecture(
         "ffn.lin2",
         "output_layer_norm",
     ),
+    "pre_classifier",
+    lambda m: m.pre_classifier,
 )
 ARCHITECTURES = {a.model_type: a for a in (BERT, DISTILBERT)}
 
-
-def _architecture_of(model: SequenceClassifier) -> Architecture:
-    return BERT if isinstance(model, BertForSequenceClassification) else DISTILBERT
+# Our module path for each entry of ``Architecture.layer_names``, in the same order.
+_LAYER_PATHS: tuple[Callable[[Any], Any], ...] = (
+    lambda layer: layer.attention.query_proj,
+    lambda layer: layer.attention.key_proj,
+    lambda layer: layer.attention.value_proj,
+    lambda layer: layer.attention.output_proj,
+    lambda layer: layer.attention_norm,
+    lambda layer: layer.feed_forward.up,
+    lambda layer: layer.feed_forward.down,
+    lambda layer: layer.output_norm,
+)
 
 
 def _affine(name: str, get: Callable[[Any], Any]) -> dict[str, Getter]:
@@ -110,30 +134,17 @@ def weight_map(arch: Architecture, num_layers: int) -> dict[str, Getter]:
     """Every ``transformers`` tensor name of ``arch`` mapped to a function returning our array for it."""
     p = arch.prefix
     names: dict[str, Getter] = {
-        f"{p}embeddings.word_embeddings.weight": lambda m: m.embeddings.word.weight,
-        f"{p}embeddings.position_embeddings.weight": lambda m: m.embeddings.position.weight,
-        **_affine(f"{p}embeddings.LayerNorm", lambda m: m.embeddings.norm),
+        f"{p}embeddings.word_embeddings.weight": lambda m: m.encoder.embeddings.word.weight,
+        f"{p}embeddings.position_embeddings.weight": lambda m: m.encoder.embeddings.position.weight,
+        **_affine(f"{p}embeddings.LayerNorm", lambda m: m.encoder.embeddings.norm),
     }
-    if arch is BERT:
-        names[f"{p}embeddings.token_type_embeddings.weight"] = lambda m: m.embeddings.token_type.weight
-    stack = "encoder.layer" if arch is BERT else "transformer.layer"
-    paths: tuple[Callable[[Any], Any], ...] = (
-        lambda layer: layer.attention.query,
-        lambda layer: layer.attention.key,
-        lambda layer: layer.attention.value,
-        lambda layer: layer.attention.output,
-        lambda layer: layer.attention_norm,
-        lambda layer: layer.feed_forward.up,
-        lambda layer: layer.feed_forward.down,
-        lambda layer: layer.output_norm,
-    )
+    if arch.has_token_types:
+        names[f"{p}embeddings.token_type_embeddings.weight"] = lambda m: m.encoder.embeddings.token_type.weight
     for i in range(num_layers):
-        for hf_name, path in zip(arch.layer_names, paths):
-            names.update(_affine(f"{p}{stack}.{i}.{hf_name}", lambda m, i=i, path=path: path(m.layers[i])))
-    if arch is BERT:
-        names.update(_affine("bert.pooler.dense", lambda m: m.pooler))
-    else:
-        names.update(_affine("pre_classifier", lambda m: m.pre_classifier))
+        for hf_name, path in zip(arch.layer_names, _LAYER_PATHS):
+            get = lambda m, i=i, path=path: path(m.encoder.layers[i])
+            names.update(_affine(f"{p}{arch.stack}.{i}.{hf_name}", get))
+    names.update(_affine(arch.pooler_name, arch.pooler))
     names.update(_affine("classifier", lambda m: m.classifier))
     return names
 
@@ -157,11 +168,21 @@ def config_from_dict(raw: dict[str, Any], *, num_labels: int | None = None) -> B
     return arch.config_cls(**values, num_labels=num_labels)
 
 
-def config_to_dict(config: BertConfig | DistilBertConfig) -> dict[str, Any]:
-    """The ``config.json`` dict that ``transformers`` reads back into the same architecture."""
-    arch = BERT if isinstance(config, BertConfig) else DISTILBERT
+def config_to_dict(
+    config: BertConfig | DistilBertConfig, label_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The ``config.json`` dict that ``transformers`` reads back into the same architecture.
+
+    ``label_names`` (one per class, e.g. SST-2's ``("negative", "positive")``) become ``id2label``, which a
+    ``transformers`` pipeline prints; ``None`` writes ``transformers``' defaults, ``LABEL_0``, ``LABEL_1``...
+    """
+    arch = ARCHITECTURES[config.model_type]
     raw = {k: v for k, v in dataclasses.asdict(config).items() if k != "num_labels"}
-    labels = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+    if label_names is None:
+        label_names = [f"LABEL_{i}" for i in range(config.num_labels)]
+    if len(label_names) != config.num_labels or len(set(label_names)) != len(label_names):
+        raise ValueError(f"label_names={list(label_names)}: expected {config.num_labels} distinct names")
+    labels = {str(i): name for i, name in enumerate(label_names)}
     raw.update(
         model_type=arch.model_type,
         architectures=[arch.hf_class],
@@ -251,7 +272,7 @@ def from_pretrained(
     num_labels: int | None = None,
     dtype: ComputeDtype = "float32",
     key: jax.Array | None = None,
-) -> SequenceClassifier:
+) -> AbstractSequenceClassifier:
     """Load a BERT or DistilBERT sequence classifier from a Hugging Face folder or hub id.
 
     Arguments:
@@ -267,10 +288,9 @@ def from_pretrained(
     """
     folder, raw = load_config(name_or_path)
     config = config_from_dict(raw, num_labels=num_labels)
-    arch = BERT if isinstance(config, BertConfig) else DISTILBERT
-    num_layers = config.num_hidden_layers if arch is BERT else config.n_layers
+    arch = ARCHITECTURES[config.model_type]
     tensors = _canonical_names(_read_tensors(folder), arch)
-    expected = weight_map(arch, num_layers)
+    expected = weight_map(arch, config.num_layers)
     key = jax.random.key(0) if key is None else key
     template = eqx.filter_eval_shape(arch.model_cls, config, key=key, compute_dtype=dtype)
 
@@ -303,7 +323,14 @@ def from_pretrained(
     return model
 
 
-def save_pretrained(model: SequenceClassifier, path: str | os.PathLike, tokenizer: Any = None) -> Path:
+def save_pretrained(
+    model: AbstractSequenceClassifier,
+    path: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    model_card: str | None = None,
+) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) that ``transformers`` loads as is.
 
     The folder is built beside ``path`` and renamed into place, so readers (and a crash) see the old folder or
@@ -314,19 +341,22 @@ def save_pretrained(model: SequenceClassifier, path: str | os.PathLike, tokenize
         path: output folder; an existing one is replaced as a whole.
         tokenizer: a ``transformers`` tokenizer (saved with its ``save_pretrained``) or a folder whose
             tokenizer files are copied.
+        label_names: a name per class for ``config.json``'s ``id2label`` (see ``config_to_dict``).
+        model_card: Markdown written as the folder's ``README.md``, the model card the hub shows.
     """
     from safetensors.numpy import save_file
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    arch = _architecture_of(model)
-    names = weight_map(arch, len(model.layers))
+    names = weight_map(ARCHITECTURES[model.config.model_type], model.num_layers)
     tensors = {name: np.asarray(get(model), dtype=np.float32) for name, get in names.items()}
     tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=2))
+        (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config, label_names), indent=2))
+        if model_card is not None:
+            (tmp / "README.md").write_text(model_card)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(str(tmp))

@@ -18,7 +18,7 @@ from .models.distilbert import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
 )
-from .models.layers import TransformerLayer
+from .models.layers import Encoder, TransformerLayer
 
 
 def default_student_layers(num_teacher_layers: int) -> list[int]:
@@ -135,11 +135,11 @@ def student_from_teacher(
     # them (the original recipe) shifts every embedding the student sees; single-sentence inputs always have
     # token type 0, so folding that row into the position table keeps the student's embeddings equal to the
     # teacher's.
-    t_emb = teacher.embeddings
+    t_emb = teacher.encoder.embeddings
     positions = t_emb.position.weight + t_emb.token_type.weight[0][None, :]
     embeddings = eqx.tree_at(
         lambda e: (e.word.weight, e.position.weight, e.norm),
-        student.embeddings,
+        student.encoder.embeddings,
         (jnp.copy(t_emb.word.weight), positions, _copy_arrays(t_emb.norm)),
     )
 
@@ -149,5 +149,6 @@ def student_from_teacher(
         weights = _copy_arrays(eqx.filter(source, eqx.is_array))
         return eqx.combine(weights, eqx.filter(fresh, eqx.is_array, inverse=True))
 
-    student_layers = tuple(copy_layer(fresh, teacher.layers[i]) for fresh, i in zip(student.layers, layers))
-    return eqx.tree_at(lambda s: (s.embeddings, s.layers), student, (embeddings, student_layers))
+    fresh_layers = student.encoder.layers
+    student_layers = tuple(copy_layer(fresh, teacher.encoder.layers[i]) for fresh, i in zip(fresh_layers, layers))
+    return eqx.tree_at(lambda s: s.encoder, student, Encoder(embeddings, student_layers))

@@ -1,13 +1,12 @@
-"""Hugging Face checkpoint I/O: bad input errors, head-less and masked-LM checkpoints, .bin conversion, MiniLM."""
+"""Hugging Face checkpoint I/O: bad input errors, head-less and masked-LM checkpoints, .bin conversion, label
+names and model cards for ``transformers`` pipelines, students ``transformers`` loads cleanly, MiniLM."""
 
 import json
 import logging
 import os
 import sys
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -15,8 +14,19 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import distilbert_eqx as de
-from paths import minilm_dir, shared_dir
-from test_models import MODEL_TOL, batch, hf_forward, max_diff, our_forward, tiny_hf
+from helpers import (
+    VOCAB,
+    hf_forward,
+    hf_inputs,
+    max_diff,
+    minilm_dir,
+    our_forward,
+    sst2_dir,
+    tiny_hf,
+    tiny_student,
+    tiny_teacher,
+)
+from test_models import MODEL_TOL
 
 
 def test_missing_path_and_missing_config(tmp_path):
@@ -64,7 +74,7 @@ def test_base_model_checkpoint_gets_fresh_head(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="distilbert_eqx.hf"):
         ours = de.from_pretrained(tmp_path, num_labels=3)
     assert "classifier.weight" in caplog.text
-    inputs = batch()
+    inputs = hf_inputs()
     expected = hf_forward(hf, inputs).hidden_states[-1].numpy()
     assert max_diff(our_forward(ours, inputs).hidden_states[:, -1], expected) <= MODEL_TOL
     assert ours.classifier.weight.shape == (3, 32)
@@ -73,12 +83,12 @@ def test_base_model_checkpoint_gets_fresh_head(tmp_path, caplog):
 def test_masked_lm_distilbert_loads_for_classification(tmp_path):
     """distilbert-base-uncased is a masked-LM checkpoint: its vocab_* head is skipped, the classifier is new."""
     torch.manual_seed(0)
-    config = transformers.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=48)
+    config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=48)
     mlm = transformers.DistilBertForMaskedLM(config)
     mlm.save_pretrained(tmp_path)
     ours = de.from_pretrained(tmp_path, num_labels=2)
     np.testing.assert_array_equal(
-        np.asarray(ours.layers[1].feed_forward.up.weight), mlm.distilbert.transformer.layer[1].ffn.lin1.weight.detach()
+        np.asarray(ours.encoder.layers[1].feed_forward.up.weight), mlm.distilbert.transformer.layer[1].ffn.lin1.weight.detach()
     )
 
 
@@ -86,8 +96,9 @@ def test_pytorch_bin_converted_when_torch_present(tmp_path):
     hf = tiny_hf("distilbert")
     _save_bin(hf, tmp_path)
     assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
-    inputs = batch(token_types=False)
-    assert max_diff(our_forward(de.from_pretrained(tmp_path), inputs).logits, hf_forward(hf, inputs).logits.numpy()) <= MODEL_TOL
+    inputs = hf_inputs(token_types=False)
+    ours = de.from_pretrained(tmp_path)
+    assert max_diff(our_forward(ours, inputs).logits, hf_forward(hf, inputs).logits.numpy()) <= MODEL_TOL
 
 
 def test_pytorch_bin_without_torch_says_how_to_convert(tmp_path, monkeypatch):
@@ -105,13 +116,63 @@ def _save_bin(model: torch.nn.Module, folder) -> None:
 
 def test_save_writes_tokenizer_files(tmp_path):
     folder = minilm_dir()
-    if folder is None:
-        pytest.skip("MiniLM checkpoint not found (set DISTILBERT_EQX_MINILM or run .ci/run)")
     tiny_hf("distilbert").save_pretrained(tmp_path / "src")
     de.save_pretrained(de.from_pretrained(tmp_path / "src"), tmp_path / "out", tokenizer=folder)
     assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= set(os.listdir(tmp_path / "out"))
 
 
+SST2_LABELS = ("negative", "positive")
+MODEL_CARD = "# tiny-bert-sst2\n\nA random tiny BERT with SST-2's label names.\n"
+SENTENCES = ["a gorgeous, witty, seductive movie.", "the story is too thin to hold a feature film."]
+
+
+def test_label_names_and_model_card_reach_a_transformers_pipeline(tmp_path):
+    """A pipeline on the saved folder prints the label names. (Which name goes with which of our classes is
+    id2label's order, checked here, and the exported weights', checked by the round-trip test.)"""
+    vocab_size = len(transformers.AutoTokenizer.from_pretrained(minilm_dir()))
+    tiny_hf("bert", num_labels=2, vocab_size=vocab_size).save_pretrained(tmp_path / "src")
+    folder = de.save_pretrained(
+        de.from_pretrained(tmp_path / "src"),
+        tmp_path / "sst2",
+        tokenizer=minilm_dir(),
+        label_names=SST2_LABELS,
+        model_card=MODEL_CARD,
+    )
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert (folder / "README.md").read_text() == MODEL_CARD
+
+    classify = transformers.pipeline("text-classification", model=str(folder), tokenizer=str(folder))
+    predicted = [p["label"] for p in classify(SENTENCES)]
+    assert len(predicted) == len(SENTENCES)
+    assert all(label in SST2_LABELS for label in predicted), predicted
+
+
+@pytest.mark.parametrize("label_names", [("negative",), ("negative", "neutral", "positive"), ("positive", "positive")])
+def test_wrong_label_names_are_rejected_and_nothing_is_written(tmp_path, label_names):
+    tiny_hf("distilbert", num_labels=2).save_pretrained(tmp_path / "src")
+    model = de.from_pretrained(tmp_path / "src")
+    with pytest.raises(ValueError, match=r"label_names=.*: expected 2 distinct names"):
+        de.save_pretrained(model, tmp_path / "out", label_names=label_names)
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_student_loads_into_transformers_without_key_problems(tmp_path):
+    """Every tensor a distilled student saves is one transformers expects, and it expects no other."""
+    student = tiny_student(tiny_teacher())
+    de.save_pretrained(student, tmp_path)
+    hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path, output_loading_info=True, attn_implementation="eager"
+    )
+    assert isinstance(hf, transformers.DistilBertForSequenceClassification)
+    assert {"missing_keys", "unexpected_keys", "mismatched_keys"} <= set(info)
+    assert {k: list(v) for k, v in info.items() if v} == {}
+    inputs = hf_inputs(token_types=False)
+    assert max_diff(our_forward(student, inputs).logits, hf_forward(hf.eval(), inputs).logits.numpy()) <= MODEL_TOL
+
+
+@pytest.mark.slow
 def test_minilm_checkpoint_matches_transformers():
     """The real 6-layer MiniLM BERT: every hidden state and the pooler equal transformers' on real SST-2 text.
 
@@ -120,11 +181,7 @@ def test_minilm_checkpoint_matches_transformers():
     1e-4 testing rounding luck; against float64 ours is within 4e-5 everywhere and 3e-6 on real tokens.
     """
     folder = minilm_dir()
-    if folder is None:
-        if os.environ.get("CI"):
-            pytest.fail("MiniLM checkpoint missing in CI: .ci/run should have fetched it")
-        pytest.skip("MiniLM checkpoint not found (set DISTILBERT_EQX_MINILM or run .ci/run)")
-    sentences = [line.split("\t")[0] for line in (shared_dir() / "data/sst2/dev.tsv").read_text().splitlines()[1:9]]
+    sentences = [line.split("\t")[0] for line in (sst2_dir() / "dev.tsv").read_text().splitlines()[1:9]]
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     enc = tokenizer(sentences, padding="longest", truncation=True, max_length=64, return_tensors="np")
     inputs = {
@@ -138,6 +195,5 @@ def test_minilm_checkpoint_matches_transformers():
     got = our_forward(ours, inputs)
     for i, state in enumerate(expected.hidden_states):
         assert max_diff(got.hidden_states[:, i], state.numpy()) <= MODEL_TOL, f"hidden state {i}"
-    pooler = eqx.nn.inference_mode(ours).pooler
-    pooled = jnp.tanh(jax.vmap(pooler)(got.hidden_states[:, -1, 0]))
+    pooled = jax.vmap(ours.pool)(got.hidden_states[:, -1, :1])[:, 0]
     assert max_diff(pooled, expected.pooler_output.numpy()) <= MODEL_TOL

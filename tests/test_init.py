@@ -1,7 +1,5 @@
 """The student built from teacher layers reproduces the teacher where the DistilBERT recipe says it should."""
 
-import dataclasses
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,50 +7,42 @@ import numpy as np
 import pytest
 
 from distilbert_eqx.init import default_student_layers, student_config, student_from_teacher
-from distilbert_eqx.models import BertConfig, BertForSequenceClassification, DistilBertConfig
+from distilbert_eqx.models import BertForSequenceClassification, DistilBertConfig
+from helpers import max_diff, random_batch, tiny_bert_config, tiny_student, tiny_teacher
 
-CONFIG = BertConfig(
-    vocab_size=100,
-    hidden_size=32,
-    num_hidden_layers=6,
-    num_attention_heads=4,
-    intermediate_size=64,
-    # Distinct rates, so a dropout module copied from the wrong place shows.
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.2,
-    max_position_embeddings=64,
-    num_labels=3,
-)
+# Distinct dropout rates, so a dropout module copied from the wrong place shows.
+OVERRIDES = {
+    "num_hidden_layers": 6,
+    "intermediate_size": 64,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.2,
+    "max_position_embeddings": 64,
+    "num_labels": 3,
+}
+CONFIG = tiny_bert_config(**OVERRIDES)
 LAYERS = [0, 2, 4]
 BATCH, SEQ = 4, 16
 
 
 @pytest.fixture(scope="module")
 def teacher() -> BertForSequenceClassification:
-    return BertForSequenceClassification(CONFIG, key=jax.random.key(0))
+    return tiny_teacher(**OVERRIDES)
 
 
 @pytest.fixture(scope="module")
 def student(teacher):
-    return student_from_teacher(teacher, LAYERS, key=jax.random.key(1))
+    return tiny_student(teacher, LAYERS, dropout=True)
 
 
 @pytest.fixture(scope="module")
 def batch() -> tuple[jax.Array, jax.Array]:
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, SEQ + 1, size=BATCH)
-    mask = np.arange(SEQ)[None, :] < lengths[:, None]
-    ids = np.where(mask, rng.integers(1, CONFIG.vocab_size, size=(BATCH, SEQ)), CONFIG.pad_token_id)
-    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+    b = random_batch(0, batch=BATCH, seq=SEQ, vocab=CONFIG.vocab_size)
+    return jnp.asarray(b.input_ids), jnp.asarray(b.attention_mask)
 
 
 def _hidden_states(model, ids, mask) -> jax.Array:
     model = eqx.nn.inference_mode(model)
     return jax.vmap(lambda i, m: model(i, m, output_hidden_states=True).hidden_states)(ids, mask)
-
-
-def _max_diff(a, b) -> float:
-    return float(jnp.max(jnp.abs(a - b)))
 
 
 def test_default_student_layers():
@@ -64,7 +54,7 @@ def test_default_student_layers():
 
 def test_default_layers_are_used(teacher):
     student = student_from_teacher(teacher, key=jax.random.key(1))
-    assert student.config.n_layers == 3
+    assert student.config.n_layers == student.num_layers == 3
 
 
 def test_student_config(student):
@@ -98,32 +88,32 @@ def test_num_labels_and_compute_dtype_overrides(teacher):
 
 def test_student_embeddings_equal_the_teachers(teacher, student, batch):
     # Without the token-type fold they would differ by token_type[0], which the random init makes non-zero.
-    assert float(jnp.max(jnp.abs(teacher.embeddings.token_type.weight[0]))) > 0
+    assert float(jnp.max(jnp.abs(teacher.encoder.embeddings.token_type.weight[0]))) > 0
     ids, mask = batch
     student_embeddings = _hidden_states(student, ids, mask)[:, 0]
-    assert _max_diff(student_embeddings, _hidden_states(teacher, ids, mask)[:, 0]) <= 1e-6
+    assert max_diff(student_embeddings, _hidden_states(teacher, ids, mask)[:, 0]) <= 1e-6
 
 
 def test_student_layer_weights_equal_the_teachers_exactly(teacher, student):
     for i, t in enumerate(LAYERS):
-        s_leaves = jax.tree.leaves(eqx.filter(student.layers[i], eqx.is_array))
-        t_leaves = jax.tree.leaves(eqx.filter(teacher.layers[t], eqx.is_array))
+        s_leaves = jax.tree.leaves(eqx.filter(student.encoder.layers[i], eqx.is_array))
+        t_leaves = jax.tree.leaves(eqx.filter(teacher.encoder.layers[t], eqx.is_array))
         assert len(s_leaves) == len(t_leaves) == 16
         for s_leaf, t_leaf in zip(s_leaves, t_leaves):
             np.testing.assert_array_equal(np.asarray(s_leaf), np.asarray(t_leaf))
     np.testing.assert_array_equal(
-        np.asarray(student.embeddings.word.weight), np.asarray(teacher.embeddings.word.weight)
+        np.asarray(student.encoder.embeddings.word.weight), np.asarray(teacher.encoder.embeddings.word.weight)
     )
-    assert eqx.tree_equal(student.embeddings.norm, teacher.embeddings.norm)
+    assert eqx.tree_equal(student.encoder.embeddings.norm, teacher.encoder.embeddings.norm)
 
 
 def test_student_dropout_is_distilberts(student):
-    for layer in student.layers:
+    for layer in student.encoder.layers:
         assert layer.attention.dropout.p == 0.2
         assert layer.attention_dropout.p == 0.0
         assert layer.feed_forward.dropout.p == 0.1
-    assert student.embeddings.dropout.p == 0.1
-    assert student.embeddings.token_type is None
+    assert student.encoder.embeddings.dropout.p == 0.1
+    assert student.encoder.embeddings.token_type is None
 
 
 def test_student_layers_reproduce_teacher_hidden_states(teacher, student, batch):
@@ -131,11 +121,11 @@ def test_student_layers_reproduce_teacher_hidden_states(teacher, student, batch)
     teacher_states = _hidden_states(teacher, ids, mask)
     inference_student = eqx.nn.inference_mode(student)
     for i, t in enumerate(LAYERS):
-        out = jax.vmap(inference_student.layers[i])(teacher_states[:, t], mask)
-        assert _max_diff(out, teacher_states[:, t + 1]) <= 1e-5
+        out = jax.vmap(inference_student.encoder.layers[i])(teacher_states[:, t], mask)
+        assert max_diff(out, teacher_states[:, t + 1]) <= 1e-5
     # The first copied layer also reproduces the teacher when fed the student's own embeddings.
     student_states = _hidden_states(student, ids, mask)
-    assert _max_diff(student_states[:, 1], teacher_states[:, 1]) <= 1e-5
+    assert max_diff(student_states[:, 1], teacher_states[:, 1]) <= 1e-5
 
 
 def test_head_is_new_and_initialised_like_transformers(teacher, student):
@@ -179,7 +169,6 @@ def test_bad_layer_choices_are_rejected(teacher, layers, message):
 
 
 def test_teacher_with_another_layer_norm_eps_is_rejected():
-    config = dataclasses.replace(CONFIG, layer_norm_eps=1e-5)
-    teacher = BertForSequenceClassification(config, key=jax.random.key(0))
+    teacher = tiny_teacher(**OVERRIDES, layer_norm_eps=1e-5)
     with pytest.raises(ValueError, match=r"layer_norm_eps is 1e-05"):
         student_from_teacher(teacher, LAYERS, key=jax.random.key(1))

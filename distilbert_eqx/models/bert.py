@@ -1,18 +1,23 @@
 """BERT (``BertForSequenceClassification``) as an Equinox module, numerically equal to ``transformers``."""
 
 import dataclasses
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
-from .._types import ComputeDtype, Key, TokenIds, TokenMask, to_jnp_dtype
-from .layers import ClassifierOutput, Embeddings, TransformerLayer, dense, linear, run_layers, split_key
+from .._types import ComputeDtype, Key
+from .classifier import AbstractSequenceClassifier
+from .layers import Embeddings, Encoder, TransformerLayer, dense, linear
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """The ``config.json`` fields of a BERT checkpoint that change the computation (``transformers`` names)."""
+
+    model_type: ClassVar[str] = "bert"
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -30,16 +35,15 @@ class BertConfig:
     classifier_dropout: float | None = None
     num_labels: int = 2
 
+    @property
+    def num_layers(self) -> int:
+        return self.num_hidden_layers
 
-class BertForSequenceClassification(eqx.Module):
-    """BERT encoder + tanh pooler on the first token + dropout + linear classifier.
 
-    Works on one example; ``jax.vmap`` over a batch. Parameters are float32; ``compute_dtype="bfloat16"`` runs
-    the matmuls in bfloat16 and keeps LayerNorm, softmax and the classification head in float32.
-    """
+class BertForSequenceClassification(AbstractSequenceClassifier):
+    """BERT encoder + tanh pooler on the first token + dropout + linear classifier."""
 
-    embeddings: Embeddings
-    layers: tuple[TransformerLayer, ...]
+    encoder: Encoder
     pooler: eqx.nn.Linear
     classifier_dropout: eqx.nn.Dropout
     classifier: eqx.nn.Linear
@@ -50,25 +54,24 @@ class BertForSequenceClassification(eqx.Module):
         c = config
         ke, kl, kp, kc = jax.random.split(key, 4)
         std = c.initializer_range
-        self.embeddings = Embeddings(
+        embeddings = Embeddings(
             c.vocab_size,
             c.hidden_size,
             c.max_position_embeddings,
             c.type_vocab_size,
-            c.layer_norm_eps,
-            c.hidden_dropout_prob,
-            std,
+            eps=c.layer_norm_eps,
+            dropout=c.hidden_dropout_prob,
+            init_std=std,
             key=ke,
         )
-        word = self.embeddings.word.weight.at[c.pad_token_id].set(0.0)
-        self.embeddings = eqx.tree_at(lambda e: e.word.weight, self.embeddings, word)
-        self.layers = tuple(
+        word = embeddings.word.weight.at[c.pad_token_id].set(0.0)
+        layers = tuple(
             TransformerLayer(
                 c.hidden_size,
                 c.num_attention_heads,
                 c.intermediate_size,
                 c.hidden_act,
-                c.layer_norm_eps,
+                eps=c.layer_norm_eps,
                 hidden_dropout=c.hidden_dropout_prob,
                 attention_probs_dropout=c.attention_probs_dropout_prob,
                 attention_output_dropout=c.hidden_dropout_prob,
@@ -77,6 +80,7 @@ class BertForSequenceClassification(eqx.Module):
             )
             for k in jax.random.split(kl, c.num_hidden_layers)
         )
+        self.encoder = Encoder(eqx.tree_at(lambda e: e.word.weight, embeddings, word), layers)
         self.pooler = linear(c.hidden_size, c.hidden_size, std, key=kp)
         head_dropout = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
         self.classifier_dropout = eqx.nn.Dropout(head_dropout)
@@ -84,34 +88,5 @@ class BertForSequenceClassification(eqx.Module):
         self.config = config
         self.compute_dtype = compute_dtype
 
-    def __call__(
-        self,
-        input_ids: TokenIds,
-        attention_mask: TokenMask,
-        token_type_ids: TokenIds | None = None,
-        *,
-        key: Key | None = None,
-        output_hidden_states: bool = False,
-    ) -> ClassifierOutput:
-        """Classify one sequence.
-
-        Arguments:
-            input_ids: ``(seq,)`` token ids.
-            attention_mask: ``(seq,)``, ``True`` for real tokens, ``False`` for padding.
-            token_type_ids: ``(seq,)`` segment ids; zeros when omitted.
-            key: dropout key; ``None`` is only allowed in inference mode (``eqx.nn.inference_mode``).
-            output_hidden_states: also return the embeddings and every layer's output.
-
-        Returns:
-            ``ClassifierOutput`` with float32 ``logits (classes,)``, ``last_hidden_state (seq, hidden)`` and,
-            when asked, ``hidden_states (num_layers + 1, seq, hidden)``.
-        """
-        k_emb, k_layers, k_head = split_key(key, 3)
-        x = self.embeddings(input_ids, token_type_ids, key=k_emb).astype(to_jnp_dtype(self.compute_dtype))
-        last, states = run_layers(self.layers, x, attention_mask, key=k_layers, keep_states=output_hidden_states)
-        first_token = last[:1].astype(jnp.float32)
-        pooled = jnp.tanh(dense(self.pooler, first_token))
-        logits = dense(self.classifier, self.classifier_dropout(pooled, key=k_head))[0]
-        return ClassifierOutput(
-            logits, last.astype(jnp.float32), None if states is None else states.astype(jnp.float32)
-        )
+    def pool(self, first_token: Float[Array, "1 hidden"]) -> Float[Array, "1 hidden"]:
+        return jnp.tanh(dense(self.pooler, first_token))

@@ -1,6 +1,7 @@
 """DistilBERT (``DistilBertForSequenceClassification``) as an Equinox module, numerically equal to ``transformers``."""
 
 import dataclasses
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -8,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._types import ComputeDtype, Key, TokenIds, TokenMask, to_jnp_dtype
-from .layers import ClassifierOutput, Embeddings, TransformerLayer, dense, linear, run_layers, split_key
+from .._types import ComputeDtype, Key
+from .classifier import AbstractSequenceClassifier
+from .layers import Embeddings, Encoder, TransformerLayer, dense, linear
 
 # transformers hard-codes this for every DistilBERT LayerNorm; it is not in config.json.
 DISTILBERT_LAYER_NORM_EPS = 1e-12
@@ -18,6 +20,8 @@ DISTILBERT_LAYER_NORM_EPS = 1e-12
 @dataclasses.dataclass(frozen=True)
 class DistilBertConfig:
     """The ``config.json`` fields of a DistilBERT checkpoint that change the computation (``transformers`` names)."""
+
+    model_type: ClassVar[str] = "distilbert"
 
     vocab_size: int = 30522
     dim: int = 768
@@ -34,6 +38,10 @@ class DistilBertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
 
+    @property
+    def num_layers(self) -> int:
+        return self.n_layers
+
 
 def sinusoidal_positions(num_positions: int, dim: int) -> Float[Array, "positions dim"]:
     """The fixed table ``transformers`` writes when ``sinusoidal_pos_embds`` is set (sin on even, cos on odd)."""
@@ -43,16 +51,13 @@ def sinusoidal_positions(num_positions: int, dim: int) -> Float[Array, "position
     return jnp.asarray(table, jnp.float32)
 
 
-class DistilBertForSequenceClassification(eqx.Module):
+class DistilBertForSequenceClassification(AbstractSequenceClassifier):
     """DistilBERT encoder + ``pre_classifier`` + ReLU + dropout + ``classifier`` on the first token.
 
-    Works on one example; ``jax.vmap`` over a batch. There are no token type embeddings. Parameters are
-    float32; ``compute_dtype="bfloat16"`` runs the matmuls in bfloat16 and keeps LayerNorm, softmax and the
-    classification head in float32.
+    There are no token type embeddings: passing ``token_type_ids`` is an error.
     """
 
-    embeddings: Embeddings
-    layers: tuple[TransformerLayer, ...]
+    encoder: Encoder
     pre_classifier: eqx.nn.Linear
     classifier_dropout: eqx.nn.Dropout
     classifier: eqx.nn.Linear
@@ -68,9 +73,9 @@ class DistilBertForSequenceClassification(eqx.Module):
             c.dim,
             c.max_position_embeddings,
             None,
-            DISTILBERT_LAYER_NORM_EPS,
-            c.dropout,
-            std,
+            eps=DISTILBERT_LAYER_NORM_EPS,
+            dropout=c.dropout,
+            init_std=std,
             key=ke,
         )
         word = embeddings.word.weight.at[c.pad_token_id].set(0.0)
@@ -78,14 +83,13 @@ class DistilBertForSequenceClassification(eqx.Module):
         if c.sinusoidal_pos_embds:
             table = sinusoidal_positions(c.max_position_embeddings, c.dim)
             embeddings = eqx.tree_at(lambda e: e.position.weight, embeddings, table)
-        self.embeddings = embeddings
-        self.layers = tuple(
+        layers = tuple(
             TransformerLayer(
                 c.dim,
                 c.n_heads,
                 c.hidden_dim,
                 c.activation,
-                DISTILBERT_LAYER_NORM_EPS,
+                eps=DISTILBERT_LAYER_NORM_EPS,
                 hidden_dropout=c.dropout,
                 attention_probs_dropout=c.attention_dropout,
                 attention_output_dropout=0.0,
@@ -94,38 +98,12 @@ class DistilBertForSequenceClassification(eqx.Module):
             )
             for k in jax.random.split(kl, c.n_layers)
         )
+        self.encoder = Encoder(embeddings, layers)
         self.pre_classifier = linear(c.dim, c.dim, std, key=kp)
         self.classifier_dropout = eqx.nn.Dropout(c.seq_classif_dropout)
         self.classifier = linear(c.dim, c.num_labels, std, key=kc)
         self.config = config
         self.compute_dtype = compute_dtype
 
-    def __call__(
-        self,
-        input_ids: TokenIds,
-        attention_mask: TokenMask,
-        *,
-        key: Key | None = None,
-        output_hidden_states: bool = False,
-    ) -> ClassifierOutput:
-        """Classify one sequence.
-
-        Arguments:
-            input_ids: ``(seq,)`` token ids.
-            attention_mask: ``(seq,)``, ``True`` for real tokens, ``False`` for padding.
-            key: dropout key; ``None`` is only allowed in inference mode (``eqx.nn.inference_mode``).
-            output_hidden_states: also return the embeddings and every layer's output.
-
-        Returns:
-            ``ClassifierOutput`` with float32 ``logits (classes,)``, ``last_hidden_state (seq, hidden)`` and,
-            when asked, ``hidden_states (num_layers + 1, seq, hidden)``.
-        """
-        k_emb, k_layers, k_head = split_key(key, 3)
-        x = self.embeddings(input_ids, key=k_emb).astype(to_jnp_dtype(self.compute_dtype))
-        last, states = run_layers(self.layers, x, attention_mask, key=k_layers, keep_states=output_hidden_states)
-        first_token = last[:1].astype(jnp.float32)
-        pooled = jax.nn.relu(dense(self.pre_classifier, first_token))
-        logits = dense(self.classifier, self.classifier_dropout(pooled, key=k_head))[0]
-        return ClassifierOutput(
-            logits, last.astype(jnp.float32), None if states is None else states.astype(jnp.float32)
-        )
+    def pool(self, first_token: Float[Array, "1 hidden"]) -> Float[Array, "1 hidden"]:
+        return jax.nn.relu(dense(self.pre_classifier, first_token))

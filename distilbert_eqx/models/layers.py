@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._types import Hidden, Key, TokenIds, TokenMask
+from .._types import Hidden, HiddenStack, Key, TokenIds, TokenMask
 
 
 def dense(layer: eqx.nn.Linear, x: Float[Array, "seq d_in"]) -> Float[Array, "seq d_out"]:
@@ -74,10 +74,10 @@ class Embeddings(eqx.Module):
         hidden_size: int,
         max_positions: int,
         type_vocab_size: int | None,
+        *,
         eps: float,
         dropout: float,
         init_std: float,
-        *,
         key: Key,
     ):
         kw, kp, kt = jax.random.split(key, 3)
@@ -101,23 +101,26 @@ class Embeddings(eqx.Module):
 
 
 class MultiHeadAttention(eqx.Module):
-    """Bidirectional self-attention with a boolean key-padding mask (``True`` = attend)."""
+    """Bidirectional self-attention with a boolean key-padding mask (``True`` = attend).
 
-    query: eqx.nn.Linear
-    key: eqx.nn.Linear
-    value: eqx.nn.Linear
-    output: eqx.nn.Linear
+    Field names follow ``eqx.nn.MultiheadAttention``.
+    """
+
+    query_proj: eqx.nn.Linear
+    key_proj: eqx.nn.Linear
+    value_proj: eqx.nn.Linear
+    output_proj: eqx.nn.Linear
     dropout: eqx.nn.Dropout
     num_heads: int = eqx.field(static=True)
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float, init_std: float, *, key: Key):
+    def __init__(self, hidden_size: int, num_heads: int, *, dropout: float, init_std: float, key: Key):
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}")
         kq, kk, kv, ko = jax.random.split(key, 4)
-        self.query = linear(hidden_size, hidden_size, init_std, key=kq)
-        self.key = linear(hidden_size, hidden_size, init_std, key=kk)
-        self.value = linear(hidden_size, hidden_size, init_std, key=kv)
-        self.output = linear(hidden_size, hidden_size, init_std, key=ko)
+        self.query_proj = linear(hidden_size, hidden_size, init_std, key=kq)
+        self.key_proj = linear(hidden_size, hidden_size, init_std, key=kk)
+        self.value_proj = linear(hidden_size, hidden_size, init_std, key=kv)
+        self.output_proj = linear(hidden_size, hidden_size, init_std, key=ko)
         self.dropout = eqx.nn.Dropout(dropout)
         self.num_heads = num_heads
 
@@ -129,13 +132,13 @@ class MultiHeadAttention(eqx.Module):
         def heads(layer: eqx.nn.Linear) -> Float[Array, "seq heads head_dim"]:
             return dense(layer, x).reshape(seq_len, self.num_heads, head_dim)
 
-        q, k, v = heads(self.query), heads(self.key), heads(self.value)
+        q, k, v = heads(self.query_proj), heads(self.key_proj), heads(self.value_proj)
         scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
         # Masked keys get the most negative float, as transformers' additive mask does: exp() underflows to 0.
         scores = jnp.where(mask[None, None, :], scores, jnp.finfo(jnp.float32).min)
         probs = self.dropout(jax.nn.softmax(scores, axis=-1), key=key).astype(x.dtype)
         context = jnp.einsum("hqk,khd->qhd", probs, v).reshape(seq_len, hidden)
-        return dense(self.output, context)
+        return dense(self.output_proj, context)
 
 
 class FeedForward(eqx.Module):
@@ -147,7 +150,7 @@ class FeedForward(eqx.Module):
     activation: str = eqx.field(static=True)
 
     def __init__(
-        self, hidden_size: int, intermediate_size: int, activation: str, dropout: float, init_std: float, *, key: Key
+        self, hidden_size: int, intermediate_size: int, activation: str, *, dropout: float, init_std: float, key: Key
     ):
         if activation not in SUPPORTED_ACTIVATIONS:
             raise ValueError(f"unsupported activation {activation!r}; expected one of {SUPPORTED_ACTIVATIONS}")
@@ -181,19 +184,23 @@ class TransformerLayer(eqx.Module):
         num_heads: int,
         intermediate_size: int,
         activation: str,
+        *,
         eps: float,
         hidden_dropout: float,
         attention_probs_dropout: float,
         attention_output_dropout: float,
         init_std: float,
-        *,
         key: Key,
     ):
         ka, kf = jax.random.split(key)
-        self.attention = MultiHeadAttention(hidden_size, num_heads, attention_probs_dropout, init_std, key=ka)
+        self.attention = MultiHeadAttention(
+            hidden_size, num_heads, dropout=attention_probs_dropout, init_std=init_std, key=ka
+        )
         self.attention_dropout = eqx.nn.Dropout(attention_output_dropout)
         self.attention_norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
-        self.feed_forward = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, init_std, key=kf)
+        self.feed_forward = FeedForward(
+            hidden_size, intermediate_size, activation, dropout=hidden_dropout, init_std=init_std, key=kf
+        )
         self.output_norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
 
     def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> Hidden:
@@ -204,24 +211,31 @@ class TransformerLayer(eqx.Module):
         return layer_norm(self.output_norm, h + self.feed_forward(h, key=k_ff))
 
 
-def run_layers(
-    layers: tuple[TransformerLayer, ...], x: Hidden, mask: TokenMask, *, key: Key | None, keep_states: bool
-) -> tuple[Hidden, Float[Array, "layers_plus_one seq hidden"] | None]:
-    """Run the encoder stack. Returns the last layer's output and, if ``keep_states``, the input and every layer's
-    output stacked in ``transformers``' order (``None`` otherwise: the stack is a copy of every activation)."""
-    keys = split_key(key, len(layers))
-    states = [x]
-    for layer, k in zip(layers, keys):
-        x = layer(x, mask, key=k)
-        states.append(x)
-    return x, jnp.stack(states) if keep_states else None
+class Encoder(eqx.Module):
+    """Embeddings and a stack of post-LN layers: the part BERT and DistilBERT share, up to their heads."""
 
+    embeddings: Embeddings
+    layers: tuple[TransformerLayer, ...]
 
-class ClassifierOutput(eqx.Module):
-    """What a sequence classifier returns for one example: float32 logits, the last layer's float32 output (what
-    the cosine loss compares) and, when asked for, every hidden state."""
+    def __call__(
+        self,
+        input_ids: TokenIds,
+        attention_mask: TokenMask,
+        token_type_ids: TokenIds | None = None,
+        *,
+        compute_dtype: jnp.dtype,
+        key: Key | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[Hidden, HiddenStack | None]:
+        """Encode one sequence; the layers compute in ``compute_dtype``.
 
-    logits: Float[Array, " classes"]
-    last_hidden_state: Float[Array, "seq hidden"]
-    hidden_states: Float[Array, "layers_plus_one seq hidden"] | None
-
+        Returns the last layer's output and, if ``output_hidden_states``, the embeddings and every layer's
+        output stacked in ``transformers``' order (``None`` otherwise: the stack copies every activation).
+        """
+        k_embeddings, k_layers = split_key(key, 2)
+        x = self.embeddings(input_ids, token_type_ids, key=k_embeddings).astype(compute_dtype)
+        states = [x]
+        for layer, k in zip(self.layers, split_key(k_layers, len(self.layers))):
+            x = layer(x, attention_mask, key=k)
+            states.append(x)
+        return x, jnp.stack(states) if output_hidden_states else None

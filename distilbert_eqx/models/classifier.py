@@ -1,0 +1,92 @@
+"""The role BERT and DistilBERT share: an encoder, a head on the first token, one ``__call__``.
+
+Equinox's abstract/final pattern: this class declares the fields (``AbstractVar``) and the forward pass; each
+model is a final subclass that builds its fields and says how it pools the first token. Code outside the models
+(checkpoint I/O, training) talks to this interface and never asks which model it holds.
+"""
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._types import ComputeDtype, HiddenStack, Key, TokenIds, TokenMask, to_jnp_dtype
+from .layers import Encoder, dense, split_key
+
+
+class ClassifierOutput(eqx.Module):
+    """What a sequence classifier returns for one example: float32 logits, the last layer's float32 output (what
+    the cosine loss compares) and, when asked for, every hidden state."""
+
+    logits: Float[Array, " classes"]
+    last_hidden_state: Float[Array, "seq hidden"]
+    hidden_states: HiddenStack | None
+
+
+class AbstractSequenceClassifier(eqx.Module):
+    """An encoder, a pooling layer on the first token, dropout and a linear classifier.
+
+    Works on one example; ``jax.vmap`` over a batch. Parameters are float32; ``compute_dtype="bfloat16"`` runs
+    the encoder's matmuls in bfloat16 and keeps LayerNorm, softmax and the head in float32.
+    """
+
+    encoder: eqx.AbstractVar[Encoder]
+    classifier_dropout: eqx.AbstractVar[eqx.nn.Dropout]
+    classifier: eqx.AbstractVar[eqx.nn.Linear]
+    compute_dtype: eqx.AbstractVar[ComputeDtype]
+    # The model's config dataclass (BertConfig, DistilBertConfig): transformers' config.json fields, and in
+    # `model_type` the checkpoint family that hf.py keys its tensor-name maps by.
+    config: eqx.AbstractVar[Any]
+
+    @abc.abstractmethod
+    def pool(self, first_token: Float[Array, "1 hidden"]) -> Float[Array, "1 hidden"]:
+        """The head's pooling layer on the first token's float32 state (BERT: tanh pooler; DistilBERT: ReLU)."""
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.layers)
+
+    @property
+    def takes_token_types(self) -> bool:
+        """Whether ``__call__`` accepts ``token_type_ids`` (BERT does; DistilBERT has no token type table)."""
+        return self.encoder.embeddings.token_type is not None
+
+    def __call__(
+        self,
+        input_ids: TokenIds,
+        attention_mask: TokenMask,
+        token_type_ids: TokenIds | None = None,
+        *,
+        key: Key | None = None,
+        output_hidden_states: bool = False,
+    ) -> ClassifierOutput:
+        """Classify one sequence.
+
+        Arguments:
+            input_ids: ``(seq,)`` token ids.
+            attention_mask: ``(seq,)``, ``True`` for real tokens, ``False`` for padding.
+            token_type_ids: ``(seq,)`` segment ids (zeros when omitted); only for models that
+                ``takes_token_types``.
+            key: dropout key; ``None`` is only allowed in inference mode (``eqx.nn.inference_mode``).
+            output_hidden_states: also return the embeddings and every layer's output.
+
+        Returns:
+            ``ClassifierOutput`` with float32 ``logits (classes,)``, ``last_hidden_state (seq, hidden)`` and,
+            when asked, ``hidden_states (num_layers + 1, seq, hidden)``.
+        """
+        k_encoder, k_head = split_key(key, 2)
+        last, states = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            compute_dtype=to_jnp_dtype(self.compute_dtype),
+            key=k_encoder,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = self.pool(last[:1].astype(jnp.float32))
+        logits = dense(self.classifier, self.classifier_dropout(pooled, key=k_head))[0]
+        return ClassifierOutput(
+            logits, last.astype(jnp.float32), None if states is None else states.astype(jnp.float32)
+        )
