@@ -5,11 +5,13 @@ fixed shape, so padded rows never change a loss (and an all-padding batch gives 
 float32, whatever the input dtype, and every log-probability comes from ``log_softmax``. The losses know
 nothing of models: the caller picks the hidden states and stops gradients through the teacher.
 
-Every loss also takes ``axis_name``: inside ``jax.shard_map``, with the batch rows split over that mesh axis,
-the weighted numerator and denominator are summed over all devices before dividing. Each device then gets the
-loss of the global batch (also when its own rows are all padding), and its gradient is the global-batch
-gradient.
+Each loss returns a ``WeightedSum`` (its numerator and denominator) rather than a mean. On one device
+``.mean()`` is the loss. With the batch rows split over devices, the step body sums the ``WeightedSum``s across
+devices first (one ``psum``) and takes the means after, so every device gets the loss of the global batch and
+its gradient; that is the only place a collective happens.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,20 +27,28 @@ TeacherHidden = Float[Array, "batch seq t_hidden"]
 _COSINE_EPS = 1e-12
 
 
-def _masked_mean(
-    values: Float[Array, "*shape"], weights: Float[Array, "*shape"], axis_name: str | None
-) -> Scalar:
-    """``sum(w * v) / sum(w)``, both sums also over the devices of ``axis_name``; 0 when every weight is 0.
+class WeightedSum(NamedTuple):
+    """A loss before its mean: ``total = sum(w * value)`` and ``weight = sum(w)`` over the selected entries.
+
+    Sums of several devices' ``WeightedSum``s are the global batch's (``jax.lax.psum`` over the tuple).
+    """
+
+    total: Scalar
+    weight: Scalar
+
+    def mean(self) -> Scalar:
+        """``total / weight``; 0 when every weight is 0 (the safe denominator keeps gradients finite too)."""
+        return self.total / jnp.where(self.weight > 0, self.weight, 1.0)
+
+
+def weighted_sum(values: Float[Array, "*shape"], weights: Float[Array, "*shape"]) -> WeightedSum:
+    """``sum(w * v)`` and ``sum(w)``.
 
     ``jnp.where`` rather than a bare product so that garbage (even inf/NaN) in zero-weight entries cannot leak
-    into the result; the safe denominator keeps gradients finite for an all-padding batch.
+    into the result.
     """
     weights = weights.astype(jnp.float32)
-    total = jnp.sum(jnp.where(weights > 0, weights * values, 0.0))
-    count = jnp.sum(weights)
-    if axis_name is not None:
-        total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
-    return total / jnp.where(count > 0, count, 1.0)
+    return WeightedSum(jnp.sum(jnp.where(weights > 0, weights * values, 0.0)), jnp.sum(weights))
 
 
 def _check_temperature(temperature: float) -> None:
@@ -62,23 +72,20 @@ def softmax_with_temperature(
     return jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
 
 
-def hard_loss(
-    student_logits: BatchLogits, labels: BatchLabels, weights: BatchWeights, axis_name: str | None = None
-) -> Scalar:
+def hard_loss(student_logits: BatchLogits, labels: BatchLabels, weights: BatchWeights) -> WeightedSum:
     """Cross-entropy against the gold labels, weighted mean over examples.
 
     Arguments:
         student_logits: ``(batch, classes)``.
         labels: ``(batch,)`` class indices.
         weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
-        axis_name: inside ``jax.shard_map``, the mesh axis the rows are split over; ``None`` outside.
 
     Returns:
-        float32 scalar ``sum(w * ce) / sum(w)``.
+        float32 ``sum(w * ce)`` over ``sum(w)``.
     """
     log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
     ce = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-    return _masked_mean(ce, weights, axis_name)
+    return weighted_sum(ce, weights)
 
 
 def soft_loss(
@@ -86,8 +93,7 @@ def soft_loss(
     teacher_logits: BatchLogits,
     weights: BatchWeights,
     temperature: float,
-    axis_name: str | None = None,
-) -> Scalar:
+) -> WeightedSum:
     """``T**2 * KL(teacher || student)`` between the temperature-softened distributions, weighted batch mean.
 
     The ``T**2`` keeps the gradient scale independent of ``T`` (Hinton et al., 2015). With all weights 1 this
@@ -98,16 +104,17 @@ def soft_loss(
         teacher_logits: ``(batch, classes)``, the target.
         weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
         temperature: ``T > 0``.
-        axis_name: inside ``jax.shard_map``, the mesh axis the rows are split over; ``None`` outside.
 
     Returns:
-        float32 scalar.
+        float32 ``sum(w * T**2 * kl)`` over ``sum(w)``.
     """
     _check_temperature(temperature)
     student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     teacher_log_probs = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
-    return temperature**2 * _masked_mean(kl, weights, axis_name)
+    # Scaling the sum equals scaling the mean: T**2 is applied once, to one scalar.
+    sums = weighted_sum(kl, weights)
+    return WeightedSum(temperature**2 * sums.total, sums.weight)
 
 
 def cosine_loss(
@@ -115,30 +122,20 @@ def cosine_loss(
     teacher_hidden: TeacherHidden,
     attention_mask: BatchTokenMask,
     weights: BatchWeights,
-    axis_name: str | None = None,
-    tokens_per_example: float | None = None,
-) -> Scalar:
-    """``1 - cos(student, teacher)`` per token, averaged over the real tokens of the real rows.
+) -> WeightedSum:
+    """``1 - cos(student, teacher)`` per token, over the real tokens of the real rows.
 
-    Equal to ``torch.nn.CosineEmbeddingLoss()`` with target +1 on the tokens where ``attention_mask`` is set
-    and the row's weight is positive. Weights act only as a row mask here: every selected token counts once.
-
-    That average divides by the batch's own token count, so how much a token weighs depends on the lengths of
-    the examples batched with it; ``group_by_length`` shifts weight towards short examples. With
-    ``tokens_per_example`` (the training set's mean length, say) the sum over the selected tokens is divided by
-    ``tokens_per_example`` times the number of real rows instead: every token weighs the same in every batch,
-    and a pass over the data sums to the same loss however its examples were batched.
+    Its mean equals ``torch.nn.CosineEmbeddingLoss()`` with target +1 on the tokens where ``attention_mask`` is
+    set and the row's weight is positive. Weights act only as a row mask here: every selected token counts once.
 
     Arguments:
         student_hidden: ``(batch, seq, hidden)``.
         teacher_hidden: ``(batch, seq, hidden)``; the hidden size must equal the student's.
         attention_mask: ``(batch, seq)``, ``True`` for real tokens.
         weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
-        axis_name: inside ``jax.shard_map``, the mesh axis the rows are split over; ``None`` outside.
-        tokens_per_example: ``None`` for the token average above, or a fixed count ``> 0`` to normalise by.
 
     Returns:
-        float32 scalar; 0 when no token is selected.
+        float32 sum of ``1 - cos`` over the selected tokens, and their count.
     """
     # The two hidden axes have different names in the annotation so that this message, not a generic shape
     # mismatch from the type checker, is what a user distilling into a narrower student sees.
@@ -153,12 +150,64 @@ def cosine_loss(
     dot = jnp.sum(s * t, axis=-1)
     norms = jnp.sqrt((jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS))
     token_weights = (attention_mask & (weights > 0)[:, None]).astype(jnp.float32)
-    if tokens_per_example is None:
-        return _masked_mean(1.0 - dot / norms, token_weights, axis_name)
-    if tokens_per_example <= 0:
-        raise ValueError(f"tokens_per_example must be positive or None, got {tokens_per_example}")
-    per_row = jnp.sum(jnp.where(token_weights > 0, 1.0 - dot / norms, 0.0), axis=-1) / tokens_per_example
-    return _masked_mean(per_row, (weights > 0).astype(jnp.float32), axis_name)
+    return weighted_sum(1.0 - dot / norms, token_weights)
+
+
+_ALPHAS = {"loss_ce": "alpha_ce", "loss_kl": "alpha_kl", "loss_cos": "alpha_cos"}
+
+
+def distillation_terms(
+    student_logits: BatchLogits,
+    teacher_logits: BatchLogits | None,
+    student_hidden: StudentHidden | None,
+    teacher_hidden: TeacherHidden | None,
+    labels: BatchLabels,
+    attention_mask: BatchTokenMask,
+    weights: BatchWeights,
+    *,
+    temperature: float,
+    alpha_ce: float,
+    alpha_kl: float,
+    alpha_cos: float,
+) -> dict[str, WeightedSum]:
+    """The ``WeightedSum`` of each term with a positive weight: ``"loss_ce"``, ``"loss_kl"``, ``"loss_cos"``.
+
+    A term whose alpha is 0 is not computed, and its inputs may be ``None``. Combine the (device-summed) terms
+    with :func:`weighted_total`; :func:`distillation_loss` does both on one device.
+    """
+    alphas = {"alpha_ce": alpha_ce, "alpha_kl": alpha_kl, "alpha_cos": alpha_cos}
+    negative = {name: a for name, a in alphas.items() if a < 0}
+    if negative:
+        raise ValueError(f"loss weights must be non-negative, got {negative}")
+    if not any(a > 0 for a in alphas.values()):
+        raise ValueError(f"at least one loss weight must be positive, got {alphas}")
+    if alpha_kl > 0 and teacher_logits is None:
+        raise ValueError("alpha_kl > 0 needs teacher_logits")
+    if alpha_cos > 0 and (student_hidden is None or teacher_hidden is None):
+        raise ValueError("alpha_cos > 0 needs student_hidden and teacher_hidden")
+
+    terms: dict[str, WeightedSum] = {}
+    if alpha_ce > 0:
+        terms["loss_ce"] = hard_loss(student_logits, labels, weights)
+    if alpha_kl > 0:
+        terms["loss_kl"] = soft_loss(student_logits, teacher_logits, weights, temperature)
+    if alpha_cos > 0:
+        terms["loss_cos"] = cosine_loss(student_hidden, teacher_hidden, attention_mask, weights)
+    return terms
+
+
+def weighted_total(
+    terms: dict[str, WeightedSum], *, alpha_ce: float, alpha_kl: float, alpha_cos: float
+) -> tuple[Scalar, dict[str, Scalar]]:
+    """``alpha_ce * hard + alpha_kl * soft + alpha_cos * cosine`` from the terms' sums.
+
+    Returns:
+        ``(total, parts)``: the float32 total and each term's mean, keyed as in ``terms``.
+    """
+    alphas = {"alpha_ce": alpha_ce, "alpha_kl": alpha_kl, "alpha_cos": alpha_cos}
+    parts = {name: sums.mean() for name, sums in terms.items()}
+    total = sum(alphas[_ALPHAS[name]] * value for name, value in parts.items())
+    return total, parts
 
 
 def distillation_loss(
@@ -174,13 +223,10 @@ def distillation_loss(
     alpha_ce: float,
     alpha_kl: float,
     alpha_cos: float,
-    axis_name: str | None = None,
-    cosine_tokens_per_example: float | None = None,
 ) -> tuple[Scalar, dict[str, Scalar]]:
-    """``alpha_ce * hard + alpha_kl * soft + alpha_cos * cosine``.
+    """``alpha_ce * hard + alpha_kl * soft + alpha_cos * cosine`` on one device.
 
-    A term whose alpha is 0 is not computed, and its inputs may be ``None``. So all three terms (e.g.
-    ``alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1``) and the classic Hinton loss
+    All three terms (e.g. ``alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1``) and the classic Hinton loss
     ``alpha * soft + (1 - alpha) * hard`` (``alpha_kl=alpha, alpha_ce=1 - alpha, alpha_cos=0``, no hidden
     states needed) are one config away. Note ``alpha_ce`` weighs the *hard* loss here, whereas the DistilBERT
     training script's ``alpha_ce`` weighs the soft one.
@@ -193,34 +239,14 @@ def distillation_loss(
         weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
         temperature: softmax temperature of the soft loss.
         alpha_ce, alpha_kl, alpha_cos: non-negative weights of the three terms, at least one positive.
-        axis_name: inside ``jax.shard_map``, the mesh axis the rows are split over; every mean is then over
-            the global batch.
-        cosine_tokens_per_example: :func:`cosine_loss`'s ``tokens_per_example``.
 
     Returns:
         ``(total, parts)``: the float32 total and a dict with ``"loss_ce"``, ``"loss_kl"``, ``"loss_cos"`` for
         the terms that were computed (those with a positive alpha).
     """
     alphas = {"alpha_ce": alpha_ce, "alpha_kl": alpha_kl, "alpha_cos": alpha_cos}
-    negative = {name: a for name, a in alphas.items() if a < 0}
-    if negative:
-        raise ValueError(f"loss weights must be non-negative, got {negative}")
-    if not any(a > 0 for a in alphas.values()):
-        raise ValueError(f"at least one loss weight must be positive, got {alphas}")
-    if alpha_kl > 0 and teacher_logits is None:
-        raise ValueError("alpha_kl > 0 needs teacher_logits")
-    if alpha_cos > 0 and (student_hidden is None or teacher_hidden is None):
-        raise ValueError("alpha_cos > 0 needs student_hidden and teacher_hidden")
-
-    parts: dict[str, Scalar] = {}
-    if alpha_ce > 0:
-        parts["loss_ce"] = hard_loss(student_logits, labels, weights, axis_name)
-    if alpha_kl > 0:
-        parts["loss_kl"] = soft_loss(student_logits, teacher_logits, weights, temperature, axis_name)
-    if alpha_cos > 0:
-        parts["loss_cos"] = cosine_loss(
-            student_hidden, teacher_hidden, attention_mask, weights, axis_name, cosine_tokens_per_example
-        )
-    coefficients = {"loss_ce": alpha_ce, "loss_kl": alpha_kl, "loss_cos": alpha_cos}
-    total = sum(coefficients[name] * value for name, value in parts.items())
-    return total, parts
+    terms = distillation_terms(
+        student_logits, teacher_logits, student_hidden, teacher_hidden, labels, attention_mask, weights,
+        temperature=temperature, **alphas,
+    )
+    return weighted_total(terms, **alphas)

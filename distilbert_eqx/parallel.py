@@ -2,8 +2,8 @@
 
 Parameters, optimizer state and teacher are replicated; each batch is split along its rows over the mesh axis
 ``"data"``. The steps run the very same bodies as the single-device steps (``train.train_step_body`` and
-``train.eval_step_body``) with ``axis_name="data"``: every loss sums its numerator and denominator over all
-devices *inside* the differentiated function, so it is the loss of the global batch, and its gradient is the
+``train.eval_step_body``) with ``axis_name="data"``: the body sums every loss's numerator and denominator over
+all devices *inside* the differentiated function, so it is the loss of the global batch, and its gradient is the
 global-batch gradient, identical on every device (under ``check_vma``, ``shard_map`` sums the replicated
 parameters' gradients over devices itself). So no collective touches the gradients afterwards.
 Differentiating each device's own mean instead would give ``num_devices`` times the gradient, and a ``pmean``
@@ -22,11 +22,9 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import PyTree
 
-from .config import ExperimentConfig
 from .data import Batch, slice_for_process
-from .loop import Steps
-from .models import SequenceClassifier
-from .train import EvalCounts, LossConfig, StepMetrics, TrainState, eval_step_body, train_step_body
+from .models import AbstractSequenceClassifier
+from .train import EvalCounts, LossConfig, StepMetrics, Steps, TrainState, eval_step_body, train_step_body
 
 DATA = "data"
 
@@ -34,19 +32,17 @@ DATA = "data"
 _BACKENDS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu", "tt": "tt"}
 
 
-def initialize(config: ExperimentConfig) -> None:
-    """Start ``jax.distributed`` when ``config.num_processes > 1``; a no-op for one process or when started.
+def initialize(num_processes: int, process_id: int, coordinator_address: str | None) -> None:
+    """Start ``jax.distributed`` when ``num_processes > 1``; a no-op for one process or when started.
 
     Must run before anything touches a JAX device. A ``coordinator_address`` of ``None`` leaves it to JAX,
     which reads ``JAX_COORDINATOR_ADDRESS`` or detects a Slurm / Open MPI / Cloud TPU / Kubernetes cluster. On
     CPU the cross-process collectives use gloo (JAX's default ``jax_cpu_collectives_implementation``).
     """
-    if config.num_processes == 1 or jax.distributed.is_initialized():
+    if num_processes == 1 or jax.distributed.is_initialized():
         return
     jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
 
 
@@ -101,7 +97,7 @@ def make_mesh(num_devices: int, platform: str | None) -> Mesh:
 
 
 def sharded_steps(mesh: Mesh, losses: LossConfig, optimizer: optax.GradientTransformation) -> Steps:
-    """Train and eval steps, data-parallel over ``mesh`` (axis ``"data"``), for ``loop.fit`` and ``evaluate``.
+    """Train and eval steps, data-parallel over ``mesh`` (axis ``"data"``), for ``loop.fit`` and ``loop.evaluate``.
 
     ``train(teacher, state, batch)`` donates the state, not the teacher, and compiles once per batch shape;
     ``evaluate(model, batch)`` returns counts summed over devices and the logits of the whole batch,
@@ -115,7 +111,7 @@ def sharded_steps(mesh: Mesh, losses: LossConfig, optimizer: optax.GradientTrans
     # Counts compilations (max_traces=None never raises): tests assert one trace per batch shape.
     @eqx.debug.assert_max_traces(max_traces=None)
     def train(
-        teacher: SequenceClassifier | None, state: TrainState, batch: Batch
+        teacher: AbstractSequenceClassifier | None, state: TrainState, batch: Batch
     ) -> tuple[TrainState, StepMetrics]:
         arrays, static = eqx.partition((teacher, state), eqx.is_array)
         # shard_map carries arrays only; the new state's non-array leaves (activations, dropout flags) are
@@ -135,7 +131,7 @@ def sharded_steps(mesh: Mesh, losses: LossConfig, optimizer: optax.GradientTrans
         return eqx.combine(new_arrays, new_static[0]), metrics
 
     @eqx.filter_jit
-    def evaluate(model: SequenceClassifier, batch: Batch) -> tuple[EvalCounts, Any]:
+    def evaluate(model: AbstractSequenceClassifier, batch: Batch) -> tuple[EvalCounts, Any]:
         arrays, static = eqx.partition(model, eqx.is_array)
 
         def local_eval(arrays, batch):

@@ -5,10 +5,12 @@ differentiated (its forward runs outside ``value_and_grad`` under ``stop_gradien
 its weights are inputs of the compiled program rather than constants baked into it.
 
 The step bodies take an optional ``axis_name``: ``parallel.py`` runs the very same bodies inside ``jax.shard_map``,
-where every sum that normalises a loss or a metric is summed across devices.
+and the bodies are where the sums that normalise a loss or a metric are summed across devices, in one ``psum``
+each (the losses themselves return sums and know nothing of devices).
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -18,23 +20,22 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .data import Batch
-from .losses import distillation_loss
-from .models import BertForSequenceClassification, ClassifierOutput, SequenceClassifier
+from .losses import distillation_terms, weighted_total
+from .models import AbstractSequenceClassifier, ClassifierOutput
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Weights of the loss terms; ``alpha_kl = alpha_cos = 0`` is plain fine-tuning (no teacher needed).
-
-    ``cosine_tokens_per_example``: ``None`` averages the cosine loss over the batch's real tokens; a number
-    normalises by that many tokens per real row (``losses.cosine_loss``).
-    """
+    """Weights of the loss terms; ``alpha_kl = alpha_cos = 0`` is plain fine-tuning (no teacher needed)."""
 
     temperature: float = 2.0
     alpha_ce: float = 1.0
     alpha_kl: float = 0.45
     alpha_cos: float = 0.1
-    cosine_tokens_per_example: float | None = None
+
+    @property
+    def alphas(self) -> dict[str, float]:
+        return {"alpha_ce": self.alpha_ce, "alpha_kl": self.alpha_kl, "alpha_cos": self.alpha_cos}
 
     @property
     def needs_teacher(self) -> bool:
@@ -44,7 +45,7 @@ class LossConfig:
 class TrainState(eqx.Module):
     """Everything that changes during training (the teacher does not, so it is not here)."""
 
-    student: SequenceClassifier
+    student: AbstractSequenceClassifier
     opt_state: PyTree
     step: Int[Array, ""]
     key: PRNGKeyArray
@@ -68,9 +69,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     ``optax.clip_by_global_norm`` does the same up to rounding, but divides every element by the norm, and XLA
     will not copy a divide into the several AdamW fusions that read each gradient: the clipped gradients were
-    written out in a pass of their own over every parameter (10 ms of a 190 ms step at 32 x 8 for the mini
-    student here, most of it the 30522 x 384 word embedding). Here the factor is one scalar, and the multiply
-    fuses into AdamW's moment updates. This is also ``torch.nn.utils.clip_grad_norm_``'s form (less its 1e-6).
+    written out in a pass of their own over every parameter, the whole word embedding included (see
+    docs/performance.md). Here the factor is one scalar, and the multiply fuses into AdamW's moment updates.
+    This is also ``torch.nn.utils.clip_grad_norm_``'s form (less its 1e-6).
     """
 
     def update(
@@ -111,32 +112,33 @@ def make_optimizer(
     return optimizer, schedule
 
 
-def init_state(student: SequenceClassifier, optimizer: optax.GradientTransformation, *, key: PRNGKeyArray) -> TrainState:
+def init_state(
+    student: AbstractSequenceClassifier, optimizer: optax.GradientTransformation, *, key: PRNGKeyArray
+) -> TrainState:
     """Fresh optimizer state over the student's float arrays, step 0."""
     opt_state = optimizer.init(eqx.filter(student, eqx.is_inexact_array))
     return TrainState(student, opt_state, jnp.zeros((), jnp.int32), key)
 
 
 def forward(
-    model: SequenceClassifier, batch: Batch, *, key: PRNGKeyArray | None, output_hidden_states: bool = False
+    model: AbstractSequenceClassifier,
+    batch: Batch,
+    *,
+    key: PRNGKeyArray | None,
+    output_hidden_states: bool = False,
 ) -> ClassifierOutput:
-    """Run a classifier over a batch; only BERT is given token types (DistilBERT has none)."""
+    """Run a classifier over a batch; token types go only to a model that takes them (DistilBERT has none)."""
     keys = None if key is None else jax.random.split(key, batch.input_ids.shape[0])
-    if isinstance(model, BertForSequenceClassification):
+    types = batch.token_type_ids if model.takes_token_types else None
 
-        def one(ids, mask, types, k):
-            return model(ids, mask, types, key=k, output_hidden_states=output_hidden_states)
+    def one(ids, mask, types, k):
+        return model(ids, mask, types, key=k, output_hidden_states=output_hidden_states)
 
-        return jax.vmap(one)(batch.input_ids, batch.attention_mask, batch.token_type_ids, keys)
-
-    def one_distil(ids, mask, k):
-        return model(ids, mask, key=k, output_hidden_states=output_hidden_states)
-
-    return jax.vmap(one_distil)(batch.input_ids, batch.attention_mask, keys)
+    return jax.vmap(one)(batch.input_ids, batch.attention_mask, types, keys)
 
 
 def train_step_body(
-    teacher: SequenceClassifier | None,
+    teacher: AbstractSequenceClassifier | None,
     state: TrainState,
     batch: Batch,
     optimizer: optax.GradientTransformation,
@@ -158,7 +160,7 @@ def train_step_body(
     def loss_fn(params):
         student = eqx.combine(params, static)
         out = forward(student, batch, key=step_key)
-        total, parts = distillation_loss(
+        terms = distillation_terms(
             out.logits,
             None if teacher_out is None else teacher_out.logits,
             out.last_hidden_state if use_hidden else None,
@@ -167,13 +169,13 @@ def train_step_body(
             batch.attention_mask,
             batch.weights,
             temperature=losses.temperature,
-            alpha_ce=losses.alpha_ce,
-            alpha_kl=losses.alpha_kl,
-            alpha_cos=losses.alpha_cos,
-            axis_name=axis_name,
-            cosine_tokens_per_example=losses.cosine_tokens_per_example,
+            **losses.alphas,
         )
-        return total, parts
+        if axis_name is not None:
+            # The global batch's sums, before any mean: each device's loss (and so its gradient) is the
+            # global batch's, also when its own rows are all padding.
+            terms = jax.lax.psum(terms, axis_name)
+        return weighted_total(terms, **losses.alphas)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     # optax computes e.g. `b1 ** count` (float ** int32), which strict dtype promotion (our test setting) rejects.
@@ -195,7 +197,7 @@ def train_step_body(
 # Counts compilations (max_traces=None never raises): tests assert one trace per batch shape.
 @eqx.debug.assert_max_traces(max_traces=None)
 def train_step(
-    teacher: SequenceClassifier | None,
+    teacher: AbstractSequenceClassifier | None,
     state: TrainState,
     batch: Batch,
     optimizer: optax.GradientTransformation,
@@ -210,17 +212,43 @@ class EvalCounts(NamedTuple):
     total: Float[Array, ""]
 
 
-def eval_step_body(model: SequenceClassifier, batch: Batch, axis_name: str | None = None) -> tuple[EvalCounts, Any]:
+def eval_step_body(model: AbstractSequenceClassifier, batch: Batch, axis_name: str | None = None) -> tuple[EvalCounts, Any]:
     """Weighted count of correct predictions (padding rows weigh 0), and the logits."""
     logits = forward(model, batch, key=None).logits
     correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == batch.labels, batch.weights, 0.0))
-    total = jnp.sum(batch.weights)
+    counts = EvalCounts(correct, jnp.sum(batch.weights))
     if axis_name is not None:
-        correct, total = jax.lax.psum(correct, axis_name), jax.lax.psum(total, axis_name)
-    return EvalCounts(correct, total), logits
+        counts = jax.lax.psum(counts, axis_name)
+    return counts, logits
 
 
 @eqx.filter_jit
-def eval_step(model: SequenceClassifier, batch: Batch) -> tuple[EvalCounts, Any]:
+def eval_step(model: AbstractSequenceClassifier, batch: Batch) -> tuple[EvalCounts, Any]:
     """Jitted single-device evaluation of one batch; ``model`` must be in inference mode."""
     return eval_step_body(model, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """How to run one step: on one device (``single_device_steps``), or sharded over a mesh
+    (``parallel.sharded_steps``). The fit loop runs whichever it is given.
+
+    ``place`` moves a host batch to the devices (and, on several hosts, takes this process's rows);
+    ``place_state`` puts the model or train state where the steps expect it (replicated on a mesh);
+    ``is_writer`` says whether this process writes checkpoints, logs and models (process 0 of several).
+    """
+
+    train: Callable[[AbstractSequenceClassifier | None, TrainState, Batch], tuple[TrainState, StepMetrics]]
+    evaluate: Callable[[AbstractSequenceClassifier, Batch], tuple[EvalCounts, Any]]
+    place: Callable[[Batch], Batch]
+    place_state: Callable[[Any], Any]
+    is_writer: bool = True
+
+
+def single_device_steps(losses: LossConfig, optimizer: optax.GradientTransformation) -> Steps:
+    """The jitted single-device steps."""
+
+    def train(teacher, state, batch):
+        return train_step(teacher, state, batch, optimizer, losses)
+
+    return Steps(train, eval_step, place=lambda b: b, place_state=lambda s: s)

@@ -12,16 +12,22 @@ from jax.sharding import AxisType, PartitionSpec as P
 from distilbert_eqx.losses import (
     cosine_loss,
     distillation_loss,
+    distillation_terms,
     hard_loss,
     soft_loss,
     softmax_with_temperature,
+    weighted_total,
 )
+from helpers import max_diff
 
 # float32 against a float64 reference. Losses here are O(1), where float32 resolves about 1e-7; larger losses
 # or higher temperatures (T**2 scales the rounding) cost precision, equally so in torch's own float32 result.
 TOL = 1e-6
 BATCH, SEQ, HIDDEN, CLASSES = 8, 12, 32, 2
 KEYS = ("student_logits", "teacher_logits", "student_hidden", "teacher_hidden", "labels", "attention_mask")
+ALPHAS = {"alpha_ce": 1.0, "alpha_kl": 0.45, "alpha_cos": 0.1}
+# Two rows per device: with the last 3 of the 8 rows padding, device 3 holds padding rows only.
+MESH_DEVICES = 4
 
 
 def _inputs(seed: int, classes: int = CLASSES) -> dict[str, np.ndarray]:
@@ -75,8 +81,8 @@ def test_hard_loss_matches_torch(seed, classes):
     x = _inputs(seed, classes)
     expected = _torch_ce(x["student_logits"], x["labels"])
     got = hard_loss(_j(x["student_logits"]), _j(x["labels"]), _ones())
-    assert got.dtype == jnp.float32
-    assert abs(float(got) - expected) <= TOL
+    assert got.total.dtype == got.weight.dtype == jnp.float32
+    assert abs(float(got.mean()) - expected) <= TOL
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -85,8 +91,8 @@ def test_soft_loss_matches_torch(seed, temperature):
     x = _inputs(seed)
     expected = _torch_kl(x["student_logits"], x["teacher_logits"], temperature)
     got = soft_loss(_j(x["student_logits"]), _j(x["teacher_logits"]), _ones(), temperature)
-    assert got.dtype == jnp.float32
-    assert abs(float(got) - expected) <= TOL
+    assert got.total.dtype == got.weight.dtype == jnp.float32
+    assert abs(float(got.mean()) - expected) <= TOL
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -94,7 +100,7 @@ def test_soft_loss_matches_torch_many_classes(seed):
     x = _inputs(seed, classes=5)
     expected = _torch_kl(x["student_logits"], x["teacher_logits"], 2.0)
     got = soft_loss(_j(x["student_logits"]), _j(x["teacher_logits"]), _ones(), 2.0)
-    assert abs(float(got) - expected) <= TOL
+    assert abs(float(got.mean()) - expected) <= TOL
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -102,59 +108,8 @@ def test_cosine_loss_matches_torch_on_masked_tokens(seed):
     x = _inputs(seed)
     expected = _torch_cosine(x["student_hidden"], x["teacher_hidden"], x["attention_mask"])
     got = cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones())
-    assert got.dtype == jnp.float32
-    assert abs(float(got) - expected) <= TOL
-
-
-def _torch_cosine_per_row(s: np.ndarray, t: np.ndarray, mask: np.ndarray, tokens_per_example: float) -> float:
-    per_token = torch.nn.CosineEmbeddingLoss(reduction="none")(
-        _t(s).flatten(0, 1), _t(t).flatten(0, 1), torch.ones(s.shape[0] * s.shape[1], dtype=torch.float64)
-    ).reshape(mask.shape)
-    return (per_token * torch.tensor(mask)).sum(dim=1).div(tokens_per_example).mean().item()
-
-
-@pytest.mark.parametrize("seed", range(3))
-# Near the mean length (6.5 here), so that the loss is O(1), where TOL holds (see TOL).
-@pytest.mark.parametrize("tokens_per_example", [4.0, 12.0])
-def test_cosine_loss_with_tokens_per_example_matches_torch_row_sums(seed, tokens_per_example):
-    x = _inputs(seed)
-    expected = _torch_cosine_per_row(x["student_hidden"], x["teacher_hidden"], x["attention_mask"],
-                                     tokens_per_example)
-    got = cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones(),
-                      tokens_per_example=tokens_per_example)
-    assert got.dtype == jnp.float32
-    assert abs(float(got) - expected) <= TOL
-
-
-def test_cosine_loss_with_tokens_per_example_does_not_depend_on_the_batching():
-    """Eight examples in two batches of four, batched by length or alternately: with ``tokens_per_example``
-    the two batches' losses add up to the same total either way; the token average does not."""
-    x = _inputs(0)
-    lengths = x["attention_mask"].sum(axis=1)
-    by_length = np.argsort(lengths, kind="stable")
-    batchings = {"grouped": [by_length[:4], by_length[4:]], "mixed": [by_length[::2], by_length[1::2]]}
-    assert lengths[by_length[:4]].sum() < lengths[by_length[4:]].sum(), "the inputs need lengths that differ"
-
-    def total(rows_per_batch, tokens_per_example):
-        four = jnp.ones(4, jnp.float32)
-        return sum(
-            float(cosine_loss(_j(x["student_hidden"][rows]), _j(x["teacher_hidden"][rows]),
-                              _j(x["attention_mask"][rows]), four, tokens_per_example=tokens_per_example))
-            for rows in rows_per_batch
-        )
-
-    fixed = {name: total(rows, 6.5) for name, rows in batchings.items()}
-    assert abs(fixed["grouped"] - fixed["mixed"]) <= TOL
-    averaged = {name: total(rows, None) for name, rows in batchings.items()}
-    assert abs(averaged["grouped"] - averaged["mixed"]) > 100 * TOL
-
-
-@pytest.mark.parametrize("tokens_per_example", [0.0, -2.0])
-def test_non_positive_tokens_per_example_is_rejected(tokens_per_example):
-    x = _inputs(0)
-    with pytest.raises(ValueError, match=f"tokens_per_example must be positive or None, got {tokens_per_example}"):
-        cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones(),
-                    tokens_per_example=tokens_per_example)
+    assert got.total.dtype == got.weight.dtype == jnp.float32
+    assert abs(float(got.mean()) - expected) <= TOL
 
 
 @pytest.mark.parametrize(
@@ -175,7 +130,7 @@ def test_kl_is_zero_for_identical_logits():
     x = _inputs(0, classes=5)
     for temperature in (1.0, 2.0, 5.0):
         loss = soft_loss(_j(x["teacher_logits"]), _j(x["teacher_logits"]), _ones(), temperature)
-        assert abs(float(loss)) <= TOL
+        assert abs(float(loss.mean())) <= TOL
 
 
 def test_cosine_loss_ignores_padded_positions():
@@ -187,7 +142,7 @@ def test_cosine_loss_ignores_padded_positions():
     garbage = 100 * rng.normal(size=x["student_hidden"].shape).astype(np.float32)
     student = np.where(mask[..., None], x["student_hidden"], garbage)
     teacher = np.where(mask[..., None], x["teacher_hidden"], np.float32(np.nan))
-    assert float(cosine_loss(_j(student), _j(teacher), *args)) == float(base)
+    assert float(cosine_loss(_j(student), _j(teacher), *args).mean()) == float(base.mean())
 
 
 def test_padding_rows_do_not_change_any_loss():
@@ -217,14 +172,9 @@ def test_padding_rows_do_not_change_any_loss():
             cosine_loss(s_hidden, t_hidden, mask, weights),
             cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones()),
         ),
-        (
-            cosine_loss(s_hidden, t_hidden, mask, weights, tokens_per_example=6.5),
-            cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones(),
-                        tokens_per_example=6.5),
-        ),
     ]
     for with_padding, without in pairs:
-        assert abs(float(with_padding) - float(without)) <= 1e-7
+        assert abs(float(with_padding.mean()) - float(without.mean())) <= 1e-7
 
 
 def test_all_padding_batch_gives_zero_loss_and_finite_grads():
@@ -247,7 +197,8 @@ def test_all_padding_batch_gives_zero_loss_and_finite_grads():
         )
         return loss
 
-    loss, grads = jax.value_and_grad(total, argnums=(0, 1))(_j(x["student_logits"]), _j(x["student_hidden"]))
+    value_and_grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
+    loss, grads = value_and_grads(_j(x["student_logits"]), _j(x["student_hidden"]))
     assert float(loss) == 0.0
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
@@ -289,9 +240,10 @@ def test_distillation_loss_combines_the_parts():
     x = _inputs(0)
     total, parts = _distill(x, temperature=2.0, alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1)
     assert set(parts) == {"loss_ce", "loss_kl", "loss_cos"}
-    ce = hard_loss(_j(x["student_logits"]), _j(x["labels"]), _ones())
-    kl = soft_loss(_j(x["student_logits"]), _j(x["teacher_logits"]), _ones(), 2.0)
+    ce = hard_loss(_j(x["student_logits"]), _j(x["labels"]), _ones()).mean()
+    kl = soft_loss(_j(x["student_logits"]), _j(x["teacher_logits"]), _ones(), 2.0).mean()
     cos = cosine_loss(_j(x["student_hidden"]), _j(x["teacher_hidden"]), _j(x["attention_mask"]), _ones())
+    cos = cos.mean()
     assert float(parts["loss_ce"]) == float(ce)
     assert float(parts["loss_kl"]) == float(kl)
     assert float(parts["loss_cos"]) == float(cos)
@@ -385,36 +337,95 @@ def test_missing_inputs_for_a_weighted_term_are_rejected():
         distillation_loss(s_logits, t_logits, None, None, *common, alpha_cos=0.1, **kw)
 
 
-@pytest.mark.parametrize("cosine_tokens_per_example", [None, 6.5])
-def test_sharded_losses_equal_the_global_batch_loss(cosine_tokens_per_example):
-    """One row per device, the last three rows padding (so three devices hold padding only): with
-    ``axis_name`` the loss and its gradient are those of the whole batch, on every device."""
-    x = _inputs(0)
-    weights = jnp.asarray(np.arange(BATCH) < BATCH - 3, jnp.float32)
-    kw = {"temperature": 2.0, "alpha_ce": 1.0, "alpha_kl": 0.45, "alpha_cos": 0.1,
-          "cosine_tokens_per_example": cosine_tokens_per_example}
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+def _mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh(
+        (MESH_DEVICES,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:MESH_DEVICES]
+    )
 
-    def sharded(s_logits, s_hidden, *rest):
+
+def _padded_weights(real_rows: int) -> jax.Array:
+    return jnp.asarray(np.arange(BATCH) < real_rows, jnp.float32)
+
+
+@pytest.mark.parametrize("real_rows", [BATCH, BATCH - 3, 1])
+def test_summed_terms_on_a_mesh_equal_the_global_batch_loss(real_rows):
+    """The step body's recipe, on 4 devices of 2 rows each: ``psum`` of every device's
+    ``distillation_terms``, then ``weighted_total``, gives the single-device ``distillation_loss`` of the whole
+    batch, its parts and its gradient. With 5 real rows the last device holds padding only, with 1 real row the
+    last three do.
+
+    Under ``check_vma=True``, ``out_specs=P()`` accepts only values that cannot differ between devices, so
+    every device has this loss."""
+    x = _inputs(0)
+    mesh = _mesh()
+
+    def sharded(s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights):
         def local(s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights):
-            total, _ = distillation_loss(
-                s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, axis_name="data", **kw
+            terms = distillation_terms(
+                s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
             )
-            return total
+            return weighted_total(jax.lax.psum(terms, "data"), **ALPHAS)
 
         spec = P("data")
         return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 7, out_specs=P(), check_vma=True)(
-            s_logits, s_hidden, *rest
+            s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights
         )
 
     def single(s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights):
-        total, _ = distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, **kw)
-        return total
+        return distillation_loss(
+            s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
+        )
 
     args = tuple(_j(x[k]) for k in ("student_logits", "student_hidden", "teacher_logits", "teacher_hidden"))
-    args += (_j(x["labels"]), _j(x["attention_mask"]), weights)
-    loss, grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(*args)
-    expected_loss, expected_grads = jax.value_and_grad(single, argnums=(0, 1))(*args)
+    args += (_j(x["labels"]), _j(x["attention_mask"]), _padded_weights(real_rows))
+    (loss, parts), grads = jax.jit(jax.value_and_grad(sharded, argnums=(0, 1), has_aux=True))(*args)
+    expected = jax.value_and_grad(single, argnums=(0, 1), has_aux=True)(*args)
+    (expected_loss, expected_parts), expected_grads = expected
     assert abs(float(loss) - float(expected_loss)) <= TOL
+    assert set(parts) == set(expected_parts) == {"loss_ce", "loss_kl", "loss_cos"}
+    for name in parts:
+        assert abs(float(parts[name]) - float(expected_parts[name])) <= TOL
     for g, expected in zip(grads, expected_grads):
-        assert float(jnp.max(jnp.abs(g - expected))) <= TOL
+        assert max_diff(g, expected) <= TOL
+
+
+# Every cross-device primitive a loss could use to normalise over the global batch.
+COLLECTIVES = ("psum", "pmean", "pmax", "pmin", "all_gather", "all_to_all", "ppermute", "reduce_scatter")
+
+
+def _each_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights) -> dict[str, jax.Array]:
+    return {
+        "hard": hard_loss(s_logits, labels, weights).mean(),
+        "soft": soft_loss(s_logits, t_logits, weights, 2.0).mean(),
+        "cosine": cosine_loss(s_hidden, t_hidden, mask, weights).mean(),
+        "distillation": distillation_loss(
+            s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
+        )[0],
+    }
+
+
+def test_losses_do_no_collectives_so_each_device_gets_its_local_mean():
+    """Inside ``shard_map`` without a ``psum``, every loss gives each device the mean over its own 2 rows (0
+    on the device of padding rows only), and the traced program holds no collective: summing across devices
+    is left to the step body."""
+    x = _inputs(0)
+    args = tuple(_j(x[k]) for k in KEYS) + (_padded_weights(BATCH - 3),)
+    per_device = jax.jit(
+        jax.shard_map(
+            lambda *a: {name: loss[None] for name, loss in _each_loss(*a).items()},
+            mesh=_mesh(), in_specs=(P("data"),) * 7, out_specs=P("data"), check_vma=True,
+        )
+    )
+    program = str(jax.make_jaxpr(per_device)(*args))
+    assert "shard_map" in program and not [c for c in COLLECTIVES if c in program], program
+
+    got = per_device(*args)
+    one_device = jax.jit(_each_loss)
+    local = [one_device(*(a[rows] for a in args)) for rows in np.split(np.arange(BATCH), MESH_DEVICES)]
+    whole_batch = one_device(*args)
+    for name in got:
+        local_means = np.array([float(means[name]) for means in local])
+        assert local_means[-1] == 0.0, name
+        assert np.max(np.abs(np.asarray(got[name]) - local_means)) <= TOL, name
+        # So that this test can tell local means from the global one.
+        assert np.max(np.abs(local_means - float(whole_batch[name]))) > 100 * TOL, name

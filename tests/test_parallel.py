@@ -16,25 +16,16 @@ import numpy as np
 import pytest
 
 from distilbert_eqx import loop, parallel
-from distilbert_eqx.config import ExperimentConfig
-from distilbert_eqx.data import Batch, TokenizedSplit
-from distilbert_eqx.train import LossConfig, init_state, make_optimizer, train_step
-from multiprocess_worker import (
-    LOSSES,
-    SGD,
-    VOCAB,
-    flat_weights,
-    random_batch,
-    tiny_student,
-    tiny_teacher,
-    train_sharded,
-    training_batches,
-)
+from distilbert_eqx.data import Batch, TokenizedSplit, eval_batches
+from distilbert_eqx.train import LossConfig, init_state, make_optimizer, single_device_steps, train_step
+from helpers import REPO, VOCAB, flat_weights, max_diff, random_batch, tiny_student, tiny_teacher
+from multiprocess_worker import LOSSES, SGD, train_sharded, training_batches
 
 TOL = 1e-5
-REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 LABEL_LOSS = LossConfig(alpha_ce=1.0, alpha_kl=0.0, alpha_cos=0.0)
+# The tests that compile a step are marked slow: even for these tiny models a compilation costs more than a
+# test of the fast tier may take. The fast tier proves the sums across devices on the losses (test_losses.py).
 
 
 @functools.cache
@@ -54,7 +45,8 @@ def sharded_run(num_devices: int) -> tuple[np.ndarray, np.ndarray]:
     return train_sharded(parallel.make_mesh(num_devices, "cpu"), training_batches())
 
 
-@pytest.mark.parametrize("num_devices", [2, 4, 8])
+# Two devices in the fast tier: the check a researcher editing the step wants; 4 and 8 with the slow tests.
+@pytest.mark.parametrize("num_devices", [2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
 def test_sharded_steps_equal_single_device_steps(num_devices):
     """Three steps (all three loss terms, the last batch 5 real rows of 8, so on 4 and 8 devices some devices
     hold only padding) give the single-device losses, gradient norms and weights.
@@ -68,7 +60,7 @@ def test_sharded_steps_equal_single_device_steps(num_devices):
     metrics, weights = sharded_run(num_devices)
     expected_metrics, expected_weights = single_device_run()
     np.testing.assert_allclose(metrics, expected_metrics, rtol=0, atol=TOL)
-    assert np.max(np.abs(weights - expected_weights)) <= TOL
+    assert max_diff(weights, expected_weights) <= TOL
 
 
 def _free_port() -> int:
@@ -77,6 +69,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     """Two processes with 2 CPU devices each (``jax.distributed`` on 127.0.0.1, gloo collectives) train
     exactly like one process with 4 devices."""
@@ -105,7 +98,7 @@ def test_two_processes_equal_one_process(tmp_path):
         assert w.returncode == 0, f"{log.name} (exit code {w.returncode}):\n{log.read_text()[-4000:]}"
     expected_metrics, expected_weights = sharded_run(4)
     np.testing.assert_allclose(np.load(tmp_path / "metrics.npy"), expected_metrics, rtol=0, atol=TOL)
-    assert np.max(np.abs(np.load(tmp_path / "weights.npy") - expected_weights)) <= TOL
+    assert max_diff(np.load(tmp_path / "weights.npy"), expected_weights) <= TOL
 
 
 def _tiny_split(examples: int, max_tokens: int) -> TokenizedSplit:
@@ -117,17 +110,19 @@ def _tiny_split(examples: int, max_tokens: int) -> TokenizedSplit:
     return TokenizedSplit("dev", labels, offsets, token_ids, np.zeros_like(token_ids), pad_id=0)
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_device():
     """21 examples in batches of 8 over 8 devices: the last batch leaves 3 devices with padding rows only."""
     model = tiny_student(tiny_teacher())
     split = _tiny_split(21, max_tokens=12)
-    expected = loop.evaluate(model, split, 8, (12,), loop.single_device_steps(LOSSES, SGD))
+    expected = loop.evaluate(model, eval_batches(split, 8, (12,)), single_device_steps(LOSSES, SGD))
     sharded = parallel.sharded_steps(parallel.make_mesh(8, "cpu"), LOSSES, SGD)
-    accuracy, examples, logits = loop.evaluate(model, split, 8, (12,), sharded)
+    accuracy, examples, logits = loop.evaluate(model, eval_batches(split, 8, (12,)), sharded)
     assert (accuracy, examples) == expected[:2] and examples == 21
-    assert np.max(np.abs(logits - expected[2])) <= TOL
+    assert max_diff(logits, expected[2]) <= TOL
 
 
+@pytest.mark.slow
 def test_devices_draw_different_dropout_masks():
     """Label loss on 8 devices, one row each: one example copied to every row, against the same rows weighted
     1 on device 0 and 0 everywhere else (the same compiled step). One SGD step with learning rate 1 leaves the
@@ -144,17 +139,19 @@ def test_devices_draw_different_dropout_masks():
         steps = parallel.sharded_steps(parallel.make_mesh(8, "cpu"), LABEL_LOSS, SGD)
         results = []
         for batch in (copies, alone):
-            state = steps.place_state(init_state(tiny_student(teacher, dropout), SGD, key=jax.random.key(3)))
+            student = tiny_student(teacher, dropout=dropout)
+            state = steps.place_state(init_state(student, SGD, key=jax.random.key(3)))
             results.append(flat_weights(steps.train(None, state, steps.place(batch))[0].student))
         return results[0], results[1]
 
     copies_off, alone_off = updated_weights(dropout=False)
     copies_on, alone_on = updated_weights(dropout=True)
-    assert np.max(np.abs(copies_off - alone_off)) <= 1e-6
-    assert np.max(np.abs(alone_on - alone_off)) > 1e-3, "dropout had no effect, so this test shows nothing"
-    assert np.max(np.abs(copies_on - alone_on)) > 1e-3
+    assert max_diff(copies_off, alone_off) <= 1e-6
+    assert max_diff(alone_on, alone_off) > 1e-3, "dropout had no effect, so this test shows nothing"
+    assert max_diff(copies_on, alone_on) > 1e-3
 
 
+@pytest.mark.slow
 def test_sharded_step_compiles_once_per_bucket():
     """Five AdamW steps alternating two sequence lengths trace the sharded step twice."""
     optimizer, _ = make_optimizer(1e-3, 0.01, 0.0, 10)
@@ -176,6 +173,6 @@ def test_clear_errors_and_single_process_start_up():
         parallel.make_mesh(16, "cpu")
     with pytest.raises(ValueError, match="platform='tt'"):
         parallel.make_mesh(1, "tt")
-    parallel.initialize(ExperimentConfig())
+    parallel.initialize(1, 0, None)
     assert not jax.distributed.is_initialized()
     assert steps.is_writer
