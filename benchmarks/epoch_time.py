@@ -99,11 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def variant_buckets(variant: str, max_length: int) -> tuple[int, ...]:
-    from distilbert_eqx.config import ExperimentConfig, resolved_length_buckets
+    from distilbert_eqx.data import default_length_buckets
 
     if variant in ("a", "b"):
         # The package's default buckets: what a run with length_buckets unset gets.
-        return resolved_length_buckets(ExperimentConfig(max_length=max_length))
+        return default_length_buckets(max_length)
     if variant == "c":
         return (max_length,)
     # One bucket per length: every batch is padded to its own longest example, i.e. dynamic padding.

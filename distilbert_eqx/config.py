@@ -18,17 +18,16 @@ from typing import Any
 import yaml
 
 from ._types import ComputeDtype
+from .errors import UserError
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
 DATASETS = ("glue/sst2",)
-COSINE_NORMALIZERS = ("batch_tokens", "train_mean_length")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("float32", "bfloat16")
-_SMALLEST_BUCKET = 8
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration key, value or override is invalid; the message names the key and what is allowed."""
 
 
@@ -84,9 +83,6 @@ class ExperimentConfig:
     student_init_layers: tuple[int, ...] | None = None
     length_buckets: tuple[int, ...] | None = None
     group_by_length: bool = False
-    group_chunk_batches: int = 100
-    group_fraction: float = 1.0
-    cosine_normalizer: str = "batch_tokens"
     max_grad_norm: float | None = 1.0
     dropout: bool = True
     eval_batch_size: int | None = None
@@ -166,8 +162,6 @@ def _validate(c: ExperimentConfig) -> None:
     """Range and consistency checks; types were already checked by ``_coerce``."""
     _require(c.dataset_id in DATASETS, "dataset_id", c.dataset_id, f"one of {DATASETS}")
     _require(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"one of {OPTIMIZERS}")
-    _require(c.cosine_normalizer in COSINE_NORMALIZERS, "cosine_normalizer", c.cosine_normalizer,
-             f"one of {COSINE_NORMALIZERS}")
     _require(c.platform is None or c.platform in PLATFORMS, "platform", c.platform, f"null or one of {PLATFORMS}")
     for key in ("tokenizer_name", "teacher_model", "student_model", "output_dir"):
         _require(getattr(c, key) != "", key, getattr(c, key), "a non-empty string")
@@ -176,7 +170,7 @@ def _validate(c: ExperimentConfig) -> None:
     # Room for [CLS] and [SEP].
     _require(c.max_length >= 2, "max_length", c.max_length, "an int >= 2")
     positive = ("batch_size", "num_epochs", "log_every", "log_val_every", "checkpoint_every")
-    for key in (*positive, "keep_top_k_checkpoints", "num_devices", "num_processes", "group_chunk_batches"):
+    for key in (*positive, "keep_top_k_checkpoints", "num_devices", "num_processes"):
         _require(getattr(c, key) >= 1, key, getattr(c, key), "an int >= 1")
     _require(c.eval_batch_size is None or c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size,
              "null or an int >= 1")
@@ -186,13 +180,6 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "a float > 0")
     _require(c.max_grad_norm is None or c.max_grad_norm > 0, "max_grad_norm", c.max_grad_norm,
              "null (no clipping) or a float > 0")
-    _require(0 <= c.group_fraction <= 1, "group_fraction", c.group_fraction,
-             "a float with 0 <= group_fraction <= 1")
-    # These two only shape grouped epochs: without group_by_length a changed value would be ignored silently.
-    for key in ("group_chunk_batches", "group_fraction"):
-        default = ExperimentConfig.__dataclass_fields__[key].default
-        _require(c.group_by_length or getattr(c, key) == default, key, getattr(c, key),
-                 f"{default} (the default) unless group_by_length is true; it only changes grouped epochs")
     _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
     _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
     _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")
@@ -224,30 +211,6 @@ def _validate(c: ExperimentConfig) -> None:
 
 def _increasing(values: tuple[int, ...]) -> bool:
     return all(a < b for a, b in zip(values, values[1:]))
-
-
-def resolved_length_buckets(config: ExperimentConfig) -> tuple[int, ...]:
-    """The padded sequence lengths a batch may have, ascending, the last being ``max_length``.
-
-    ``length_buckets`` when set; otherwise every ``2^k`` and ``3 * 2^k`` from 8 below ``max_length``, then
-    ``max_length``: ``max_length=128`` gives ``(8, 12, 16, 24, 32, 48, 64, 96, 128)``. Consecutive buckets differ
-    by at most 1.5x, so a batch carries at most 50% padding beyond its longest example; on SST-2 train with
-    ``group_by_length`` that is 16.6 positions per example (13.3 real) against 22.6 with powers of two alone, at
-    the price of one compilation per bucket used.
-    """
-    if config.length_buckets is not None:
-        return config.length_buckets
-    buckets = []
-    power = _SMALLEST_BUCKET
-    while power < config.max_length:
-        buckets += [length for length in (power, 3 * power // 2) if length < config.max_length]
-        power *= 2
-    return (*buckets, config.max_length)
-
-
-def resolved_eval_batch_size(config: ExperimentConfig) -> int:
-    """``eval_batch_size``, falling back to ``batch_size`` when unset."""
-    return config.batch_size if config.eval_batch_size is None else config.eval_batch_size
 
 
 class _YamlLoader(yaml.SafeLoader):

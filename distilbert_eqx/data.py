@@ -17,15 +17,22 @@ import numpy as np
 import tokenizers
 from jaxtyping import Bool, Float32, Int32, Int64
 
+from .errors import UserError
+
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 _HEADER = ["sentence", "label"]
-# group_by_length sorts within chunks of this many batches by default: long enough to group similar lengths,
-# short enough that batch contents still change from epoch to epoch (the Hugging Face "megabatch" idea).
+# group_by_length sorts within chunks of this many batches: long enough to group similar lengths, short enough
+# that batch contents still change from epoch to epoch (the Hugging Face "megabatch" idea). Smaller chunks give
+# less uniform batches and more padding; docs/studies/batching.md found no accuracy effect of either.
 GROUP_CHUNK_BATCHES = 100
+# The shortest default length bucket: shorter buckets would save little and add compilations.
+SMALLEST_BUCKET = 8
+# SST-2's classes, in label order: what a saved classifier's config.json calls them.
+LABEL_NAMES = ("negative", "positive")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data is missing or malformed; the message names the file (and line) or split."""
 
 
@@ -250,35 +257,36 @@ def _batch_indices(order: Int64[np.ndarray, " examples"], batch_size: int) -> li
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def default_length_buckets(max_length: int) -> tuple[int, ...]:
+    """Every ``2^k`` and ``3 * 2^k`` from 8 below ``max_length``, then ``max_length``.
+
+    ``max_length=128`` gives ``(8, 12, 16, 24, 32, 48, 64, 96, 128)``. Consecutive buckets differ by at most
+    1.5x, so a batch carries at most 50% padding beyond its longest example, at the price of one compilation
+    per bucket used.
+    """
+    buckets = []
+    power = SMALLEST_BUCKET
+    while power < max_length:
+        buckets += [length for length in (power, 3 * power // 2) if length < max_length]
+        power *= 2
+    return (*buckets, max_length)
+
+
 def _train_order(
-    lengths: Int64[np.ndarray, " examples"],
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    group_by_length: bool,
-    group_chunk_batches: int,
-    group_fraction: float,
+    lengths: Int64[np.ndarray, " examples"], batch_size: int, seed: int, epoch: int, group_by_length: bool
 ) -> list[np.ndarray]:
     """Example indices of each batch of one training epoch; a partial batch, if any, is always last."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if not group_by_length:
         return _batch_indices(order, batch_size)
-    chunk = group_chunk_batches * batch_size
+    chunk = GROUP_CHUNK_BATCHES * batch_size
     chunks = [order[i : i + chunk] for i in range(0, len(order), chunk)]
     by_length = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
     batches = _batch_indices(by_length, batch_size)
     full = len(order) // batch_size
     # Shuffle batches so the epoch does not run in chunk-sized waves of short then long sequences.
-    batches = [batches[i] for i in rng.permutation(full)] + batches[full:]
-    if group_fraction == 1:
-        return batches
-    # Keep the first grouped batches, exactly as a fully grouped epoch starts; the examples left over follow in
-    # their shuffled order, batched as with group_by_length=False (all of them at group_fraction 0).
-    kept = round(group_fraction * full)
-    left_over = np.ones(len(order), np.bool_)
-    left_over[np.concatenate([np.empty(0, order.dtype), *batches[:kept]])] = False
-    return batches[:kept] + _batch_indices(order[left_over[order]], batch_size)
+    return [batches[i] for i in rng.permutation(full)] + batches[full:]
 
 
 def _make_batch(
@@ -313,30 +321,37 @@ def train_batches(
     seed: int,
     epoch: int,
     group_by_length: bool = False,
-    group_chunk_batches: int = GROUP_CHUNK_BATCHES,
-    group_fraction: float = 1.0,
     start: int = 0,
 ) -> Iterator[Batch]:
     """Batches of one training epoch in a shuffled order fixed by ``(seed, epoch)``, skipping the first
     ``start`` (for exact resume). Every example appears exactly once; each batch is ``(batch_size, bucket)``.
 
-    ``group_by_length`` sorts by length within chunks of ``group_chunk_batches`` batches (of the shuffled
-    examples) before shuffling the batches, so most batches land in a short bucket. Smaller chunks give batches
-    of less uniform length and more padding; a chunk of 1 batch gives the batches of ``group_by_length=False``
-    (in another order). ``group_fraction`` below 1 keeps only the first ``group_fraction`` of a grouped epoch's
-    full batches (the same batches a fully grouped epoch starts with) and puts the remaining examples in random
-    batches, as ``group_by_length=False`` would (0 gives exactly its batches).
+    ``group_by_length`` sorts by length within chunks of ``GROUP_CHUNK_BATCHES`` batches (of the shuffled
+    examples) before shuffling the batches, so most batches land in a short bucket.
     """
-    if group_chunk_batches < 1:
-        raise ValueError(f"group_chunk_batches={group_chunk_batches}; expected an int >= 1")
-    if not 0 <= group_fraction <= 1:
-        raise ValueError(f"group_fraction={group_fraction}; expected a float with 0 <= group_fraction <= 1")
-    batches = _train_order(
-        split.lengths, batch_size, seed, epoch, group_by_length, group_chunk_batches, group_fraction
-    )
+    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
     if not 0 <= start <= len(batches):
         raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
     return (_make_batch(split, indices, batch_size, buckets) for indices in batches[start:])
+
+
+def epoch_batches(
+    split: TokenizedSplit,
+    batch_size: int,
+    buckets: Sequence[int],
+    *,
+    seed: int,
+    group_by_length: bool,
+    start_step: int = 0,
+) -> Iterator[Batch]:
+    """Training batches from ``start_step`` on, epoch after epoch, without end: what a run of any length
+    (``max_steps``, several epochs, a resumed run) draws from."""
+    epoch, position = divmod(start_step, num_batches(split, batch_size))
+    while True:
+        yield from train_batches(
+            split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=position
+        )
+        epoch, position = epoch + 1, 0
 
 
 def eval_batches(split: TokenizedSplit, batch_size: int, buckets: Sequence[int]) -> Iterator[Batch]:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distilbert_eqx.config import ExperimentConfig, resolved_length_buckets
 from distilbert_eqx.data import (
     GROUP_CHUNK_BATCHES,
     Batch,
@@ -17,6 +16,8 @@ from distilbert_eqx.data import (
     TextSplit,
     TokenizedSplit,
     bucket_length,
+    default_length_buckets,
+    epoch_batches,
     eval_batches,
     load_text_split,
     load_tokenizer,
@@ -27,8 +28,7 @@ from distilbert_eqx.data import (
     tokenize_split,
     train_batches,
 )
-from distilbert_eqx.loop import _epoch_batches as epoch_batches
-from paths import minilm_dir, shared_dir
+from helpers import minilm_dir, sst2_dir
 
 BUCKETS = (4, 8, 16)
 
@@ -284,67 +284,27 @@ def test_group_by_length_cuts_padding():
     assert grouped.token_efficiency > plain.token_efficiency
 
 
-def test_group_chunk_batches_sets_how_uniform_grouped_batches_are():
-    """A chunk of one batch sorts within each random batch: the random batches, reordered. A chunk of the whole
-    epoch sorts all of it: no two batches' length ranges overlap. Padding falls as chunks grow."""
+def test_grouped_batches_sort_within_chunks_of_group_chunk_batches():
+    """Grouping sorts the shuffled examples by length within chunks of GROUP_CHUNK_BATCHES batches: within a
+    chunk no two batches' length ranges overlap, and batches of different chunks can."""
     split = synthetic_split(random_lengths(2000))
-
-    def batches(grouped: bool, chunk: int = GROUP_CHUNK_BATCHES):
-        return list(train_batches(split, 8, BUCKETS, seed=3, epoch=1, group_by_length=grouped,
-                                  group_chunk_batches=chunk))
-
-    random_batches, one = batches(False), batches(True, 1)
-    assert batch_members(one) == batch_members(random_batches)
-    assert seen_examples(one) != seen_examples(random_batches)
-    whole = batches(True, 250)
-    ranges = sorted((split.lengths[ids].min(), split.lengths[ids].max()) for ids in map(example_of_rows, whole))
-    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:]))
-    padded = [padding_stats(batches(True, chunk)).mean_padded_length for chunk in (1, 10, 250)]
-    assert padded[0] > padded[1] > padded[2]
-    with pytest.raises(ValueError, match=r"group_chunk_batches=0; expected an int >= 1"):
-        batches(True, 0)
+    batches = list(train_batches(split, 8, BUCKETS, seed=3, epoch=1, group_by_length=True))
+    random_order = np.random.default_rng([3, 1]).permutation(len(split))
+    chunk_of = {int(e): i // (GROUP_CHUNK_BATCHES * 8) for i, e in enumerate(random_order)}
+    for chunk in range(3):
+        members = [ids for ids in map(example_of_rows, batches) if chunk_of[int(ids[0])] == chunk]
+        assert all(chunk_of[int(e)] == chunk for ids in members for e in ids)
+        ranges = sorted((split.lengths[ids].min(), split.lengths[ids].max()) for ids in members)
+        assert all(hi <= next_lo for (_, hi), (next_lo, _) in itertools.pairwise(ranges))
 
 
-def test_group_fraction_keeps_the_grouped_start_then_batches_the_rest_at_random():
-    """The first ``group_fraction`` of full batches are those of a fully grouped epoch; the examples left over
-    follow in the shuffled order that random batches take them in. 0 gives exactly the random batches."""
-    split = synthetic_split(random_lengths(2003))
-
-    def batches(grouped: bool, fraction: float = 1.0):
-        return list(train_batches(split, 8, BUCKETS, seed=3, epoch=1, group_by_length=grouped,
-                                  group_fraction=fraction))
-
-    random_batches, grouped = batches(False), batches(True)
-    assert seen_examples(batches(True, 0.0)) == seen_examples(random_batches)
-    for fraction, kept in ((0.3, 75), (0.7, 175)):  # of 250 full batches
-        mixed = batches(True, fraction)
-        assert len(mixed) == len(grouped) == 251
-        assert seen_examples(mixed[:kept]) == seen_examples(grouped[:kept])
-        head = set(seen_examples(mixed[:kept]))
-        assert seen_examples(mixed[kept:]) == [e for e in seen_examples(random_batches) if e not in head]
-        assert all(b.weights.all() for b in mixed[:-1])
-    padded = [padding_stats(batches(True, f)).mean_padded_length for f in (0.0, 0.3, 0.7, 1.0)]
-    assert padded[0] > padded[1] > padded[2] > padded[3]
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match=rf"group_fraction={bad}; expected a float with 0 <= group_fraction"):
-            batches(True, bad)
-
-
-def test_training_epochs_use_the_configs_group_fraction():
-    split = synthetic_split(random_lengths(200))
-    config = ExperimentConfig(batch_size=8, group_by_length=True, group_fraction=0.0)
-    first_epoch = list(itertools.islice(epoch_batches(config, split, BUCKETS, 0), 25))
-    random_batches = list(train_batches(split, 8, BUCKETS, seed=config.seed, epoch=0))
-    assert seen_examples(first_epoch) == seen_examples(random_batches)
-
-
-def test_training_epochs_use_the_configs_chunk_size():
-    split = synthetic_split(random_lengths(200))
-    config = ExperimentConfig(batch_size=8, group_by_length=True, group_chunk_batches=1)
-    assert ExperimentConfig().group_chunk_batches == GROUP_CHUNK_BATCHES
-    first_epoch = list(itertools.islice(epoch_batches(config, split, BUCKETS, 0), 25))
-    random_batches = list(train_batches(split, 8, BUCKETS, seed=config.seed, epoch=0))
-    assert batch_members(first_epoch) == batch_members(random_batches)
+def test_epoch_batches_run_on_across_epochs_and_resume_mid_epoch():
+    split = synthetic_split(random_lengths(20))
+    stream = list(itertools.islice(epoch_batches(split, 8, BUCKETS, seed=5, group_by_length=True), 7))
+    epochs = [list(train_batches(split, 8, BUCKETS, seed=5, epoch=e, group_by_length=True)) for e in range(3)]
+    assert seen_examples(stream) == seen_examples([b for epoch in epochs for b in epoch][:7])
+    resumed = list(itertools.islice(epoch_batches(split, 8, BUCKETS, seed=5, group_by_length=True, start_step=4), 3))
+    assert seen_examples(resumed) == seen_examples(stream[4:])
 
 
 def test_padding_stats_by_hand():
@@ -423,11 +383,7 @@ def test_missing_tokenizer_folder(tmp_path):
 
 
 def test_real_tokenizer_matches_transformers_without_padding():
-    folder, data = minilm_dir(), shared_dir() / "data" / "sst2"
-    if folder is None:
-        pytest.skip("MiniLM checkpoint not found: set DISTILBERT_EQX_MINILM or put it under weights/minilm/")
-    if not (data / "dev.tsv").is_file():
-        pytest.skip(f"SST-2 data not found at {data}")
+    folder, data = minilm_dir(), sst2_dir()
     import tokenizers
     import transformers
 
@@ -449,10 +405,7 @@ def test_real_tokenizer_matches_transformers_without_padding():
 
 
 def test_real_dev_split_loads():
-    data = shared_dir() / "data" / "sst2"
-    if not (data / "dev.tsv").is_file():
-        pytest.skip(f"SST-2 data not found at {data}")
-    dev = load_text_split("dev", data_dir=data)
+    dev = load_text_split("dev", data_dir=sst2_dir())
     assert len(dev.sentences) == len(dev.labels) == 872
     assert np.bincount(dev.labels).tolist() == [428, 444]
 
@@ -462,5 +415,5 @@ def test_glue_folder_through_tokenizer_to_batches(tmp_path, padding_tokenizer_di
     tokenizer = load_tokenizer(str(padding_tokenizer_dir), 8)
     dev = tokenize_split(load_text_split("dev", data_dir=folder), tokenizer)
     assert (dev.name, dev.lengths.tolist(), dev.labels.tolist()) == ("dev", [4, 4], [0, 1])
-    batch = next(eval_batches(dev, 4, resolved_length_buckets(ExperimentConfig(max_length=8))))
+    batch = next(eval_batches(dev, 4, default_length_buckets(8)))
     np.testing.assert_array_equal(batch.input_ids, [[2, 7, 8, 3, 0, 0, 0, 0], [2, 6, 8, 3, 0, 0, 0, 0]] + [[0] * 8] * 2)
