@@ -1,11 +1,15 @@
-"""What the scripts in ``experiments/`` run: config -> data + models -> fit loop -> outputs.
+"""The one module that reads the experiment config: it validates what the config implies, builds every part
+(tokenizer and splits, batches, models, optimizer, losses, steps, checkpoint manager, metrics log) and hands
+them to the fit loop.
 
-Everything that can be wrong with the inputs (data, checkpoints, vocabularies) is checked here before anything is
-written to ``output_dir``.
+Everything that can be wrong with the inputs (data, checkpoints, vocabularies, a busy output folder) is checked
+before anything is written to ``output_dir``.
 """
 
+import contextlib
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +17,52 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .config import ExperimentConfig, resolved_length_buckets
-from .data import DataError, load_text_split, load_tokenizer, tokenize_split
-from .hf import from_pretrained, load_config
-from .host_memory import retain_freed_memory
+from . import host_memory
+from .checkpoint import CheckpointManager, atomic_write_text
+from .config import ConfigError, ExperimentConfig, config_to_dict
+from .data import (
+    LABEL_NAMES,
+    DataError,
+    SentenceTokenizer,
+    TokenizedSplit,
+    default_length_buckets,
+    epoch_batches,
+    eval_batches,
+    load_text_split,
+    load_tokenizer,
+    num_batches,
+    tokenize_split,
+)
+from .hf import from_pretrained, load_config, save_pretrained
 from .init import student_from_teacher
-from .loop import evaluate, fit, single_device_steps
-from .models import SequenceClassifier
+from .loop import FitPlan, evaluate, fit
+from .metrics_log import MetricsLog
+from .models import AbstractSequenceClassifier
+from .run_lock import OutputDirLock
+from .train import LossConfig, Steps, init_state, make_optimizer, single_device_steps
 
 
-def _check_vocabularies(tokenizer_vocab: int, **models: SequenceClassifier) -> None:
+def length_buckets(config: ExperimentConfig) -> tuple[int, ...]:
+    """``length_buckets`` when set, else ``data.default_length_buckets(max_length)``."""
+    return config.length_buckets or default_length_buckets(config.max_length)
+
+
+def eval_batch_size(config: ExperimentConfig) -> int:
+    """``eval_batch_size``, falling back to ``batch_size`` when unset."""
+    return config.batch_size if config.eval_batch_size is None else config.eval_batch_size
+
+
+def load_splits(
+    config: ExperimentConfig, names: tuple[str, ...], tokenizer: SentenceTokenizer
+) -> dict[str, TokenizedSplit]:
+    """The named SST-2 splits of ``data_dir`` (or the hub), tokenised with ``tokenizer``."""
+    return {
+        name: tokenize_split(load_text_split(name, data_dir=config.data_dir, dataset_id=config.dataset_id), tokenizer)
+        for name in names
+    }
+
+
+def _check_vocabularies(tokenizer_vocab: int, **models: AbstractSequenceClassifier) -> None:
     sizes = {name: m.config.vocab_size for name, m in models.items()}
     if len(set(sizes.values())) > 1:
         raise DataError(f"teacher and student vocabularies differ: {sizes}; both must use the same tokenizer")
@@ -31,24 +71,21 @@ def _check_vocabularies(tokenizer_vocab: int, **models: SequenceClassifier) -> N
             raise DataError(f"the tokenizer has {tokenizer_vocab} tokens but the {name} embeds only {size}")
 
 
-def _make_steps(config: ExperimentConfig):
-    """Single-device steps, or the ``jax.shard_map`` steps over a mesh when several devices or hosts are used."""
+def _start_devices(config: ExperimentConfig):
+    """``make_steps(losses, optimizer)``: single-device steps, or the ``jax.shard_map`` steps over a mesh.
+
+    Runs before anything else touches JAX: glibc's allocator settings must precede XLA's threads, and with
+    several processes ``jax.distributed`` must start before any device is used.
+    """
+    if host_memory.applies_to(config.platform):
+        host_memory.retain_freed_memory()
     if config.num_devices == 1 and config.num_processes == 1:
         return single_device_steps
     from . import parallel
 
-    parallel.initialize(config)
+    parallel.initialize(config.num_processes, config.process_id, config.coordinator_address)
     mesh = parallel.make_mesh(config.num_devices, config.platform)
     return functools.partial(parallel.sharded_steps, mesh)
-
-
-def _load_splits(config: ExperimentConfig, names: tuple[str, ...]):
-    tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
-    splits = {
-        name: tokenize_split(load_text_split(name, data_dir=config.data_dir, dataset_id=config.dataset_id), tokenizer)
-        for name in names
-    }
-    return tokenizer, splits
 
 
 def _tokenizer_to_save(config: ExperimentConfig) -> Any:
@@ -59,63 +96,167 @@ def _tokenizer_to_save(config: ExperimentConfig) -> Any:
     return transformers.AutoTokenizer.from_pretrained(config.tokenizer_name)
 
 
-def _training_mode(model: SequenceClassifier, config: ExperimentConfig) -> SequenceClassifier:
-    """``dropout: false`` trains with every dropout off (deterministic runs, exact comparisons)."""
-    return model if config.dropout else eqx.nn.inference_mode(model)
+def _model_card(config: ExperimentConfig, started_from: str, dev_accuracy: float | None) -> str:
+    """The README.md of a saved model folder, the model card the hub shows: what it is, how it was trained."""
+    if config.alpha_kl > 0 or config.alpha_cos > 0:
+        recipe = (
+            f"distilled from `{config.teacher_model}`: CE {config.alpha_ce} + KL {config.alpha_kl} "
+            f"(T = {config.temperature}) + cosine {config.alpha_cos}"
+        )
+    else:
+        recipe = "trained on the labels alone (cross-entropy)"
+    length = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs} epoch(s)"
+    accuracy = "not measured" if dev_accuracy is None else f"{100 * dev_accuracy:.2f}% (872 sentences)"
+    return "\n".join([
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "datasets:",
+        "- glue",
+        "language:",
+        "- en",
+        "---",
+        "",
+        f"# {config.job_name}",
+        "",
+        (
+            f"An SST-2 sentiment classifier (labels: {', '.join(LABEL_NAMES)}), trained with distilbert-eqx "
+            "(JAX/Equinox) and saved in `transformers` format."
+        ),
+        "",
+        f"- Started from: {started_from}",
+        f"- Recipe: {recipe}",
+        (
+            f"- Data: GLUE SST-2 train ({config.data_dir or config.dataset_id}), {length}, batch "
+            f"{config.batch_size}, AdamW lr {config.learning_rate}, warm-up ratio {config.warmup_ratio}, weight "
+            f"decay {config.weight_decay}, seed {config.seed}"
+        ),
+        f"- SST-2 dev accuracy when saved: {accuracy}",
+        "",
+    ])
+
+
+def train_model(
+    config: ExperimentConfig,
+    model: AbstractSequenceClassifier,
+    teacher: AbstractSequenceClassifier | None,
+    splits: dict[str, TokenizedSplit],
+    *,
+    key: jax.Array,
+    make_steps: Callable[[LossConfig, Any], Steps] = single_device_steps,
+    final_name: str = "student",
+    started_from: str = "not recorded",
+) -> dict[str, Any]:
+    """Build the losses, optimizer, steps, checkpoints and log from ``config`` and run the fit loop.
+
+    Arguments:
+        config: the experiment config.
+        model: the model to train (in training mode; ``dropout: false`` switches its dropout off here).
+        teacher: the frozen teacher, or ``None`` when the loss needs none.
+        splits: tokenised ``"train"`` and ``"dev"`` splits.
+        key: the train state's PRNG key (dropout).
+        make_steps: ``make_steps(losses, optimizer)`` builds the steps (``parallel.sharded_steps`` on a mesh).
+        final_name: the output folder of the final model.
+        started_from: the model card's line on where the model's weights came from.
+
+    Returns:
+        the fit loop's summary.
+    """
+    train_split, dev_split = splits["train"], splits["dev"]
+    buckets = length_buckets(config)
+    losses = LossConfig(config.temperature, config.alpha_ce, config.alpha_kl, config.alpha_cos)
+    if losses.needs_teacher and teacher is None:
+        raise ConfigError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
+    per_epoch = num_batches(train_split, config.batch_size)
+    plan = FitPlan(
+        total_steps=config.max_steps or config.num_epochs * per_epoch,
+        steps_per_epoch=per_epoch,
+        log_every=config.log_every,
+        log_val_every=config.log_val_every,
+        checkpoint_every=config.checkpoint_every if config.do_checkpoint else None,
+    )
+    optimizer, schedule = make_optimizer(
+        config.learning_rate, config.weight_decay, config.warmup_ratio, plan.total_steps, config.max_grad_norm
+    )
+    steps: Steps = make_steps(losses, optimizer)
+    out = Path(config.output_dir)
+    tokenizer = _tokenizer_to_save(config)
+
+    def save_model(m: AbstractSequenceClassifier, name: str, dev_accuracy: float | None) -> None:
+        card = _model_card(config, started_from, dev_accuracy)
+        save_pretrained(m, out / name, tokenizer, label_names=LABEL_NAMES, model_card=card)
+
+    wandb = None
+    if config.use_wandb:
+        wandb = {"project": config.project_name, "name": config.job_name, "group": config.experiment_name,
+                 "config": config_to_dict(config)}
+    # Only the writing process holds the folder: the others write nothing into it.
+    lock = OutputDirLock(out) if steps.is_writer else contextlib.nullcontext()
+    with lock:
+        if steps.is_writer:
+            atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
+        return fit(
+            init_state(model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key),
+            None if teacher is None else eqx.nn.inference_mode(teacher),
+            train_batches=lambda start: epoch_batches(
+                train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
+                start_step=start,
+            ),
+            dev_batches=lambda: eval_batches(dev_split, eval_batch_size(config), buckets),
+            steps=steps,
+            plan=plan,
+            learning_rate=schedule,
+            checkpoints=CheckpointManager(
+                out / "checkpoints", config.keep_top_k_checkpoints, is_writer=steps.is_writer
+            ),
+            log=MetricsLog(out / "metrics.jsonl", enabled=steps.is_writer, wandb_settings=wandb),
+            save_model=save_model,
+            final_name=final_name,
+            resume=config.resume_from_checkpoint,
+        )
 
 
 def distill(config: ExperimentConfig) -> dict[str, Any]:
     """Distil ``teacher_model`` into a student (loaded from ``student_model``, or built from the teacher's
     ``student_init_layers``) on SST-2, as ``config`` says."""
-    # Before JAX starts its threads, so that their malloc arenas get the setting too.
-    retain_freed_memory()
-    # Then: with several processes, jax.distributed must start before anything touches a JAX device.
-    make_steps = _make_steps(config)
-    tokenizer, splits = _load_splits(config, ("train", "dev"))
-    key = jax.random.key(config.seed)
-    init_key, train_key = jax.random.split(key)
+    make_steps = _start_devices(config)
+    tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
+    splits = load_splits(config, ("train", "dev"), tokenizer)
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
     teacher = from_pretrained(config.teacher_model, dtype=config.dtype)
     if config.student_init_layers is not None:
-        student = student_from_teacher(
-            teacher, config.student_init_layers, key=init_key, compute_dtype=config.dtype
-        )
+        student = student_from_teacher(teacher, config.student_init_layers, key=init_key, compute_dtype=config.dtype)
     else:
-        student = from_pretrained(config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key)
+        student = from_pretrained(
+            config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key
+        )
     _check_vocabularies(tokenizer.backend.get_vocab_size(), teacher=teacher, student=student)
-    return fit(
-        config,
-        _training_mode(student, config),
-        eqx.nn.inference_mode(teacher),
-        splits,
-        tokenizer=_tokenizer_to_save(config),
-        final_name="student",
-        key=train_key,
-        make_steps=make_steps,
+    started_from = (
+        f"`{config.student_model}`" if config.student_init_layers is None
+        else f"layers {list(config.student_init_layers)} of `{config.teacher_model}`"
+    )
+    return train_model(
+        config, student, teacher, splits, key=train_key, make_steps=make_steps, final_name="student",
+        started_from=started_from,
     )
 
 
 def finetune(config: ExperimentConfig) -> dict[str, Any]:
     """Fine-tune ``teacher_model`` on SST-2 with the hard-label loss alone (how a teacher is made)."""
     if config.alpha_kl != 0 or config.alpha_cos != 0 or config.alpha_ce <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"fine-tuning uses the label loss alone: set alpha_ce > 0 and alpha_kl = alpha_cos = 0 "
             f"(got alpha_ce={config.alpha_ce}, alpha_kl={config.alpha_kl}, alpha_cos={config.alpha_cos})"
         )
-    retain_freed_memory()
-    make_steps = _make_steps(config)
-    tokenizer, splits = _load_splits(config, ("train", "dev"))
+    make_steps = _start_devices(config)
+    tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
+    splits = load_splits(config, ("train", "dev"), tokenizer)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    model = from_pretrained(config.teacher_model, num_labels=2, dtype=config.dtype, key=init_key)
+    model = from_pretrained(config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key)
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
-    return fit(
-        config,
-        _training_mode(model, config),
-        None,
-        splits,
-        tokenizer=_tokenizer_to_save(config),
-        final_name="model",
-        key=train_key,
-        make_steps=make_steps,
+    return train_model(
+        config, model, None, splits, key=train_key, make_steps=make_steps, final_name="model",
+        started_from=f"`{config.teacher_model}`",
     )
 
 
@@ -139,8 +280,7 @@ def evaluate_checkpoint(
     data = tokenize_split(load_text_split(split, data_dir=data_dir, dataset_id=dataset_id), tokenizer)
     model = from_pretrained(folder, dtype="float32")
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
-    config = ExperimentConfig(max_length=max_length, batch_size=batch_size)
-    accuracy, n, logits = evaluate(model, data, batch_size, resolved_length_buckets(config))
+    accuracy, n, logits = evaluate(model, eval_batches(data, batch_size, default_length_buckets(max_length)))
     if predictions_out is not None:
         with open(predictions_out, "w") as f:
             for row, label in zip(logits, data.labels):

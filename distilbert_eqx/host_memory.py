@@ -1,24 +1,28 @@
 """Keep the memory XLA:CPU frees inside the process, so that the next step does not page-fault it back in.
 
-XLA:CPU allocates each execution's temporary buffers (activations and gradients: about 1.2 GiB for the mini
-distillation step at 32 x 128) with ``malloc`` and frees them when the execution ends. glibc serves blocks
-that large with ``mmap`` and hands them back to the kernel on ``free``, and trims the top of its heaps; so
-every step touches about 1.2 GiB of fresh pages again, and the kernel answers each first touch of a 4 KiB page
-with a page fault and a zeroed page: 320k faults and about 1 s of system CPU per step on the 2-core AMD
-machine of the README's Performance section, where the step takes 3-4 s.
+XLA:CPU allocates each execution's temporary buffers (activations and gradients, a large share of a step's
+working set) with ``malloc`` and frees them when the execution ends. glibc serves blocks that large with
+``mmap`` and hands them back to the kernel on ``free``, and trims the top of its heaps; so every step touches
+all of that memory as fresh pages again, and the kernel answers each first touch of a page with a page fault
+and a zeroed page: system CPU time on every step (measured in docs/performance.md).
 
 ``retain_freed_memory`` tells glibc to serve every block from its heaps (no ``mmap``), never to trim them,
 and to keep a single arena. Freed blocks stay mapped and are reused by the next step: no faults after the
 first. The single arena matters: a thread that allocates from an arena of its own (glibc gives busy threads
-one, up to the arena limit) gets its memory from 64 MiB heaps, and glibc 2.36 serves a larger block there
-with ``mmap`` whatever the mmap setting says, and unmaps it on ``free``. XLA:CPU's temporary buffer is larger
-than that for every step shape here (83 MiB at 32 x 8), so with one arena per CPU a step faulted or not
-depending on which arena the allocating thread had drawn. The main arena grows with ``brk`` and obeys the
+one, up to the arena limit) gets its memory from fixed-size heaps (64 MiB on 64-bit glibc), and glibc 2.36
+serves a larger block there with ``mmap`` whatever the mmap setting says, and unmaps it on ``free``. XLA:CPU's
+temporary buffer is larger than that at every step shape we train, so with one arena per CPU a step faulted or
+not depending on which arena the allocating thread had drawn. The main arena grows with ``brk`` and obeys the
 settings. The cost: the process's resident memory never drops below its high-water mark, which is what a
-training process wants. Only glibc has these knobs; elsewhere (macOS, musl) the call does nothing.
+training process wants. Only glibc has these knobs; elsewhere (macOS, musl) the call does nothing. It is
+applied on the CPU backend only (``applies_to``): that is where it was measured, and accelerators keep their
+buffers in device memory.
 """
 
 import ctypes
+import importlib.util
+import os
+import pkgutil
 import sys
 
 # mallopt(3) parameter numbers from glibc's <malloc.h>.
@@ -55,3 +59,26 @@ def retain_freed_memory() -> bool:
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM), (_M_ARENA_MAX, 1))
     accepted = [libc.mallopt(parameter, value) == 1 for parameter, value in settings]
     return all(accepted)
+
+
+def applies_to(platform: str | None) -> bool:
+    """Whether a run on ``platform`` (``None``: JAX's default backend) computes on the CPU.
+
+    Decided without starting a JAX backend, since ``retain_freed_memory`` must run before XLA's threads exist:
+    ``None`` follows ``JAX_PLATFORMS``, else JAX picks an accelerator when its plugin is installed.
+    """
+    if platform is None:
+        platform = os.environ.get("JAX_PLATFORMS", "").split(",")[0] or None
+    if platform is not None:
+        return platform == "cpu"
+    return not _accelerator_plugin_installed()
+
+
+def _accelerator_plugin_installed() -> bool:
+    if any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")):
+        return True
+    try:
+        import jax_plugins  # the namespace PJRT plugins (ROCm, TT-XLA, ...) install into
+    except ImportError:
+        return False
+    return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))

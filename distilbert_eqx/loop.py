@@ -1,74 +1,50 @@
 """The fit loop: steps, logging, validation, checkpoints, exact resume, Ctrl-C.
 
-It runs whatever ``Steps`` it is given (one device from ``single_device_steps``, or the ``jax.shard_map`` version
-from ``parallel.py``), so there is one training loop however many devices there are. It knows nothing of the hub:
-models come in as modules and go out through ``save_pretrained`` to local folders.
+It receives built parts (a train state, the steps, a stream of batches, a checkpoint manager, a metrics log, a
+function that saves a model) and plain numbers; it reads no config and knows nothing of the hub or of how many
+devices the steps run on, so there is one training loop for every setup.
 """
 
 import dataclasses
-import json
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import equinox as eqx
 import numpy as np
-from jaxtyping import PRNGKeyArray
+import optax
 from tqdm import tqdm
 
-from .checkpoint import CheckpointManager, atomic_write_text
-from .config import ExperimentConfig, config_to_dict, resolved_eval_batch_size, resolved_length_buckets
-from .data import Batch, TokenizedSplit, eval_batches, num_batches, train_batches
-from .hf import save_pretrained
-from .models import SequenceClassifier
-from .train import (
-    EvalCounts,
-    LossConfig,
-    StepMetrics,
-    TrainState,
-    eval_step,
-    init_state,
-    make_optimizer,
-    train_step,
-)
+from .checkpoint import CheckpointManager
+from .data import Batch
+from .metrics_log import MetricsLog
+from .models import AbstractSequenceClassifier
+from .train import Steps, TrainState, eval_step
+
+SaveModel = Callable[[AbstractSequenceClassifier, str, float | None], None]
 
 
 @dataclasses.dataclass(frozen=True)
-class Steps:
-    """How to run one step: on one device, or sharded over a mesh (``parallel.sharded_steps``).
+class FitPlan:
+    """When a run logs, validates, checkpoints and stops, in optimizer steps.
 
-    ``place`` moves a host batch to the devices (and, on several hosts, takes this process's rows);
-    ``place_state`` puts the model or train state where the steps expect it (replicated on a mesh).
+    ``checkpoint_every=None`` writes no periodic checkpoints; Ctrl-C always saves one to resume from.
     """
 
-    train: Callable[[SequenceClassifier | None, TrainState, Batch], tuple[TrainState, StepMetrics]]
-    evaluate: Callable[[SequenceClassifier, Batch], tuple[EvalCounts, Any]]
-    place: Callable[[Batch], Batch]
-    place_state: Callable[[Any], Any]
-    is_writer: bool = True
-
-
-def single_device_steps(losses: LossConfig, optimizer) -> Steps:
-    """The jitted single-device steps of ``train.py``."""
-
-    def train(teacher, state, batch):
-        return train_step(teacher, state, batch, optimizer, losses)
-
-    return Steps(train, eval_step, place=lambda b: b, place_state=lambda s: s)
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    log_val_every: int
+    checkpoint_every: int | None
 
 
 def evaluate(
-    model: SequenceClassifier,
-    split: TokenizedSplit,
-    batch_size: int,
-    buckets: tuple[int, ...],
-    steps: Steps | None = None,
+    model: AbstractSequenceClassifier, batches: Iterable[Batch], steps: Steps | None = None
 ) -> tuple[float, int, np.ndarray]:
-    """Accuracy of ``model`` on ``split`` with ``steps`` (one device when ``None``).
+    """Accuracy of ``model`` over ``batches`` with ``steps`` (one device when ``None``).
 
-    Returns ``(accuracy, examples, logits (examples, classes))``, logits in dataset order.
+    Returns ``(accuracy, examples, logits (examples, classes))``, logits in batch order, padding rows dropped.
     """
     run, place = (eval_step, lambda b: b) if steps is None else (steps.evaluate, steps.place)
     model = eqx.nn.inference_mode(model)
@@ -76,7 +52,7 @@ def evaluate(
         model = steps.place_state(model)
     correct = total = 0.0
     all_logits = []
-    for batch in eval_batches(split, batch_size, buckets):
+    for batch in batches:
         counts, logits = run(model, place(batch))
         correct += float(counts.correct)
         total += float(counts.total)
@@ -84,141 +60,94 @@ def evaluate(
     return correct / total, int(total), np.concatenate(all_logits)
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per record) and, optionally, Weights & Biases."""
-
-    def __init__(self, path: Path, config: ExperimentConfig, *, append: bool, enabled: bool):
-        self.path, self.enabled, self.wandb = path, enabled, None
-        if not enabled:
-            return
-        if not append:
-            path.write_text("")
-        if config.use_wandb:
-            try:
-                import wandb
-            except ImportError as e:
-                raise RuntimeError("use_wandb is true but wandb is not installed: pip install wandb") from e
-            self.wandb = wandb.init(
-                project=config.project_name, name=config.job_name, group=config.experiment_name,
-                config=config_to_dict(config),
-            )
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def _epoch_batches(config: ExperimentConfig, train: TokenizedSplit, buckets, start_step: int) -> Iterator[Batch]:
-    """Training batches from ``start_step`` on, across epochs, in the order fixed by ``seed`` and the epoch."""
-    per_epoch = num_batches(train, config.batch_size)
-    epoch, position = divmod(start_step, per_epoch)
-    while True:
-        yield from train_batches(
-            train, config.batch_size, buckets, seed=config.seed, epoch=epoch, group_by_length=config.group_by_length,
-            group_chunk_batches=config.group_chunk_batches, group_fraction=config.group_fraction, start=position,
-        )
-        epoch, position = epoch + 1, 0
-
-
 def fit(
-    config: ExperimentConfig,
-    student: SequenceClassifier,
-    teacher: SequenceClassifier | None,
-    splits: dict[str, TokenizedSplit],
+    state: TrainState,
+    teacher: AbstractSequenceClassifier | None,
     *,
-    tokenizer: str | Path | Any | None = None,
-    final_name: str = "student",
-    key: PRNGKeyArray,
-    make_steps: Callable[[LossConfig, Any], Steps] = single_device_steps,
+    train_batches: Callable[[int], Iterator[Batch]],
+    dev_batches: Callable[[], Iterable[Batch]],
+    steps: Steps,
+    plan: FitPlan,
+    learning_rate: optax.Schedule,
+    checkpoints: CheckpointManager,
+    log: MetricsLog,
+    save_model: SaveModel,
+    final_name: str,
+    resume: bool,
 ) -> dict[str, Any]:
-    """Train ``student`` on ``splits["train"]`` (distilling from ``teacher`` when the loss weights ask for it).
+    """Train ``state.student``, distilling from ``teacher`` when the steps' losses need one.
 
-    Writes to ``config.output_dir``: ``metrics.jsonl``, ``checkpoints/`` (when ``do_checkpoint``),
-    ``best/`` (the student with the best validation accuracy) and ``<final_name>/`` (the final student), both in
-    Hugging Face format with the tokenizer files. Ctrl-C saves a checkpoint and returns.
+    Arguments:
+        state: the fresh train state; replaced by the latest checkpoint's when ``resume`` finds one.
+        teacher: the frozen teacher (in inference mode), or ``None`` for label-only training.
+        train_batches: ``train_batches(start_step)`` gives the training batches from that step on.
+        dev_batches: ``dev_batches()`` gives one pass over the validation split.
+        steps: the train and eval steps (one device, or a mesh).
+        plan: when to log, validate, checkpoint and stop.
+        learning_rate: the optimizer's schedule, for the ``lr`` record.
+        checkpoints: where full train states go; cleared at the start unless ``resume``.
+        log: the metrics log.
+        save_model: ``save_model(model, name, dev_accuracy)`` writes a model folder ``name`` (``"best"``,
+            ``final_name``).
+        final_name: the folder of the final model.
+        resume: continue from the latest checkpoint, if there is one.
 
     Returns:
-        a summary: steps run, final and best validation accuracy, wall time, examples/s.
+        a summary: steps run, final and best validation accuracy, wall time, examples/s; or
+        ``{"interrupted": True, "steps": ...}`` after Ctrl-C, which saves a checkpoint first.
     """
-    out = Path(config.output_dir)
-    buckets = resolved_length_buckets(config)
-    eval_batch = resolved_eval_batch_size(config)
-    # train_mean_length: every token weighs the same in every batch, grouped by length or not.
-    mean_length = float(splits["train"].lengths.mean())
-    losses = LossConfig(
-        config.temperature, config.alpha_ce, config.alpha_kl, config.alpha_cos,
-        cosine_tokens_per_example=mean_length if config.cosine_normalizer == "train_mean_length" else None,
-    )
-    if losses.needs_teacher and teacher is None:
-        raise ValueError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
-    per_epoch = num_batches(splits["train"], config.batch_size)
-    total_steps = config.max_steps or config.num_epochs * per_epoch
-    optimizer, schedule = make_optimizer(
-        config.learning_rate, config.weight_decay, config.warmup_ratio, total_steps, config.max_grad_norm
-    )
-    steps = make_steps(losses, optimizer)
     writer = steps.is_writer
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-    state = init_state(student, optimizer, key=key)
-    manager = CheckpointManager(out / "checkpoints", config.keep_top_k_checkpoints, is_writer=writer)
     best_accuracy, start_step = -1.0, 0  # any accuracy beats -1
-    latest = manager.latest() if config.resume_from_checkpoint else None
+    latest = checkpoints.latest() if resume else None
     if latest is not None:
-        state, meta = manager.restore(latest, state)
+        state, meta = checkpoints.restore(latest, state)
         start_step = int(meta["step"])
         best_accuracy = meta["metadata"]["best_accuracy"]
         print(f"resumed from {latest} at step {start_step}")
-    elif not config.resume_from_checkpoint:
-        manager.clear()
-    if writer:
-        atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
-    log = MetricsLog(out / "metrics.jsonl", config, append=latest is not None, enabled=writer)
+    elif not resume:
+        checkpoints.clear()
+    log.start(append=latest is not None)
     state = steps.place_state(state)
-    teacher = None if teacher is None else steps.place_state(eqx.nn.inference_mode(teacher))
+    teacher = None if teacher is None else steps.place_state(teacher)
 
     eval_seconds, saved_steps = 0.0, set()
 
     def validate(step: int) -> float:
         nonlocal best_accuracy, eval_seconds
         started = time.perf_counter()
-        accuracy, n, _ = evaluate(state.student, splits["dev"], eval_batch, buckets, steps)
+        accuracy, n, _ = evaluate(state.student, dev_batches(), steps)
         eval_seconds += time.perf_counter() - started
         log.write({"step": step, "val_accuracy": accuracy, "val_examples": n})
         if accuracy > best_accuracy:
             best_accuracy = accuracy
             if writer:
-                save_pretrained(state.student, out / "best", tokenizer)
+                save_model(state.student, "best", accuracy)
         return accuracy
 
     def checkpoint(step: int, accuracy: float | None) -> None:
         if step in saved_steps:
             return
         saved_steps.add(step)
-        manager.save(
-            step, state, epoch=step // per_epoch, batch_in_epoch=step % per_epoch, val_accuracy=accuracy,
-            metadata={"best_accuracy": best_accuracy},
+        checkpoints.save(
+            step, state, epoch=step // plan.steps_per_epoch, batch_in_epoch=step % plan.steps_per_epoch,
+            val_accuracy=accuracy, metadata={"best_accuracy": best_accuracy},
         )
+
+    def checkpoint_due(step: int) -> bool:
+        every = plan.checkpoint_every
+        return every is not None and (step % every == 0 or step == plan.total_steps)
 
     # Ctrl-C only raises a flag: stopping mid-step would leave `state` pointing at donated (deleted) buffers.
     interrupted = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    batches = _epoch_batches(config, splits["train"], buckets, start_step)
+    batches = train_batches(start_step)
     window_examples, window_start = 0, time.perf_counter()
     run_start, run_examples = window_start, 0
     accuracy = None
     step = start_step
-    progress = tqdm(total=total_steps, initial=start_step, disable=not writer, dynamic_ncols=True, desc="train")
+    progress = tqdm(total=plan.total_steps, initial=start_step, disable=not writer, dynamic_ncols=True, desc="train")
     try:
-        while step < total_steps and not interrupted:
+        while step < plan.total_steps and not interrupted:
             batch = next(batches)
             state, metrics = steps.train(teacher, state, steps.place(batch))
             step += 1
@@ -226,20 +155,20 @@ def fit(
             window_examples += examples
             run_examples += examples
             progress.update(1)
-            if step % config.log_every == 0 or step == total_steps:
+            if step % plan.log_every == 0 or step == plan.total_steps:
                 values = {k: float(v) for k, v in metrics._asdict().items()}
                 now = time.perf_counter()
                 record = {
-                    "step": step, "epoch": step / per_epoch, **values, "lr": float(schedule(step - 1)),
+                    "step": step, "epoch": step / plan.steps_per_epoch, **values, "lr": float(learning_rate(step - 1)),
                     "examples_per_sec": window_examples / (now - window_start),
                 }
                 log.write(record)
                 progress.set_postfix(loss=f"{values['loss']:.4f}")
                 window_examples, window_start = 0, now
-            validated = step % config.log_val_every == 0 or step == total_steps
+            validated = step % plan.log_val_every == 0 or step == plan.total_steps
             if validated:
                 accuracy = validate(step)
-            if config.do_checkpoint and (step % config.checkpoint_every == 0 or step == total_steps):
+            if checkpoint_due(step):
                 checkpoint(step, accuracy if validated else validate(step))
             if validated:
                 window_start = time.perf_counter()
@@ -253,7 +182,7 @@ def fit(
         return {"interrupted": True, "steps": step}
     elapsed = time.perf_counter() - run_start
     if writer:
-        save_pretrained(state.student, out / final_name, tokenizer)
+        save_model(state.student, final_name, accuracy)
     summary = {
         "steps": step,
         "final_val_accuracy": accuracy,

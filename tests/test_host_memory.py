@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from distilbert_eqx import host_memory
 from distilbert_eqx.host_memory import _glibc
-from paths import REPO
+from helpers import REPO
 
 # Four rounds of malloc, touch every byte, free, each counting this process's minor page faults, in the main
 # thread or in a thread started after the settings (as XLA's threads are). Run in a fresh interpreter: the
@@ -52,6 +53,7 @@ def _faults_per_round(mode: str, size: int, where: str) -> list[int]:
 
 # 96 MiB is over the 64 MiB a glibc heap of a thread's own arena can hold: glibc maps such a block with mmap
 # even when mmap is switched off, and unmaps it on free, unless the thread allocates from the main arena.
+@pytest.mark.slow
 @pytest.mark.skipif(_glibc() is None, reason="the C library is not glibc")
 @pytest.mark.parametrize(("size", "where"), [(64 << 20, "main"), (96 << 20, "main"), (96 << 20, "thread")])
 def test_freed_block_is_reused_without_page_faults(size, where):
@@ -64,3 +66,20 @@ def test_freed_block_is_reused_without_page_faults(size, where):
     assert retained[0] >= pages // 512, retained
     assert max(retained[1:]) <= pages // 100, retained
 
+
+
+@pytest.mark.parametrize(("platform", "environment", "expected"), [
+    ("cpu", "", True), ("gpu", "", False), ("tpu", "cpu", False), ("tt", "", False),
+    (None, "cpu", True), (None, "cuda,cpu", False),
+])
+def test_applies_on_the_cpu_backend_only(monkeypatch, platform, environment, expected):
+    monkeypatch.setenv("JAX_PLATFORMS", environment)
+    assert host_memory.applies_to(platform) is expected
+
+
+def test_default_backend_follows_the_installed_plugins(monkeypatch):
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(host_memory, "_accelerator_plugin_installed", lambda: True)
+    assert host_memory.applies_to(None) is False
+    monkeypatch.setattr(host_memory, "_accelerator_plugin_installed", lambda: False)
+    assert host_memory.applies_to(None) is True

@@ -1,0 +1,49 @@
+"""``metrics.jsonl``, one JSON object per record, and optionally the same records in Weights & Biases.
+
+The record names (``step``, ``loss``, ``loss_ce``, ``loss_kl``, ``loss_cos``, ``grad_norm``, ``lr``,
+``examples_per_sec``, ``val_accuracy``, ``summary/...``) are a user-facing format: scripts read them.
+"""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends records to ``path``; a process that does not write (``enabled=False``) logs nothing.
+
+    Arguments:
+        path: the ``metrics.jsonl`` file.
+        enabled: whether this process writes (process 0 of several).
+        wandb_settings: ``wandb.init`` keyword arguments (project, name, group, config), or ``None`` for no
+            Weights & Biases run.
+    """
+
+    def __init__(self, path: Path, *, enabled: bool = True, wandb_settings: Mapping[str, Any] | None = None):
+        self.path, self.enabled, self.wandb_settings, self.wandb = path, enabled, wandb_settings, None
+
+    def start(self, *, append: bool) -> None:
+        """Begin the run's log: empty the file unless ``append`` (a resumed run), and start wandb if asked."""
+        if not self.enabled:
+            return
+        if not append:
+            self.path.write_text("")
+        if self.wandb_settings is not None:
+            try:
+                import wandb
+            except ImportError as e:
+                raise RuntimeError("use_wandb is true but wandb is not installed: pip install wandb") from e
+            self.wandb = wandb.init(**self.wandb_settings)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
