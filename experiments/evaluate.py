@@ -8,6 +8,7 @@ Prints one JSON line: {"accuracy": ..., "n": ...}.
 import argparse
 import json
 
+from distilbert_eqx.cli import run_script
 from distilbert_eqx.experiment import evaluate_checkpoint
 
 
@@ -33,4 +34,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

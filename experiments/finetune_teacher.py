@@ -1,11 +1,14 @@
 """Fine-tune a BERT checkpoint on SST-2 with the label loss (how the offline teacher is made).
 
-    python experiments/finetune_teacher.py --config experiments/configs/FILE.yaml [--set key=value ...]
+    python experiments/finetune_teacher.py --config experiments/configs/FILE.yaml [--set key=value ...] [--debug]
+
+A bad config value, data file or checkpoint is reported in one line (exit status 2); --debug shows the traceback.
 """
 
 import argparse
 import json
 
+from distilbert_eqx.cli import run_script
 from distilbert_eqx.config import add_config_args, config_from_args
 from distilbert_eqx.experiment import finetune
 
@@ -19,4 +22,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))
