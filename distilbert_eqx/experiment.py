@@ -268,19 +268,23 @@ def evaluate_checkpoint(
     dataset_id: str = "glue/sst2",
     max_length: int = 128,
     batch_size: int = 64,
+    buckets: tuple[int, ...] | None = None,
     predictions_out: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy of any HF-format sequence classifier (ours or ``transformers``') on an SST-2 split.
 
-    The tokenizer is the one saved with the model. Writes per-example predictions (JSON lines, dataset order, with
-    ``logits``, ``prediction`` and ``label``) to ``predictions_out`` when given.
+    The tokenizer is the one saved with the model. ``buckets`` are the padded lengths (default
+    ``data.default_length_buckets(max_length)``; each one used compiles the step once). Writes per-example
+    predictions (JSON lines, dataset order, with ``logits``, ``prediction`` and ``label``) to
+    ``predictions_out`` when given.
     """
     folder, _ = load_config(model_path)
     tokenizer = load_tokenizer(str(folder), max_length)
     data = tokenize_split(load_text_split(split, data_dir=data_dir, dataset_id=dataset_id), tokenizer)
     model = from_pretrained(folder, dtype="float32")
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
-    accuracy, n, logits = evaluate(model, eval_batches(data, batch_size, default_length_buckets(max_length)))
+    buckets = default_length_buckets(max_length) if buckets is None else buckets
+    accuracy, n, logits = evaluate(model, eval_batches(data, batch_size, buckets))
     if predictions_out is not None:
         with open(predictions_out, "w") as f:
             for row, label in zip(logits, data.labels):
