@@ -211,18 +211,7 @@ def weighted_total(
 
 
 def distillation_loss(
-    student_logits: BatchLogits,
-    teacher_logits: BatchLogits | None,
-    student_hidden: StudentHidden | None,
-    teacher_hidden: TeacherHidden | None,
-    labels: BatchLabels,
-    attention_mask: BatchTokenMask,
-    weights: BatchWeights,
-    *,
-    temperature: float,
-    alpha_ce: float,
-    alpha_kl: float,
-    alpha_cos: float,
+    *inputs: Array | None, temperature: float, alpha_ce: float, alpha_kl: float, alpha_cos: float
 ) -> tuple[Scalar, dict[str, Scalar]]:
     """``alpha_ce * hard + alpha_kl * soft + alpha_cos * cosine`` on one device.
 
@@ -232,11 +221,11 @@ def distillation_loss(
     training script's ``alpha_ce`` weighs the soft one.
 
     Arguments:
-        student_logits, teacher_logits: ``(batch, classes)``.
-        student_hidden, teacher_hidden: ``(batch, seq, hidden)``, the states to align (e.g. the last layer's).
-        labels: ``(batch,)`` class indices.
-        attention_mask: ``(batch, seq)``, ``True`` for real tokens.
-        weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
+        inputs: those of :func:`distillation_terms`, which checks their shapes: ``student_logits,
+            teacher_logits`` ``(batch, classes)``; ``student_hidden, teacher_hidden`` ``(batch, seq, hidden)``,
+            the states to align (e.g. the last layer's); ``labels`` ``(batch,)``; ``attention_mask``
+            ``(batch, seq)``, ``True`` for real tokens; ``weights`` ``(batch,)``, 1 for real rows and 0 for
+            padding rows.
         temperature: softmax temperature of the soft loss.
         alpha_ce, alpha_kl, alpha_cos: non-negative weights of the three terms, at least one positive.
 
@@ -245,8 +234,4 @@ def distillation_loss(
         the terms that were computed (those with a positive alpha).
     """
     alphas = {"alpha_ce": alpha_ce, "alpha_kl": alpha_kl, "alpha_cos": alpha_cos}
-    terms = distillation_terms(
-        student_logits, teacher_logits, student_hidden, teacher_hidden, labels, attention_mask, weights,
-        temperature=temperature, **alphas,
-    )
-    return weighted_total(terms, **alphas)
+    return weighted_total(distillation_terms(*inputs, temperature=temperature, **alphas), **alphas)
