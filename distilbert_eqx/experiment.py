@@ -96,9 +96,11 @@ def _tokenizer_to_save(config: ExperimentConfig) -> Any:
     return transformers.AutoTokenizer.from_pretrained(config.tokenizer_name)
 
 
-def _model_card(config: ExperimentConfig, started_from: str, dev_accuracy: float | None) -> str:
+def _model_card(
+    config: ExperimentConfig, started_from: str, distilled: bool, dev_accuracy: float | None
+) -> str:
     """The README.md of a saved model folder, the model card the hub shows: what it is, how it was trained."""
-    if config.alpha_kl > 0 or config.alpha_cos > 0:
+    if distilled:
         recipe = (
             f"distilled from `{config.teacher_model}`: CE {config.alpha_ce} + KL {config.alpha_kl} "
             f"(T = {config.temperature}) + cosine {config.alpha_cos}"
@@ -106,7 +108,7 @@ def _model_card(config: ExperimentConfig, started_from: str, dev_accuracy: float
     else:
         recipe = "trained on the labels alone (cross-entropy)"
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs} epoch(s)"
-    accuracy = "not measured" if dev_accuracy is None else f"{100 * dev_accuracy:.2f}% (872 sentences)"
+    accuracy = "not measured" if dev_accuracy is None else f"{100 * dev_accuracy:.2f}%"
     return "\n".join([
         "---",
         "library_name: transformers",
@@ -183,7 +185,7 @@ def train_model(
     tokenizer = _tokenizer_to_save(config)
 
     def save_model(m: AbstractSequenceClassifier, name: str, dev_accuracy: float | None) -> None:
-        card = _model_card(config, started_from, dev_accuracy)
+        card = _model_card(config, started_from, losses.needs_teacher, dev_accuracy)
         save_pretrained(m, out / name, tokenizer, label_names=LABEL_NAMES, model_card=card)
 
     wandb = None
@@ -216,13 +218,22 @@ def train_model(
         )
 
 
-def distill(config: ExperimentConfig) -> dict[str, Any]:
-    """Distil ``teacher_model`` into a student (loaded from ``student_model``, or built from the teacher's
-    ``student_init_layers``) on SST-2, as ``config`` says."""
+def _prepare(
+    config: ExperimentConfig,
+) -> tuple[Any, SentenceTokenizer, dict[str, TokenizedSplit], jax.Array, jax.Array]:
+    """What every training run starts with: the devices (first of all), the tokenizer, the train and dev
+    splits, and the initialisation and training keys drawn from ``seed``."""
     make_steps = _start_devices(config)
     tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
     splits = load_splits(config, ("train", "dev"), tokenizer)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    return make_steps, tokenizer, splits, init_key, train_key
+
+
+def distill(config: ExperimentConfig) -> dict[str, Any]:
+    """Distil ``teacher_model`` into a student (loaded from ``student_model``, or built from the teacher's
+    ``student_init_layers``) on SST-2, as ``config`` says."""
+    make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
     teacher = from_pretrained(config.teacher_model, dtype=config.dtype)
     if config.student_init_layers is not None:
         student = student_from_teacher(teacher, config.student_init_layers, key=init_key, compute_dtype=config.dtype)
@@ -248,10 +259,7 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
             f"fine-tuning uses the label loss alone: set alpha_ce > 0 and alpha_kl = alpha_cos = 0 "
             f"(got alpha_ce={config.alpha_ce}, alpha_kl={config.alpha_kl}, alpha_cos={config.alpha_cos})"
         )
-    make_steps = _start_devices(config)
-    tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
-    splits = load_splits(config, ("train", "dev"), tokenizer)
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
     model = from_pretrained(config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key)
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
     return train_model(
