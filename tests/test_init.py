@@ -121,7 +121,7 @@ def test_student_layers_reproduce_teacher_hidden_states(teacher, student, batch)
     teacher_states = _hidden_states(teacher, ids, mask)
     inference_student = eqx.nn.inference_mode(student)
     for i, t in enumerate(LAYERS):
-        out = jax.vmap(inference_student.encoder.layers[i])(teacher_states[:, t], mask)
+        out = jax.vmap(inference_student.encoder.layers[i])(teacher_states[:, t], mask).output
         assert max_diff(out, teacher_states[:, t + 1]) <= 1e-5
     # The first copied layer also reproduces the teacher when fed the student's own embeddings.
     student_states = _hidden_states(student, ids, mask)

@@ -53,7 +53,7 @@ def test_each_layer_matches(pair):
     states = hf_forward(hf, inputs).hidden_states
     mask = jnp.asarray(inputs["attention_mask"])
     for i, layer in enumerate(eqx.nn.inference_mode(ours.encoder.layers)):
-        got = jax.vmap(layer)(jnp.asarray(states[i].numpy()), mask)
+        got = jax.vmap(layer)(jnp.asarray(states[i].numpy()), mask).output
         assert max_diff(got, states[i + 1].numpy()) <= BLOCK_TOL, f"layer {i}"
 
 

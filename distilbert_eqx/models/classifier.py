@@ -12,17 +12,20 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._types import ComputeDtype, HiddenStack, Key, TokenIds, TokenMask, to_jnp_dtype
+from .._types import ComputeDtype, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack, to_jnp_dtype
 from .layers import Encoder, dense, split_key
 
 
 class ClassifierOutput(eqx.Module):
     """What a sequence classifier returns for one example: float32 logits, the last layer's float32 output (what
-    the cosine loss compares) and, when asked for, every hidden state."""
+    the cosine loss compares) and, when asked for, float32 stacks of every hidden state, every layer's
+    pre-softmax attention scores and every layer's attention values (what the layer-matching losses compare)."""
 
     logits: Float[Array, " classes"]
     last_hidden_state: Float[Array, "seq hidden"]
-    hidden_states: HiddenStack | None
+    hidden_states: HiddenStack | None = None
+    attention_scores: ScoreStack | None = None
+    values: ValueStack | None = None
 
 
 class AbstractSequenceClassifier(eqx.Module):
@@ -49,6 +52,14 @@ class AbstractSequenceClassifier(eqx.Module):
         return len(self.encoder.layers)
 
     @property
+    def hidden_size(self) -> int:
+        return self.encoder.embeddings.word.weight.shape[1]
+
+    @property
+    def num_heads(self) -> int:
+        return self.encoder.layers[0].attention.num_heads
+
+    @property
     def takes_token_types(self) -> bool:
         """Whether ``__call__`` accepts ``token_type_ids`` (BERT does; DistilBERT has no token type table)."""
         return self.encoder.embeddings.token_type is not None
@@ -61,6 +72,8 @@ class AbstractSequenceClassifier(eqx.Module):
         *,
         key: Key | None = None,
         output_hidden_states: bool = False,
+        output_attention_scores: bool = False,
+        output_values: bool = False,
     ) -> ClassifierOutput:
         """Classify one sequence.
 
@@ -71,22 +84,37 @@ class AbstractSequenceClassifier(eqx.Module):
                 ``takes_token_types``.
             key: dropout key; ``None`` is only allowed in inference mode (``eqx.nn.inference_mode``).
             output_hidden_states: also return the embeddings and every layer's output.
+            output_attention_scores: also return every layer's pre-softmax attention scores, unmasked (the
+                entries at padding keys are not meaningful).
+            output_values: also return every layer's attention values.
 
         Returns:
             ``ClassifierOutput`` with float32 ``logits (classes,)``, ``last_hidden_state (seq, hidden)`` and,
-            when asked, ``hidden_states (num_layers + 1, seq, hidden)``.
+            when asked, ``hidden_states (num_layers + 1, seq, hidden)``, ``attention_scores (num_layers, heads,
+            seq, seq)`` and ``values (num_layers, seq, hidden)``.
         """
         k_encoder, k_head = split_key(key, 2)
-        last, states = self.encoder(
+        encoded = self.encoder(
             input_ids,
             attention_mask,
             token_type_ids,
             compute_dtype=to_jnp_dtype(self.compute_dtype),
             key=k_encoder,
             output_hidden_states=output_hidden_states,
+            output_attention_scores=output_attention_scores,
+            output_values=output_values,
         )
+        last = encoded.last_hidden_state
         pooled = self.pool(last[:1].astype(jnp.float32))
         logits = dense(self.classifier, self.classifier_dropout(pooled, key=k_head))[0]
+
+        def float32(x):
+            return None if x is None else x.astype(jnp.float32)
+
         return ClassifierOutput(
-            logits, last.astype(jnp.float32), None if states is None else states.astype(jnp.float32)
+            logits,
+            last.astype(jnp.float32),
+            float32(encoded.hidden_states),
+            float32(encoded.attention_scores),
+            float32(encoded.values),
         )

@@ -6,13 +6,14 @@ LayerNorm run in float32, as ``transformers`` does under autocast.
 """
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._types import Hidden, HiddenStack, Key, TokenIds, TokenMask
+from .._types import AttentionScores, Hidden, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack
 
 
 def dense(layer: eqx.nn.Linear, x: Float[Array, "seq d_in"]) -> Float[Array, "seq d_out"]:
@@ -100,6 +101,14 @@ class Embeddings(eqx.Module):
         return self.dropout(layer_norm(self.norm, x), key=key)
 
 
+class AttentionOutput(NamedTuple):
+    """An attention layer's output and the internals the attention-transfer losses compare."""
+
+    output: Hidden
+    scores: AttentionScores
+    values: Hidden
+
+
 class MultiHeadAttention(eqx.Module):
     """Bidirectional self-attention with a boolean key-padding mask (``True`` = attend).
 
@@ -124,8 +133,14 @@ class MultiHeadAttention(eqx.Module):
         self.dropout = eqx.nn.Dropout(dropout)
         self.num_heads = num_heads
 
-    def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> Hidden:
-        """Attend from every position to the unmasked positions. Returns ``(seq, hidden)`` in ``x``'s dtype."""
+    def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> AttentionOutput:
+        """Attend from every position to the unmasked positions.
+
+        Returns the ``(seq, hidden)`` output in ``x``'s dtype, and what the attention losses read: the float32
+        pre-softmax scores ``q k^T / sqrt(head_dim)`` of every head *before* masking (entries at masked keys are
+        scores like any other; a loss must mask them), and the values ``(seq, hidden)`` (heads side by side).
+        Under jit an internal nobody reads costs nothing.
+        """
         seq_len, hidden = x.shape
         head_dim = hidden // self.num_heads
 
@@ -135,10 +150,10 @@ class MultiHeadAttention(eqx.Module):
         q, k, v = heads(self.query_proj), heads(self.key_proj), heads(self.value_proj)
         scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
         # Masked keys get the most negative float, as transformers' additive mask does: exp() underflows to 0.
-        scores = jnp.where(mask[None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = self.dropout(jax.nn.softmax(scores, axis=-1), key=key).astype(x.dtype)
+        masked = jnp.where(mask[None, None, :], scores, jnp.finfo(jnp.float32).min)
+        probs = self.dropout(jax.nn.softmax(masked, axis=-1), key=key).astype(x.dtype)
         context = jnp.einsum("hqk,khd->qhd", probs, v).reshape(seq_len, hidden)
-        return dense(self.output_proj, context)
+        return AttentionOutput(dense(self.output_proj, context), scores, v.reshape(seq_len, hidden))
 
 
 class FeedForward(eqx.Module):
@@ -203,12 +218,22 @@ class TransformerLayer(eqx.Module):
         )
         self.output_norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
 
-    def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> Hidden:
-        """Returns ``(seq, hidden)`` in ``x``'s dtype."""
+    def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> AttentionOutput:
+        """Returns the layer's ``(seq, hidden)`` output in ``x``'s dtype, with its attention's scores and values."""
         k_attn, k_drop, k_ff = split_key(key, 3)
-        attended = self.attention_dropout(self.attention(x, mask, key=k_attn), key=k_drop)
-        h = layer_norm(self.attention_norm, x + attended)
-        return layer_norm(self.output_norm, h + self.feed_forward(h, key=k_ff))
+        attention = self.attention(x, mask, key=k_attn)
+        h = layer_norm(self.attention_norm, x + self.attention_dropout(attention.output, key=k_drop))
+        out = layer_norm(self.output_norm, h + self.feed_forward(h, key=k_ff))
+        return AttentionOutput(out, attention.scores, attention.values)
+
+
+class EncoderOutput(NamedTuple):
+    """The last layer's output and, when asked, the stacks the layer-matching losses read."""
+
+    last_hidden_state: Hidden
+    hidden_states: HiddenStack | None
+    attention_scores: ScoreStack | None
+    values: ValueStack | None
 
 
 class Encoder(eqx.Module):
@@ -226,16 +251,26 @@ class Encoder(eqx.Module):
         compute_dtype: jnp.dtype,
         key: Key | None = None,
         output_hidden_states: bool = False,
-    ) -> tuple[Hidden, HiddenStack | None]:
+        output_attention_scores: bool = False,
+        output_values: bool = False,
+    ) -> EncoderOutput:
         """Encode one sequence; the layers compute in ``compute_dtype``.
 
-        Returns the last layer's output and, if ``output_hidden_states``, the embeddings and every layer's
-        output stacked in ``transformers``' order (``None`` otherwise: the stack copies every activation).
+        Returns the last layer's output and, each only when asked (a stack copies every layer's activations):
+        the embeddings and every layer's output stacked in ``transformers``' ``hidden_states`` order, every
+        layer's pre-softmax attention scores, and every layer's attention values.
         """
         k_embeddings, k_layers = split_key(key, 2)
         x = self.embeddings(input_ids, token_type_ids, key=k_embeddings).astype(compute_dtype)
-        states = [x]
+        states, scores, values = [x], [], []
         for layer, k in zip(self.layers, split_key(k_layers, len(self.layers))):
-            x = layer(x, attention_mask, key=k)
+            x, layer_scores, layer_values = layer(x, attention_mask, key=k)
             states.append(x)
-        return x, jnp.stack(states) if output_hidden_states else None
+            scores.append(layer_scores)
+            values.append(layer_values)
+        return EncoderOutput(
+            x,
+            jnp.stack(states) if output_hidden_states else None,
+            jnp.stack(scores) if output_attention_scores else None,
+            jnp.stack(values) if output_values else None,
+        )
