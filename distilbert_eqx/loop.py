@@ -20,7 +20,7 @@ from .checkpoint import CheckpointManager
 from .data import Batch
 from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
-from .train import Steps, TrainState, eval_step
+from .train import Steps, TrainState, TrainStep, eval_step
 
 SaveModel = Callable[[AbstractSequenceClassifier, str, float | None], None]
 
@@ -29,7 +29,8 @@ SaveModel = Callable[[AbstractSequenceClassifier, str, float | None], None]
 class FitPlan:
     """When a run logs, validates, checkpoints and stops, in optimizer steps.
 
-    ``checkpoint_every=None`` writes no periodic checkpoints; Ctrl-C always saves one to resume from.
+    ``checkpoint_every=None`` writes no periodic checkpoints; Ctrl-C always saves one to resume from. A two-stage
+    run (TinyBERT) takes its first ``first_stage_steps`` steps with the first stage's train step.
     """
 
     total_steps: int
@@ -37,6 +38,7 @@ class FitPlan:
     log_every: int
     log_val_every: int
     checkpoint_every: int | None
+    first_stage_steps: int = 0
 
 
 def evaluate(
@@ -74,6 +76,7 @@ def fit(
     save_model: SaveModel,
     final_name: str,
     resume: bool,
+    first_stage_train: TrainStep | None = None,
 ) -> dict[str, Any]:
     """Train ``state.student``, distilling from ``teacher`` when the steps' losses need one.
 
@@ -91,6 +94,8 @@ def fit(
             ``final_name``).
         final_name: the folder of the final model.
         resume: continue from the latest checkpoint, if there is one.
+        first_stage_train: the train step of the first ``plan.first_stage_steps`` steps (a two-stage run), in
+            place of ``steps.train``; the stage follows from the step number, so a resumed run is in the right one.
 
     Returns:
         a summary: steps run, final and best validation accuracy, wall time, examples/s; or
@@ -149,19 +154,23 @@ def fit(
     try:
         while step < plan.total_steps and not interrupted:
             batch = next(batches)
-            state, metrics = steps.train(teacher, state, steps.place(batch))
+            first_stage = first_stage_train is not None and step < plan.first_stage_steps
+            train = first_stage_train if first_stage else steps.train
+            state, metrics = train(teacher, state, steps.place(batch))
             step += 1
             examples = int(batch.weights.sum())
             window_examples += examples
             run_examples += examples
             progress.update(1)
             if step % plan.log_every == 0 or step == plan.total_steps:
-                values = {k: float(v) for k, v in metrics._asdict().items()}
+                values = metrics.as_record()
                 now = time.perf_counter()
                 record = {
                     "step": step, "epoch": step / plan.steps_per_epoch, **values, "lr": float(learning_rate(step - 1)),
                     "examples_per_sec": window_examples / (now - window_start),
                 }
+                if first_stage_train is not None:
+                    record["stage"] = 1 if first_stage else 2
                 log.write(record)
                 progress.set_postfix(loss=f"{values['loss']:.4f}")
                 window_examples, window_start = 0, now

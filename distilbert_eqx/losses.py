@@ -11,6 +11,7 @@ devices first (one ``psum``) and takes the means after, so every device gets the
 its gradient; that is the only place a collective happens.
 """
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -143,7 +144,7 @@ def cosine_loss(
     if s_hidden != t_hidden:
         raise ValueError(
             f"cosine loss needs equal hidden sizes, got student hidden size {s_hidden} and teacher hidden "
-            f"size {t_hidden}; set alpha_cos=0 or project the student's hidden states"
+            f"size {t_hidden}; set alpha_cos=0 or project the student's hidden states (hidden_projection)"
         )
     s = student_hidden.astype(jnp.float32)
     t = teacher_hidden.astype(jnp.float32)
@@ -153,7 +154,7 @@ def cosine_loss(
     return weighted_sum(1.0 - dot / norms, token_weights)
 
 
-_ALPHAS = {"loss_ce": "alpha_ce", "loss_kl": "alpha_kl", "loss_cos": "alpha_cos"}
+TERM_ALPHAS = {"loss_ce": "alpha_ce", "loss_kl": "alpha_kl", "loss_cos": "alpha_cos"}
 
 
 def distillation_terms(
@@ -179,8 +180,6 @@ def distillation_terms(
     negative = {name: a for name, a in alphas.items() if a < 0}
     if negative:
         raise ValueError(f"loss weights must be non-negative, got {negative}")
-    if not any(a > 0 for a in alphas.values()):
-        raise ValueError(f"at least one loss weight must be positive, got {alphas}")
     if alpha_kl > 0 and teacher_logits is None:
         raise ValueError("alpha_kl > 0 needs teacher_logits")
     if alpha_cos > 0 and (student_hidden is None or teacher_hidden is None):
@@ -197,16 +196,19 @@ def distillation_terms(
 
 
 def weighted_total(
-    terms: dict[str, WeightedSum], *, alpha_ce: float, alpha_kl: float, alpha_cos: float
+    terms: dict[str, WeightedSum], term_weights: Mapping[str, float]
 ) -> tuple[Scalar, dict[str, Scalar]]:
-    """``alpha_ce * hard + alpha_kl * soft + alpha_cos * cosine`` from the terms' sums.
+    """``sum(weight * mean)`` over the terms, from their (device-summed) sums.
+
+    Arguments:
+        terms: each term's ``WeightedSum``, keyed by name (``"loss_ce"``, ...).
+        term_weights: the weight of every term in ``terms``, keyed the same way.
 
     Returns:
         ``(total, parts)``: the float32 total and each term's mean, keyed as in ``terms``.
     """
-    alphas = {"alpha_ce": alpha_ce, "alpha_kl": alpha_kl, "alpha_cos": alpha_cos}
     parts = {name: sums.mean() for name, sums in terms.items()}
-    total = sum(alphas[_ALPHAS[name]] * value for name, value in parts.items())
+    total = sum(term_weights[name] * value for name, value in parts.items())
     return total, parts
 
 
@@ -218,7 +220,8 @@ def distillation_loss(
     All three terms (e.g. ``alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1``) and the classic Hinton loss
     ``alpha * soft + (1 - alpha) * hard`` (``alpha_kl=alpha, alpha_ce=1 - alpha, alpha_cos=0``, no hidden
     states needed) are one config away. Note ``alpha_ce`` weighs the *hard* loss here, whereas the DistilBERT
-    training script's ``alpha_ce`` weighs the soft one.
+    training script's ``alpha_ce`` weighs the soft one. The layer-matching losses are in ``layer_losses.py``,
+    and ``objective.py`` combines every term for the train step.
 
     Arguments:
         inputs: those of :func:`distillation_terms`, which checks their shapes: ``student_logits,
@@ -234,4 +237,7 @@ def distillation_loss(
         the terms that were computed (those with a positive alpha).
     """
     alphas = {"alpha_ce": alpha_ce, "alpha_kl": alpha_kl, "alpha_cos": alpha_cos}
-    return weighted_total(distillation_terms(*inputs, temperature=temperature, **alphas), **alphas)
+    if not any(a > 0 for a in alphas.values()):
+        raise ValueError(f"at least one loss weight must be positive, got {alphas}")
+    terms = distillation_terms(*inputs, temperature=temperature, **alphas)
+    return weighted_total(terms, {term: alphas[alpha] for term, alpha in TERM_ALPHAS.items()})

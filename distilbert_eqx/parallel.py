@@ -24,7 +24,8 @@ from jaxtyping import PyTree
 
 from .data import Batch, slice_for_process
 from .models import AbstractSequenceClassifier
-from .train import EvalCounts, LossConfig, StepMetrics, Steps, TrainState, eval_step_body, train_step_body
+from .objective import LossConfig
+from .train import EvalCounts, StepMetrics, Steps, TrainState, eval_step_body, train_step_body
 
 DATA = "data"
 

@@ -20,43 +20,42 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .data import Batch
-from .losses import distillation_terms, weighted_total
+from .losses import weighted_total
 from .models import AbstractSequenceClassifier, ClassifierOutput
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Weights of the loss terms; ``alpha_kl = alpha_cos = 0`` is plain fine-tuning (no teacher needed)."""
-
-    temperature: float = 2.0
-    alpha_ce: float = 1.0
-    alpha_kl: float = 0.45
-    alpha_cos: float = 0.1
-
-    @property
-    def alphas(self) -> dict[str, float]:
-        return {"alpha_ce": self.alpha_ce, "alpha_kl": self.alpha_kl, "alpha_cos": self.alpha_cos}
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.alpha_kl > 0 or self.alpha_cos > 0
+from .objective import LossConfig, loss_terms
 
 
 class TrainState(eqx.Module):
-    """Everything that changes during training (the teacher does not, so it is not here)."""
+    """Everything that changes during training (the teacher does not, so it is not here).
+
+    ``projection`` is TinyBERT's ``W_h``, the learned map from the student's hidden width to the teacher's that
+    the hidden-state losses compare through (``None`` when they need none). It is trained and checkpointed with
+    the student, and is not part of the saved student.
+    """
 
     student: AbstractSequenceClassifier
     opt_state: PyTree
     step: Int[Array, ""]
     key: PRNGKeyArray
+    projection: eqx.nn.Linear | None = None
+
+    @property
+    def trainable(self) -> tuple[AbstractSequenceClassifier, eqx.nn.Linear | None]:
+        """What the optimizer updates: the student and the projection."""
+        return self.student, self.projection
 
 
 class StepMetrics(NamedTuple):
+    """The step's total loss, each computed term's mean (keyed by its metrics name) and the gradients' norm."""
+
     loss: Float[Array, ""]
-    loss_ce: Float[Array, ""]
-    loss_kl: Float[Array, ""]
-    loss_cos: Float[Array, ""]
+    terms: dict[str, Float[Array, ""]]
     grad_norm: Float[Array, ""]
+
+    def as_record(self) -> dict[str, float]:
+        """Plain floats for metrics.jsonl: ``loss``, one key per term, ``grad_norm``."""
+        return {"loss": float(self.loss), **{k: float(v) for k, v in self.terms.items()},
+                "grad_norm": float(self.grad_norm)}
 
 
 def decay_mask(params: PyTree) -> PyTree:
@@ -85,26 +84,44 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(
-    learning_rate: float,
-    weight_decay: float,
-    warmup_ratio: float,
-    total_steps: int,
-    max_grad_norm: float | None = 1.0,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0, and gradient clipping
-    to ``max_grad_norm`` (``None``: no clipping).
-
-    Returns the optimizer and its learning-rate schedule (for logging).
-    """
+def warmup_decay_schedule(learning_rate: float, warmup_ratio: float, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 over ``warmup_ratio`` of ``total_steps``, then linear decay to 0."""
     warmup = int(warmup_ratio * total_steps)
-    schedule = optax.join_schedules(
+    return optax.join_schedules(
         [
             optax.linear_schedule(0.0, learning_rate, max(warmup, 1)),
             optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1)),
         ],
         [warmup],
     )
+
+
+def make_optimizer(
+    learning_rate: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    total_steps: int,
+    max_grad_norm: float | None = 1.0,
+    first_stage_steps: int = 0,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0, and gradient clipping
+    to ``max_grad_norm`` (``None``: no clipping).
+
+    With ``first_stage_steps > 0`` (a two-stage run) each stage gets that schedule over its own steps, as two
+    separate TinyBERT runs would; the AdamW moments carry over.
+
+    Returns the optimizer and its learning-rate schedule (for logging).
+    """
+    if first_stage_steps:
+        schedule = optax.join_schedules(
+            [
+                warmup_decay_schedule(learning_rate, warmup_ratio, first_stage_steps),
+                warmup_decay_schedule(learning_rate, warmup_ratio, total_steps - first_stage_steps),
+            ],
+            [first_stage_steps],
+        )
+    else:
+        schedule = warmup_decay_schedule(learning_rate, warmup_ratio, total_steps)
     optimizer = optax.chain(
         optax.identity() if max_grad_norm is None else clip_by_global_norm(max_grad_norm),
         optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay, mask=decay_mask),
@@ -113,11 +130,15 @@ def make_optimizer(
 
 
 def init_state(
-    student: AbstractSequenceClassifier, optimizer: optax.GradientTransformation, *, key: PRNGKeyArray
+    student: AbstractSequenceClassifier,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: PRNGKeyArray,
+    projection: eqx.nn.Linear | None = None,
 ) -> TrainState:
-    """Fresh optimizer state over the student's float arrays, step 0."""
-    opt_state = optimizer.init(eqx.filter(student, eqx.is_inexact_array))
-    return TrainState(student, opt_state, jnp.zeros((), jnp.int32), key)
+    """Fresh optimizer state over the float arrays of the student (and of the projection, if any), step 0."""
+    opt_state = optimizer.init(eqx.filter((student, projection), eqx.is_inexact_array))
+    return TrainState(student, opt_state, jnp.zeros((), jnp.int32), key, projection)
 
 
 def forward(
@@ -125,14 +146,17 @@ def forward(
     batch: Batch,
     *,
     key: PRNGKeyArray | None,
-    output_hidden_states: bool = False,
+    **outputs: bool,
 ) -> ClassifierOutput:
-    """Run a classifier over a batch; token types go only to a model that takes them (DistilBERT has none)."""
+    """Run a classifier over a batch; token types go only to a model that takes them (DistilBERT has none).
+
+    ``outputs`` are the model's ``output_*`` flags (``output_hidden_states=True``, ...).
+    """
     keys = None if key is None else jax.random.split(key, batch.input_ids.shape[0])
     types = batch.token_type_ids if model.takes_token_types else None
 
     def one(ids, mask, types, k):
-        return model(ids, mask, types, key=k, output_hidden_states=output_hidden_states)
+        return model(ids, mask, types, key=k, **outputs)
 
     return jax.vmap(one)(batch.input_ids, batch.attention_mask, types, keys)
 
@@ -150,47 +174,30 @@ def train_step_body(
     if axis_name is not None:
         # Each device draws its own dropout masks.
         step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
-    use_hidden = losses.alpha_cos > 0
+    outputs = losses.outputs()
     teacher_out = None
     if losses.needs_teacher:
-        teacher_out = jax.lax.stop_gradient(forward(teacher, batch, key=None))
+        teacher_out = jax.lax.stop_gradient(forward(teacher, batch, key=None, **outputs))
 
-    params, static = eqx.partition(state.student, eqx.is_inexact_array)
+    params, static = eqx.partition(state.trainable, eqx.is_inexact_array)
 
     def loss_fn(params):
-        student = eqx.combine(params, static)
-        out = forward(student, batch, key=step_key)
-        terms = distillation_terms(
-            out.logits,
-            None if teacher_out is None else teacher_out.logits,
-            out.last_hidden_state if use_hidden else None,
-            teacher_out.last_hidden_state if use_hidden else None,
-            batch.labels,
-            batch.attention_mask,
-            batch.weights,
-            temperature=losses.temperature,
-            **losses.alphas,
-        )
+        student, projection = eqx.combine(params, static)
+        out = forward(student, batch, key=step_key, **outputs)
+        terms = loss_terms(out, teacher_out, projection, batch, losses)
         if axis_name is not None:
             # The global batch's sums, before any mean: each device's loss (and so its gradient) is the
             # global batch's, also when its own rows are all padding.
             terms = jax.lax.psum(terms, axis_name)
-        return weighted_total(terms, **losses.alphas)
+        return weighted_total(terms, losses.term_weights)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     # optax computes e.g. `b1 ** count` (float ** int32), which strict dtype promotion (our test setting) rejects.
     with jax.numpy_dtype_promotion("standard"):
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    student = eqx.apply_updates(state.student, updates)
-    zero = jnp.zeros((), jnp.float32)
-    metrics = StepMetrics(
-        loss,
-        parts.get("loss_ce", zero),
-        parts.get("loss_kl", zero),
-        parts.get("loss_cos", zero),
-        optax.tree.norm(grads),
-    )
-    return TrainState(student, opt_state, state.step + 1, key), metrics
+    student, projection = eqx.apply_updates(state.trainable, updates)
+    metrics = StepMetrics(loss, parts, optax.tree.norm(grads))
+    return TrainState(student, opt_state, state.step + 1, key, projection), metrics
 
 
 @eqx.filter_jit(donate="all-except-first")
@@ -228,6 +235,9 @@ def eval_step(model: AbstractSequenceClassifier, batch: Batch) -> tuple[EvalCoun
     return eval_step_body(model, batch)
 
 
+TrainStep = Callable[[AbstractSequenceClassifier | None, TrainState, Batch], tuple[TrainState, StepMetrics]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """How to run one step: on one device (``single_device_steps``), or sharded over a mesh
@@ -238,7 +248,7 @@ class Steps:
     ``is_writer`` says whether this process writes checkpoints, logs and models (process 0 of several).
     """
 
-    train: Callable[[AbstractSequenceClassifier | None, TrainState, Batch], tuple[TrainState, StepMetrics]]
+    train: TrainStep
     evaluate: Callable[[AbstractSequenceClassifier, Batch], tuple[EvalCounts, Any]]
     place: Callable[[Batch], Batch]
     place_state: Callable[[Any], Any]

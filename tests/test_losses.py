@@ -12,6 +12,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 from distilbert_eqx.losses import (
     cosine_loss,
     distillation_loss,
+    TERM_ALPHAS,
     distillation_terms,
     hard_loss,
     soft_loss,
@@ -364,7 +365,7 @@ def test_summed_terms_on_a_mesh_equal_the_global_batch_loss(real_rows):
             terms = distillation_terms(
                 s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
             )
-            return weighted_total(jax.lax.psum(terms, "data"), **ALPHAS)
+            return weighted_total(jax.lax.psum(terms, "data"), {t: ALPHAS[a] for t, a in TERM_ALPHAS.items()})
 
         spec = P("data")
         return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 7, out_specs=P(), check_vma=True)(
