@@ -23,6 +23,9 @@ from .errors import UserError
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
 DATASETS = ("glue/sst2",)
+HIDDEN_LOSSES = ("mse", "cosine")
+LAYER_ALPHAS = ("alpha_hidden", "alpha_attention_scores", "alpha_attention_kl", "alpha_value_relation")
+STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("float32", "bfloat16")
 
@@ -89,6 +92,20 @@ class ExperimentConfig:
     coordinator_address: str | None = None
     num_processes: int = 1
     process_id: int = 0
+    # Layer-matching losses (TinyBERT, MiniLM), a two-stage schedule, and random-init students of any shape
+    alpha_hidden: float = 0.0
+    hidden_loss: str = "mse"
+    alpha_attention_scores: float = 0.0
+    alpha_attention_kl: float = 0.0
+    alpha_value_relation: float = 0.0
+    relation_heads: int | None = None
+    layer_map: tuple[tuple[int, int], ...] | None = None
+    hidden_projection: bool | None = None
+    intermediate_steps: int = 0
+    student_num_layers: int | None = None
+    student_hidden_size: int | None = None
+    student_num_heads: int | None = None
+    student_intermediate_size: int | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -118,7 +135,14 @@ def _coerce(key: str, value: object) -> object:
     base, nullable = _field_type(key)
     if value is None and nullable:
         return None
-    if typing.get_origin(base) is tuple:
+    if typing.get_origin(base) is tuple and typing.get_origin(typing.get_args(base)[0]) is tuple:
+        # layer_map: a list of [student, teacher] pairs.
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_instance(i, int) for i in v) for v in value
+        ):
+            return tuple(tuple(v) for v in value)
+        expected = "a list of [int, int] pairs"
+    elif typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
         if isinstance(value, (list, tuple)) and all(_is_instance(v, item) for v in value):
             return tuple(value)
@@ -183,10 +207,33 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
     _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
     _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")
-    for key in ("alpha_kl", "alpha_ce", "alpha_cos"):
+    for key in ("alpha_kl", "alpha_ce", "alpha_cos", *LAYER_ALPHAS):
         _require(getattr(c, key) >= 0, key, getattr(c, key), "a float >= 0")
-    alphas = (c.alpha_kl, c.alpha_ce, c.alpha_cos)
-    _require(any(a > 0 for a in alphas), "alpha_kl/alpha_ce/alpha_cos", alphas, "at least one weight > 0")
+    alphas = {key: getattr(c, key) for key in ("alpha_kl", "alpha_ce", "alpha_cos", *LAYER_ALPHAS)}
+    _require(any(a > 0 for a in alphas.values()), "/".join(alphas), tuple(alphas.values()), "at least one weight > 0")
+    _require(c.hidden_loss in HIDDEN_LOSSES, "hidden_loss", c.hidden_loss, f"one of {HIDDEN_LOSSES}")
+    _require(c.relation_heads is None or c.relation_heads >= 1, "relation_heads", c.relation_heads,
+             "null (the teacher's head count) or an int >= 1")
+    if c.layer_map is not None:
+        _require(len(c.layer_map) > 0 and all(i >= 0 for pair in c.layer_map for i in pair), "layer_map",
+                 [list(p) for p in c.layer_map],
+                 "null (the uniform map) or a non-empty list of [student, teacher] hidden-state indices >= 0")
+    _require(c.intermediate_steps >= 0, "intermediate_steps", c.intermediate_steps,
+             "an int >= 0 (0 = one stage)")
+    if c.intermediate_steps > 0:
+        _require(any(getattr(c, key) > 0 for key in (*LAYER_ALPHAS, "alpha_cos")), "intermediate_steps",
+                 c.intermediate_steps, "0, or a layer loss weight (alpha_hidden, alpha_attention_scores, "
+                 "alpha_attention_kl, alpha_value_relation, alpha_cos) > 0 for the first stage")
+        _require(c.alpha_ce > 0 or c.alpha_kl > 0, "intermediate_steps", c.intermediate_steps,
+                 "0, or alpha_ce or alpha_kl > 0 for the second stage")
+        _require(c.max_steps == 0 or c.intermediate_steps < c.max_steps, "intermediate_steps",
+                 c.intermediate_steps, f"fewer than max_steps={c.max_steps}")
+    for key in STUDENT_SHAPE:
+        _require(getattr(c, key) is None or getattr(c, key) >= 1, key, getattr(c, key), "null or an int >= 1")
+    if c.student_init_layers is not None:
+        shape = {key: getattr(c, key) for key in STUDENT_SHAPE if getattr(c, key) is not None}
+        _require(not shape, "student_init_layers", c.student_init_layers,
+                 f"null when the student is built at random from {shape} (one way to make the student)")
     _require(0 <= c.process_id < c.num_processes, "process_id", c.process_id,
              f"an int with 0 <= process_id < num_processes={c.num_processes}")
     # num_devices counts devices over all processes, and each process contributes the same number.
@@ -292,7 +339,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, object]:
     """The config as plain JSON/YAML types (tuples become lists); ``load_config`` reads it back unchanged."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    def plain(v: object) -> object:
+        return [plain(x) for x in v] if isinstance(v, tuple) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

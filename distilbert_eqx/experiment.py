@@ -19,7 +19,7 @@ import numpy as np
 
 from . import host_memory
 from .checkpoint import CheckpointManager, atomic_write_text
-from .config import ConfigError, ExperimentConfig, config_to_dict
+from .config import LAYER_ALPHAS, STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
 from .data import (
     LABEL_NAMES,
     DataError,
@@ -34,12 +34,15 @@ from .data import (
     tokenize_split,
 )
 from .hf import from_pretrained, load_config, save_pretrained
-from .init import student_from_teacher
+from .init import random_student, student_from_teacher
+from .layer_map import LayerMapError, check_layer_map, uniform_layer_map
 from .loop import FitPlan, evaluate, fit
 from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
+from .models.layers import linear
+from .objective import LossConfig
 from .run_lock import OutputDirLock
-from .train import LossConfig, Steps, init_state, make_optimizer, single_device_steps
+from .train import Steps, init_state, make_optimizer, single_device_steps
 
 
 def length_buckets(config: ExperimentConfig) -> tuple[int, ...]:
@@ -96,17 +99,42 @@ def _tokenizer_to_save(config: ExperimentConfig) -> Any:
     return transformers.AutoTokenizer.from_pretrained(config.tokenizer_name)
 
 
+_TERM_NAMES = {
+    "loss_ce": "CE",
+    "loss_kl": "KL",
+    "loss_cos": "cosine",
+    "loss_hidden": "hidden-state",
+    "loss_attention_scores": "attention-score MSE",
+    "loss_attention_kl": "attention KL",
+    "loss_value_relation": "value-relation KL",
+}
+
+
+def _recipe(config: ExperimentConfig, losses: LossConfig) -> str:
+    """The model card's one line on the loss: every term with its weight, and the settings they used."""
+    if not losses.needs_teacher:
+        return "trained on the labels alone (cross-entropy)"
+    parts = []
+    for name in losses.terms:
+        part = f"{_TERM_NAMES[name]} {losses.term_weights[name]}"
+        if name == "loss_kl":
+            part += f" (T = {losses.temperature})"
+        if name == "loss_hidden":
+            part = f"{_TERM_NAMES[name]} {losses.hidden_loss} {losses.term_weights[name]}"
+        parts.append(part)
+    recipe = f"distilled from `{config.teacher_model}`: " + " + ".join(parts)
+    if losses.alpha_hidden > 0 or losses.alpha_attention_scores > 0:
+        recipe += f"; layer map (student, teacher) {[list(p) for p in losses.layer_map]}"
+    if config.intermediate_steps:
+        recipe += f"; two stages, the first {config.intermediate_steps} steps without CE and KL"
+    return recipe
+
+
 def _model_card(
-    config: ExperimentConfig, started_from: str, distilled: bool, dev_accuracy: float | None
+    config: ExperimentConfig, started_from: str, losses: LossConfig, dev_accuracy: float | None
 ) -> str:
     """The README.md of a saved model folder, the model card the hub shows: what it is, how it was trained."""
-    if distilled:
-        recipe = (
-            f"distilled from `{config.teacher_model}`: CE {config.alpha_ce} + KL {config.alpha_kl} "
-            f"(T = {config.temperature}) + cosine {config.alpha_cos}"
-        )
-    else:
-        recipe = "trained on the labels alone (cross-entropy)"
+    recipe = _recipe(config, losses)
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs} epoch(s)"
     accuracy = "not measured" if dev_accuracy is None else f"{100 * dev_accuracy:.2f}%"
     return "\n".join([
@@ -138,6 +166,92 @@ def _model_card(
     ])
 
 
+def build_losses(
+    config: ExperimentConfig,
+    student: AbstractSequenceClassifier,
+    teacher: AbstractSequenceClassifier | None,
+) -> LossConfig:
+    """The config's loss terms, checked against the two models: the layer map resolved (``uniform`` when
+    ``layer_map`` is null) and checked against both depths, the value relation's head count resolved, and the
+    head counts the attention losses compare one to one checked."""
+    layer_alphas = {key: getattr(config, key) for key in LAYER_ALPHAS if getattr(config, key) > 0}
+    if layer_alphas and teacher is None:
+        raise ConfigError(f"{layer_alphas} match the student's layers to a teacher's, but there is no teacher")
+    layer_map: tuple[tuple[int, int], ...] = ()
+    relation_heads = config.relation_heads
+    if teacher is not None:
+        try:
+            layer_map = (
+                uniform_layer_map(student.num_layers, teacher.num_layers) if config.layer_map is None
+                else check_layer_map(config.layer_map, student.num_layers, teacher.num_layers)
+            )
+        except LayerMapError as e:
+            if config.alpha_hidden > 0 or config.alpha_attention_scores > 0:
+                raise ConfigError(f"layer_map: {e}") from e
+        relation_heads = teacher.num_heads if relation_heads is None else relation_heads
+        for key in ("alpha_attention_scores", "alpha_attention_kl"):
+            if getattr(config, key) > 0 and student.num_heads != teacher.num_heads:
+                raise ConfigError(
+                    f"{key}={getattr(config, key)} compares attention heads one to one, but the student has "
+                    f"{student.num_heads} heads and the teacher {teacher.num_heads}; set {key}=0 or "
+                    f"student_num_heads={teacher.num_heads} (the value relation, alpha_value_relation, takes any "
+                    "head counts through relation_heads)"
+                )
+        if config.alpha_value_relation > 0:
+            for name, model in (("student", student), ("teacher", teacher)):
+                if model.hidden_size % relation_heads:
+                    raise ConfigError(
+                        f"relation_heads={relation_heads} does not divide the {name}'s hidden size "
+                        f"{model.hidden_size}; pick a common divisor of {student.hidden_size} and "
+                        f"{teacher.hidden_size}"
+                    )
+    return LossConfig(
+        temperature=config.temperature,
+        alpha_ce=config.alpha_ce,
+        alpha_kl=config.alpha_kl,
+        alpha_cos=config.alpha_cos,
+        alpha_hidden=config.alpha_hidden,
+        hidden_loss=config.hidden_loss,
+        alpha_attention_scores=config.alpha_attention_scores,
+        alpha_attention_kl=config.alpha_attention_kl,
+        alpha_value_relation=config.alpha_value_relation,
+        layer_map=layer_map,
+        relation_heads=relation_heads if config.alpha_value_relation > 0 else None,
+    )
+
+
+def build_projection(
+    config: ExperimentConfig,
+    losses: LossConfig,
+    student: AbstractSequenceClassifier,
+    teacher: AbstractSequenceClassifier | None,
+    *,
+    key: jax.Array,
+) -> eqx.nn.Linear | None:
+    """TinyBERT's ``W_h`` from the student's width to the teacher's, when a hidden-state term needs one.
+
+    ``hidden_projection: null`` adds it exactly when the widths differ; ``true`` always (with a hidden-state
+    term); ``false`` never, and then differing widths are an error here rather than inside the step.
+    """
+    if teacher is None or not losses.compares_hidden_states:
+        if config.hidden_projection:
+            raise ConfigError(
+                "hidden_projection=true, but no term compares hidden states (alpha_cos and alpha_hidden are 0)"
+            )
+        return None
+    widths_differ = student.hidden_size != teacher.hidden_size
+    if config.hidden_projection is False and widths_differ:
+        raise ConfigError(
+            f"the student's hidden size {student.hidden_size} differs from the teacher's {teacher.hidden_size}, "
+            "so alpha_cos and alpha_hidden need a projection: set hidden_projection to null or true, or set "
+            "alpha_cos=0 alpha_hidden=0"
+        )
+    if config.hidden_projection or (config.hidden_projection is None and widths_differ):
+        std = teacher.config.initializer_range
+        return linear(student.hidden_size, teacher.hidden_size, std, key=key)
+    return None
+
+
 def train_model(
     config: ExperimentConfig,
     model: AbstractSequenceClassifier,
@@ -166,26 +280,41 @@ def train_model(
     """
     train_split, dev_split = splits["train"], splits["dev"]
     buckets = length_buckets(config)
-    losses = LossConfig(config.temperature, config.alpha_ce, config.alpha_kl, config.alpha_cos)
+    losses = build_losses(config, model, teacher)
     if losses.needs_teacher and teacher is None:
         raise ConfigError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
+    # A key of its own, so that runs without a projection keep the train state's key they always had.
+    projection = build_projection(config, losses, model, teacher, key=jax.random.fold_in(key, 1))
     per_epoch = num_batches(train_split, config.batch_size)
+    total_steps = config.max_steps or config.num_epochs * per_epoch
+    if config.intermediate_steps >= total_steps:
+        raise ConfigError(
+            f"intermediate_steps={config.intermediate_steps} leaves no steps for the second stage: the run has "
+            f"{total_steps} steps"
+        )
     plan = FitPlan(
-        total_steps=config.max_steps or config.num_epochs * per_epoch,
+        total_steps=total_steps,
         steps_per_epoch=per_epoch,
         log_every=config.log_every,
         log_val_every=config.log_val_every,
         checkpoint_every=config.checkpoint_every if config.do_checkpoint else None,
+        first_stage_steps=config.intermediate_steps,
     )
     optimizer, schedule = make_optimizer(
-        config.learning_rate, config.weight_decay, config.warmup_ratio, plan.total_steps, config.max_grad_norm
+        config.learning_rate, config.weight_decay, config.warmup_ratio, plan.total_steps, config.max_grad_norm,
+        first_stage_steps=config.intermediate_steps,
     )
-    steps: Steps = make_steps(losses, optimizer)
+    first_stage_train = None
+    if config.intermediate_steps:
+        first_stage_train = make_steps(losses.intermediate_stage(), optimizer).train
+        steps: Steps = make_steps(losses.prediction_stage(), optimizer)
+    else:
+        steps = make_steps(losses, optimizer)
     out = Path(config.output_dir)
     tokenizer = _tokenizer_to_save(config)
 
     def save_model(m: AbstractSequenceClassifier, name: str, dev_accuracy: float | None) -> None:
-        card = _model_card(config, started_from, losses.needs_teacher, dev_accuracy)
+        card = _model_card(config, started_from, losses, dev_accuracy)
         save_pretrained(m, out / name, tokenizer, label_names=LABEL_NAMES, model_card=card)
 
     wandb = None
@@ -198,7 +327,9 @@ def train_model(
         if steps.is_writer:
             atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
         return fit(
-            init_state(model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key),
+            init_state(
+                model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection
+            ),
             None if teacher is None else eqx.nn.inference_mode(teacher),
             train_batches=lambda start: epoch_batches(
                 train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
@@ -215,6 +346,7 @@ def train_model(
             save_model=save_model,
             final_name=final_name,
             resume=config.resume_from_checkpoint,
+            first_stage_train=first_stage_train,
         )
 
 
@@ -230,22 +362,53 @@ def _prepare(
     return make_steps, tokenizer, splits, init_key, train_key
 
 
+def _random_student(config: ExperimentConfig, teacher: AbstractSequenceClassifier, *, key: jax.Array):
+    """A random-init DistilBERT of the config's ``student_*`` shape; an unset key takes the teacher's value
+    (layers: half the teacher's, rounded up)."""
+    t = teacher.config
+    num_heads = config.student_num_heads or t.num_attention_heads
+    hidden = config.student_hidden_size or t.hidden_size
+    if hidden % num_heads:
+        raise ConfigError(
+            f"student_hidden_size={hidden} is not divisible by student_num_heads={num_heads}; the heads split the "
+            "hidden size evenly"
+        )
+    return random_student(
+        t,
+        num_layers=config.student_num_layers or -(-t.num_hidden_layers // 2),
+        hidden_size=hidden,
+        num_heads=num_heads,
+        intermediate_size=config.student_intermediate_size or t.intermediate_size,
+        num_labels=t.num_labels,
+        key=key,
+        compute_dtype=config.dtype,
+    )
+
+
 def distill(config: ExperimentConfig) -> dict[str, Any]:
-    """Distil ``teacher_model`` into a student (loaded from ``student_model``, or built from the teacher's
-    ``student_init_layers``) on SST-2, as ``config`` says."""
+    """Distil ``teacher_model`` into a student (built at random from the ``student_*`` shape keys, built from
+    the teacher's ``student_init_layers``, or loaded from ``student_model``) on SST-2, as ``config`` says."""
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
     teacher = from_pretrained(config.teacher_model, dtype=config.dtype)
-    if config.student_init_layers is not None:
+    shape = {key: getattr(config, key) for key in STUDENT_SHAPE}
+    if any(v is not None for v in shape.values()):
+        student = _random_student(config, teacher, key=init_key)
+    elif config.student_init_layers is not None:
         student = student_from_teacher(teacher, config.student_init_layers, key=init_key, compute_dtype=config.dtype)
     else:
         student = from_pretrained(
             config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key
         )
     _check_vocabularies(tokenizer.backend.get_vocab_size(), teacher=teacher, student=student)
-    started_from = (
-        f"`{config.student_model}`" if config.student_init_layers is None
-        else f"layers {list(config.student_init_layers)} of `{config.teacher_model}`"
-    )
+    if any(v is not None for v in shape.values()):
+        c = student.config
+        started_from = (
+            f"random initialisation: {c.n_layers} layers, hidden {c.dim}, {c.n_heads} heads, FFN {c.hidden_dim}"
+        )
+    elif config.student_init_layers is not None:
+        started_from = f"layers {list(config.student_init_layers)} of `{config.teacher_model}`"
+    else:
+        started_from = f"`{config.student_model}`"
     return train_model(
         config, student, teacher, splits, key=train_key, make_steps=make_steps, final_name="student",
         started_from=started_from,
@@ -254,10 +417,11 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
 
 def finetune(config: ExperimentConfig) -> dict[str, Any]:
     """Fine-tune ``teacher_model`` on SST-2 with the hard-label loss alone (how a teacher is made)."""
-    if config.alpha_kl != 0 or config.alpha_cos != 0 or config.alpha_ce <= 0:
+    others = {key: getattr(config, key) for key in ("alpha_kl", "alpha_cos", *LAYER_ALPHAS) if getattr(config, key)}
+    if others or config.alpha_ce <= 0:
         raise ConfigError(
-            f"fine-tuning uses the label loss alone: set alpha_ce > 0 and alpha_kl = alpha_cos = 0 "
-            f"(got alpha_ce={config.alpha_ce}, alpha_kl={config.alpha_kl}, alpha_cos={config.alpha_cos})"
+            f"fine-tuning uses the label loss alone: set alpha_ce > 0 and every other loss weight to 0 "
+            f"(got alpha_ce={config.alpha_ce}, {others or 'no other weight'})"
         )
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
     model = from_pretrained(config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key)

@@ -1,9 +1,11 @@
-"""A DistilBERT student initialised from a BERT teacher: the DistilBERT recipe (Sanh et al., 2019).
+"""Students for a BERT teacher: initialised from its layers (the DistilBERT recipe, Sanh et al., 2019), or at
+random in any shape.
 
-The student keeps the teacher's width and takes one teacher layer out of two, so every copied layer starts
-from weights that already work together with the embeddings the student inherits.
+A student from teacher layers keeps the teacher's width and takes one layer out of two, so every copied layer
+starts from weights that already work together with the embeddings the student inherits.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -152,3 +154,33 @@ def student_from_teacher(
     fresh_layers = student.encoder.layers
     student_layers = tuple(copy_layer(fresh, teacher.encoder.layers[i]) for fresh, i in zip(fresh_layers, layers))
     return eqx.tree_at(lambda s: s.encoder, student, Encoder(embeddings, student_layers))
+
+
+def random_student(
+    teacher_config: BertConfig,
+    *,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int,
+    num_labels: int,
+    key: Key,
+    compute_dtype: ComputeDtype = "float32",
+) -> DistilBertForSequenceClassification:
+    """A DistilBERT student of any shape, initialised at random as ``transformers`` does (TinyBERT's general
+    students; the layer-matching losses and a width projection make up for starting from nothing).
+
+    It shares the teacher's vocabulary, positions, activation and dropout, so the two read the same inputs.
+
+    Raises:
+        ValueError: ``hidden_size`` is not divisible by ``num_heads``.
+    """
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"the student's hidden size {hidden_size} is not divisible by its {num_heads} heads")
+    config = dataclasses.replace(
+        student_config(teacher_config, num_layers, num_labels),
+        dim=hidden_size,
+        n_heads=num_heads,
+        hidden_dim=intermediate_size,
+    )
+    return DistilBertForSequenceClassification(config, key=key, compute_dtype=compute_dtype)

@@ -66,6 +66,19 @@ ADDITIONS = {
     "coordinator_address": None,
     "num_processes": 1,
     "process_id": 0,
+    "alpha_hidden": 0.0,
+    "hidden_loss": "mse",
+    "alpha_attention_scores": 0.0,
+    "alpha_attention_kl": 0.0,
+    "alpha_value_relation": 0.0,
+    "relation_heads": None,
+    "layer_map": None,
+    "hidden_projection": None,
+    "intermediate_steps": 0,
+    "student_num_layers": None,
+    "student_hidden_size": None,
+    "student_num_heads": None,
+    "student_intermediate_size": None,
 }
 
 
@@ -228,6 +241,16 @@ def test_wrong_types_name_key_value_and_type(override, expected):
         ("length_buckets=[0, 128]", "length_buckets"),
         ("length_buckets=[32, 64]", "length_buckets"),
         ("length_buckets=[32, 256]", "length_buckets"),
+        ("alpha_hidden=-1", "alpha_hidden"),
+        ("alpha_value_relation=-0.5", "alpha_value_relation"),
+        ("hidden_loss=l1", "hidden_loss"),
+        ("relation_heads=0", "relation_heads"),
+        ("layer_map=[]", "layer_map"),
+        ("layer_map=[[0, -1]]", "layer_map"),
+        ("layer_map=[[0, 1, 2]]", "layer_map"),
+        ("intermediate_steps=-1", "intermediate_steps"),
+        ("student_num_layers=0", "student_num_layers"),
+        ("student_hidden_size=-8", "student_hidden_size"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, key):
@@ -245,7 +268,7 @@ def test_bad_value_message_in_full():
 
 
 def test_all_alphas_zero_rejected():
-    with pytest.raises(ConfigError, match=r"alpha_kl/alpha_ce/alpha_cos=\(0.0, 0.0, 0.0\).*at least one"):
+    with pytest.raises(ConfigError, match=r"alpha_kl/alpha_ce/alpha_cos/alpha_hidden/.*=\(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0\).*at least one"):
         load_config(None, ["alpha_kl=0", "alpha_ce=0", "alpha_cos=0"])
 
 
@@ -325,3 +348,25 @@ def test_removed_study_keys_are_unknown():
     for key in ("group_fraction", "cosine_normalizer", "group_chunk_batches"):
         with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
             load_config(None, [f"{key}=1"])
+
+
+def test_layer_map_is_pairs_and_round_trips(tmp_path):
+    config = load_config(None, ["layer_map=[[0, 0], [1, 2], [3, 6]]", "alpha_hidden=1"])
+    assert config.layer_map == ((0, 0), (1, 2), (3, 6))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(config)))
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["intermediate_steps=10", "alpha_cos=0"], "layer loss weight .* > 0 for the first stage"),
+        (["intermediate_steps=10", "alpha_ce=0", "alpha_kl=0"], "alpha_ce or alpha_kl > 0 for the second stage"),
+        (["intermediate_steps=10", "max_steps=10"], "fewer than max_steps=10"),
+        (["student_init_layers=[0, 2]", "student_hidden_size=192"], "one way to make the student"),
+    ],
+)
+def test_inconsistent_layer_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

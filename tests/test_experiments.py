@@ -255,3 +255,79 @@ def test_finetune_refuses_distillation_weights(workspace):
     with pytest.raises(ConfigError, match="label loss alone"):
         finetune_teacher.main(common(workspace, "ft_bad"))
     assert not (workspace / "ft_bad").exists()
+
+
+def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
+    """A random-init student half the teacher's width, every layer loss through the learned projection, two
+    stages (3 intermediate steps, then CE + KL), dropout on: stopped by SIGINT in stage 1 (after step 2) and
+    resumed, it finishes stage 1 and runs stage 2 exactly as the uninterrupted run does (the stage, like the
+    data order and the schedule, follows from the step). The logged terms follow the stages, and the saved
+    student is a plain DistilBERT without the projection."""
+    overrides = [
+        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", f"teacher_model={workspace / 'teacher'}",
+        "batch_size=8", "max_steps=7", "log_every=1", "log_val_every=4", "do_checkpoint=true", "checkpoint_every=4",
+        "dtype=float32", "max_length=64", "learning_rate=1e-3", "student_init_layers=null", "student_num_layers=1",
+        "student_hidden_size=16", "student_intermediate_size=24", "alpha_hidden=1.0", "alpha_attention_scores=0.1",
+        "alpha_attention_kl=1.0", "alpha_value_relation=1.0", "intermediate_steps=3", "length_buckets=[64]",
+    ]
+    splits = _splits(workspace)
+    teacher = eqx.nn.inference_mode(de.from_pretrained(workspace / "teacher"))
+
+    def run(out: str, *, resume: bool, interrupt_after: int | None):
+        config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
+        student = experiment._random_student(config, teacher, key=jax.random.key(1))
+        calls = []
+
+        def make_steps(losses, optimizer):
+            steps = single_device_steps(losses, optimizer)
+
+            def train(teacher, state, batch):
+                calls.append(1)
+                if len(calls) == interrupt_after:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return steps.train(teacher, state, batch)
+
+            return type(steps)(train, steps.evaluate, steps.place, steps.place_state)
+
+        return experiment.train_model(config, student, teacher, splits, key=jax.random.key(7), make_steps=make_steps)
+
+    assert run("two_stage_full", resume=False, interrupt_after=None)["steps"] == 7
+    assert run("two_stage_resumed", resume=False, interrupt_after=2) == {"interrupted": True, "steps": 2}
+    assert run("two_stage_resumed", resume=True, interrupt_after=None)["steps"] == 7
+    a = de.from_pretrained(workspace / "two_stage_full" / "student")
+    b = de.from_pretrained(workspace / "two_stage_resumed" / "student")
+    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+    records = [json.loads(line) for line in (workspace / "two_stage_full" / "metrics.jsonl").read_text().splitlines()]
+    terms = {r["step"]: {k for k in r if k.startswith("loss_")} for r in records if "loss" in r}
+    first = {"loss_cos", "loss_hidden", "loss_attention_scores", "loss_attention_kl", "loss_value_relation"}
+    assert all(terms[s] == first for s in (1, 2, 3)) and all(terms[s] == {"loss_ce", "loss_kl"} for s in (4, 5, 6, 7))
+    assert [r["stage"] for r in records if "loss" in r] == [1, 1, 1, 2, 2, 2, 2]
+    _, info = transformers.DistilBertForSequenceClassification.from_pretrained(
+        workspace / "two_stage_full" / "student", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    card = (workspace / "two_stage_full" / "student" / "README.md").read_text()
+    assert "hidden-state mse 1.0" in card and "two stages, the first 3 steps without CE and KL" in card
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["student_num_heads=8", "alpha_attention_kl=1.0"], "compares attention heads one to one.*8 heads"),
+        (["hidden_projection=false"], "differs from the teacher's 32.*hidden_projection"),
+        (["alpha_hidden=1.0", "layer_map=[[0,0],[1,5]]"], "layer_map: .*teacher state 5 is out of range"),
+        (["alpha_value_relation=1.0", "relation_heads=3"], "relation_heads=3 does not divide"),
+    ],
+)
+def test_layer_loss_settings_that_cannot_work_fail_before_training(workspace, settings, message):
+    config = load_config(None, [
+        f"data_dir={workspace / 'data'}", "max_length=64", f"output_dir={workspace / 'never'}",
+        "student_init_layers=null", "student_num_layers=1", "student_hidden_size=16", *settings,
+    ])
+    teacher = eqx.nn.inference_mode(de.from_pretrained(workspace / "teacher"))
+    student = experiment._random_student(config, teacher, key=jax.random.key(1))
+    with pytest.raises(ConfigError, match=message):
+        experiment.train_model(config, student, teacher, _splits(workspace), key=jax.random.key(0))
+    assert not (workspace / "never").exists()
