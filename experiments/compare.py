@@ -1,0 +1,466 @@
+"""Compare training recipes over seeds: train every arm x seed, evaluate them, report each arm minus the control.
+
+    python experiments/compare.py experiments/comparisons/example.yaml   # train what is missing, then report
+    python experiments/compare.py FILE --dry-run    # the commands, and which runs are finished/resumable/new
+    python experiments/compare.py FILE --no-run     # train nothing: evaluate and report what has finished
+    python experiments/compare.py FILE --only ARM ... --seeds SEED ... [--data-dir DIR]
+
+The comparison file (YAML) names the training script (``distill`` or ``finetune``), its config, the
+``output_root``, the ``seeds``, the ``control`` arm, overrides for every run (``set``) and the ``arms``, each a
+``name`` and its own ``set``; ``experiments/comparisons/example.yaml`` is one. Paths are relative to the folder
+you run from, as on the training scripts' command lines. Every run goes to ``output_root/<arm>/seed<S>`` and runs
+as a subprocess (``--set <set> <arm's set> seed=S output_dir=... job_name=<arm>-seed<S>``), seed by seed so that
+the pairs complete first; a run that fails is reported at the end (exit status 2) and the others still run.
+
+It resumes across sessions: a finished run (a ``summary/steps`` record in ``metrics.jsonl`` and its final model
+folder) is skipped, an unfinished one with checkpoints continues from the latest (``resume_from_checkpoint=true``)
+and any other starts afresh. Ctrl-C stops the current run after its step, with a checkpoint, and rerunning the
+command continues. Two sessions on one comparison collide on a run both start: the training scripts lock their
+output folder, so the second reports that run as failed.
+
+Then the ``best/`` and final model of every finished run are evaluated on dev and test, with per-sentence
+predictions cached in ``<run>/predictions/``. The table gives, per arm, the runs finished, the mean accuracies and
+the arm minus the control on dev+test pooled, paired by seed, with the 95% interval of a bootstrap over seeds
+and sentences (``distilbert_eqx.comparison.paired_difference``). The same numbers go to
+``output_root/summary.json`` and to the last line, as JSON. ``--only`` and ``--seeds`` choose what is trained;
+the report always covers the whole comparison.
+
+This replaces the batching study's drivers (``docs/studies/batching/compare_batching.sh`` and
+``paired_by_sentence.py``), which stay in ``docs/studies`` as the record of that study.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import yaml
+
+from distilbert_eqx.checkpoint import CheckpointManager, atomic_write_text, temp_sibling
+from distilbert_eqx.cli import run_script
+from distilbert_eqx.comparison import mean_accuracy, paired_difference, pool_splits
+from distilbert_eqx.config import ConfigError, load_config
+from distilbert_eqx.errors import UserError
+from distilbert_eqx.experiment import evaluate_checkpoint
+
+EXPERIMENTS = Path(__file__).resolve().parent
+# script name -> (training script, the folder its final model is saved to)
+SCRIPTS = {"distill": ("distill_sst2.py", "student"), "finetune": ("finetune_teacher.py", "model")}
+REQUIRED_KEYS = ("script", "config", "output_root", "seeds", "control", "arms")
+FILE_KEYS = (*REQUIRED_KEYS, "set")
+ARM_KEYS = ("name", "set")
+# Set per run by this script; an arm that set them too would be silently overridden.
+RUNNER_KEYS = ("seed", "output_dir", "job_name", "resume_from_checkpoint")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MODELS = ("best", "final")
+SPLITS = ("dev", "test")
+PREDICTIONS = "predictions"
+FINISHED, RESUMABLE, NEW = "finished", "resumable", "new"
+
+
+class ComparisonError(UserError):
+    """The comparison file or the command line is invalid; the message names the key and what is expected."""
+
+
+class RunsFailed(UserError):
+    """Some training runs failed; the others ran, and rerunning the command retries the failed ones."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One recipe: its name (its folder under ``output_root``) and its config overrides."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A validated comparison file."""
+
+    source: Path
+    script: str
+    config: str
+    output_root: Path
+    seeds: tuple[int, ...]
+    control: str
+    overrides: tuple[str, ...]
+    arms: tuple[Arm, ...]
+
+    @property
+    def final_name(self) -> str:
+        """The run folder's subfolder that holds the final model."""
+        return SCRIPTS[self.script][1]
+
+    def model_folder(self, model: str) -> str:
+        """The run folder's subfolder that holds ``model`` (``"best"`` or ``"final"``)."""
+        return "best" if model == "best" else self.final_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: an arm with one seed, in its own output folder."""
+
+    arm: Arm
+    seed: int
+    output_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm.name} seed {self.seed}"
+
+
+def _fail(where: str, message: str) -> NoReturn:
+    raise ComparisonError(f"{where}: {message}")
+
+
+def _overrides(value: object, where: str) -> tuple[str, ...]:
+    """A ``set`` list: strings ``key=value``; the keys this script sets per run are refused."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _fail(where, f"set={value!r}; expected a list of key=value strings (quote values with commas or brackets)")
+    for override in value:
+        name = override.partition("=")[0].strip()
+        if name in RUNNER_KEYS:
+            _fail(where, f"set sets {name!r} ({override!r}), which the comparison sets for every run "
+                         f"({', '.join(RUNNER_KEYS)}); remove it")
+    return tuple(value)
+
+
+def _check_keys(document: Mapping, valid: Sequence[str], where: str) -> None:
+    for key in document:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            _fail(where, f"unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _arm(value: object, where: str) -> Arm:
+    if not isinstance(value, Mapping):
+        _fail(where, f"{value!r}; expected a mapping with keys {', '.join(ARM_KEYS)}")
+    _check_keys(value, ARM_KEYS, where)
+    name = value.get("name")
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        _fail(where, f"name={name!r}; expected a folder name of letters, digits, '.', '_' and '-' that starts "
+                     "with a letter or digit")
+    return Arm(name, _overrides(value.get("set", []), f"{where} ({name})"))
+
+
+def read_comparison(path: str | Path) -> Comparison:
+    """Read and validate a comparison file; every problem is a `ComparisonError` naming the key."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ComparisonError(f"cannot read comparison file {str(path)!r}: {e}") from e
+    where = str(path)
+    if not isinstance(document, Mapping):
+        _fail(where, f"expected a mapping with keys {', '.join(FILE_KEYS)}, got {document!r}")
+    _check_keys(document, FILE_KEYS, where)
+    for key in REQUIRED_KEYS:
+        if key not in document:
+            _fail(where, f"missing key {key!r}; a comparison file has {', '.join(REQUIRED_KEYS)} (and optionally set)")
+    script = document["script"]
+    if script not in SCRIPTS:
+        _fail(where, f"script={script!r}; expected one of {', '.join(SCRIPTS)}")
+    for key in ("config", "output_root", "control"):
+        if not isinstance(document[key], str) or not document[key]:
+            _fail(where, f"{key}={document[key]!r}; expected a non-empty string")
+    seeds = document["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
+        _fail(where, f"seeds={seeds!r}; expected a non-empty list of ints >= 0")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        _fail(where, f"seeds={seeds!r} lists {repeated} more than once; each seed is one run per arm")
+    arms_value = document["arms"]
+    if not isinstance(arms_value, list) or not arms_value:
+        _fail(where, f"arms={arms_value!r}; expected a non-empty list of arms (name, set)")
+    arms = tuple(_arm(value, f"{where}: arms[{i}]") for i, value in enumerate(arms_value))
+    names = [arm.name for arm in arms]
+    repeated_names = sorted({n for n in names if names.count(n) > 1})
+    if repeated_names:
+        _fail(where, f"arm names {repeated_names} appear more than once; each arm needs its own folder")
+    if document["control"] not in names:
+        _fail(where, f"control={document['control']!r} is not one of the arms ({', '.join(names)})")
+    return Comparison(
+        source=path, script=script, config=document["config"], output_root=Path(document["output_root"]),
+        seeds=tuple(seeds), control=document["control"], overrides=_overrides(document.get("set", []), where),
+        arms=arms,
+    )
+
+
+def select_runs(comparison: Comparison, only: Sequence[str] | None, seeds: Sequence[int] | None) -> list[Run]:
+    """The runs to train, seed by seed (each seed's pair completes before the next seed starts)."""
+    names = [arm.name for arm in comparison.arms]
+    unknown = [name for name in only or () if name not in names]
+    if unknown:
+        raise ComparisonError(
+            f"--only {' '.join(unknown)}: not an arm of {comparison.source}; its arms: {', '.join(names)}"
+        )
+    missing = [s for s in seeds or () if s not in comparison.seeds]
+    if missing:
+        raise ComparisonError(
+            f"--seeds {' '.join(map(str, missing))}: not in the seeds of {comparison.source} "
+            f"({list(comparison.seeds)}); add them there first"
+        )
+    return [
+        Run(arm, seed, comparison.output_root / arm.name / f"seed{seed}")
+        for seed in comparison.seeds if seeds is None or seed in seeds
+        for arm in comparison.arms if only is None or arm.name in only
+    ]
+
+
+def _has_summary(metrics: Path) -> bool:
+    if not metrics.is_file():
+        return False
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line, written by a killed run
+        if isinstance(record, dict) and "summary/steps" in record:
+            return True
+    return False
+
+
+def run_status(output_dir: Path, final_name: str) -> str:
+    """``finished`` (the summary is logged and the final model saved), ``resumable`` (a checkpoint to continue
+    from) or ``new``."""
+    if _has_summary(output_dir / "metrics.jsonl") and (output_dir / final_name).is_dir():
+        return FINISHED
+    if CheckpointManager(output_dir / "checkpoints", 1, is_writer=False).latest() is not None:
+        return RESUMABLE
+    return NEW
+
+
+def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume: bool) -> list[str]:
+    """The run's ``--set`` list: the comparison's, the arm's, the command line's, then the run's own."""
+    overrides = [
+        *comparison.overrides, *run.arm.overrides, *extra,
+        f"seed={run.seed}", f"output_dir={run.output_dir}", f"job_name={run.arm.name}-seed{run.seed}",
+    ]
+    return [*overrides, "resume_from_checkpoint=true"] if resume else overrides
+
+
+def run_command(comparison: Comparison, run: Run, extra: Sequence[str], status: str) -> list[str]:
+    script = EXPERIMENTS / SCRIPTS[comparison.script][0]
+    overrides = run_overrides(comparison, run, extra, resume=status == RESUMABLE)
+    return [sys.executable, str(script), "--config", comparison.config, "--set", *overrides]
+
+
+def check_configs(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> None:
+    """Load every run's config, so that a typo in an override fails now rather than hours into the comparison."""
+    for run in runs:
+        try:
+            load_config(comparison.config, run_overrides(comparison, run, extra, resume=False))
+        except ConfigError as e:
+            raise ComparisonError(f"{comparison.source}: arm {run.arm.name!r}, seed {run.seed}: {e}") from e
+
+
+def launch(command: list[str]) -> int:
+    """Run one training command to its end, its output going straight to ours; its exit status.
+
+    The run gets its own process group, so a Ctrl-C at the terminal reaches only this script, which passes one
+    SIGINT on: the run then finishes its step, saves a checkpoint and exits, and this script stops after it.
+    A second SIGINT to the run could cut that save short.
+    """
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        print("\nstopping: the run saves a checkpoint first; rerun this command to continue", file=sys.stderr,
+              flush=True)
+        process.wait()
+        raise
+
+
+def train(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> list[str]:
+    """Train every unfinished run; the failed runs, each with why."""
+    pending = [run for run in runs if run_status(run.output_dir, comparison.final_name) != FINISHED]
+    failures = []
+    for i, run in enumerate(pending, 1):
+        # Checked again: another session may have finished this run, or checkpointed it, in the meantime.
+        status = run_status(run.output_dir, comparison.final_name)
+        if status == FINISHED:
+            continue
+        command = run_command(comparison, run, extra, status)
+        print(f"\n== {run.label}: {status} ({i} of {len(pending)})\n{shlex.join(command)}", flush=True)
+        # The run replaces its models, so predictions cached from earlier ones would be stale.
+        shutil.rmtree(run.output_dir / PREDICTIONS, ignore_errors=True)
+        exit_status = launch(command)
+        if exit_status != 0:
+            failures.append(f"{run.label} (exit status {exit_status})")
+        elif run_status(run.output_dir, comparison.final_name) != FINISHED:
+            failures.append(f"{run.label} (stopped before its last step)")
+    return failures
+
+
+def run_predictions(
+    output_dir: Path, model: str, split: str, *, folder: str, data_dir: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whether the run's ``model`` (saved in ``folder``) got each sentence of ``split`` right, in dataset order,
+    and the labels: from the run's predictions cache, filled first by evaluating the model when missing."""
+    path = output_dir / PREDICTIONS / f"{model}_{split}.jsonl"
+    if not path.is_file():
+        # The run's own settings: its truncation length, padded lengths and eval batch size.
+        config = json.loads((output_dir / "config.json").read_text(encoding="utf-8"))
+        print(f"evaluating {output_dir / folder} on {split}", flush=True)
+        path.parent.mkdir(exist_ok=True)
+        partial = temp_sibling(path)
+        try:
+            evaluate_checkpoint(
+                str(output_dir / folder), data_dir=data_dir or config["data_dir"], split=split,
+                dataset_id=config["dataset_id"], max_length=config["max_length"],
+                batch_size=config.get("eval_batch_size") or config["batch_size"],
+                buckets=tuple(config["length_buckets"]) if config.get("length_buckets") else None,
+                predictions_out=str(partial),
+            )
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    labels = np.array([r["label"] for r in rows])
+    return np.array([r["prediction"] for r in rows]) == labels, labels
+
+
+def summarise(comparison: Comparison, data_dir: str | None) -> dict[str, Any]:
+    """Mean accuracies per arm and each arm minus the control, over the finished runs of the whole comparison."""
+    finished = [
+        run for run in select_runs(comparison, None, None)
+        if run_status(run.output_dir, comparison.final_name) == FINISHED
+    ]
+    correct: dict[tuple[str, int, str, str], np.ndarray] = {}
+    first_labels: dict[str, tuple[Path, np.ndarray]] = {}
+    for run in finished:
+        for model in MODELS:
+            for split in SPLITS:
+                right, labels = run_predictions(
+                    run.output_dir, model, split, folder=comparison.model_folder(model), data_dir=data_dir
+                )
+                # Pairing by sentence needs every run scored on the same sentences, in the same order.
+                first_path, first = first_labels.setdefault(split, (run.output_dir, labels))
+                if not np.array_equal(labels, first):
+                    raise ComparisonError(
+                        f"the {split} predictions of {run.output_dir} and {first_path} have different labels: were "
+                        f"they evaluated on different data? Delete their {PREDICTIONS}/ folders to evaluate again"
+                    )
+                correct[(run.arm.name, run.seed, model, split)] = right.astype(np.float64)
+
+    def stacked(arm: str, seeds: Sequence[int], model: str, split: str) -> np.ndarray:
+        return np.stack([correct[(arm, seed, model, split)] for seed in seeds])
+
+    def pooled(arm: str, seeds: Sequence[int], model: str) -> np.ndarray:
+        return pool_splits(*(stacked(arm, seeds, model, split) for split in SPLITS))
+
+    finished_seeds = {arm.name: [run.seed for run in finished if run.arm == arm] for arm in comparison.arms}
+    rows = []
+    for arm in comparison.arms:
+        seeds = finished_seeds[arm.name]
+        row: dict[str, Any] = {"arm": arm.name, "runs": len(comparison.seeds), "finished_seeds": seeds}
+        row["accuracy"] = {
+            model: {split: mean_accuracy(stacked(arm.name, seeds, model, split)) if seeds else None
+                    for split in SPLITS}
+            for model in MODELS
+        }
+        if arm.name != comparison.control:
+            paired = [seed for seed in seeds if seed in finished_seeds[comparison.control]]
+            row["minus_control"] = {
+                model: {"paired_seeds": paired,
+                        **paired_difference(pooled(arm.name, paired, model), pooled(comparison.control, paired, model))}
+                if paired else None
+                for model in MODELS
+            }
+        rows.append(row)
+    return {"comparison": str(comparison.source), "control": comparison.control, "seeds": list(comparison.seeds),
+            "pooled_splits": "+".join(SPLITS), "arms": rows}
+
+
+def _accuracy_cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _difference_cell(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return ""
+    low, high = result["interval_95"]
+    seeds = len(result["paired_seeds"])
+    return f"{result['difference']:+.2f} ({low:+.2f} to {high:+.2f}), {seeds} seed{'s' if seeds > 1 else ''}"
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    control = summary["control"]
+    print(f"\nAccuracy in points, mean over the finished seeds. Minus control: each arm minus {control} on "
+          f"{summary['pooled_splits']} pooled, paired by seed, with the 95% interval of a bootstrap over seeds and "
+          "sentences.\n")
+    print("| arm | runs | best dev | best test | final dev | final test | best minus control | final minus control |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for row in summary["arms"]:
+        accuracy = row["accuracy"]
+        cells = [_accuracy_cell(accuracy[model][split]) for model in MODELS for split in SPLITS]
+        if row["arm"] == control:
+            differences = ["control", "control"]
+        else:
+            differences = [_difference_cell(row["minus_control"][model]) for model in MODELS]
+        print(f"| {row['arm']} | {len(row['finished_seeds'])}/{row['runs']} | {' | '.join(cells)} | "
+              f"{' | '.join(differences)} |")
+
+
+def print_plan(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> dict[str, Any]:
+    planned = []
+    for run in runs:
+        status = run_status(run.output_dir, comparison.final_name)
+        command = None if status == FINISHED else run_command(comparison, run, extra, status)
+        print(f"{run.label}: {status}" + ("" if command is None else f"\n  {shlex.join(command)}"))
+        planned.append({"arm": run.arm.name, "seed": run.seed, "status": status, "command": command})
+    return {"runs": planned}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path, help="the comparison file (YAML)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print each run's state and the commands it would run; run and evaluate nothing")
+    mode.add_argument("--no-run", action="store_true", help="train nothing: evaluate and report what has finished")
+    parser.add_argument("--only", nargs="+", metavar="ARM", default=None, help="train only these arms")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", default=None,
+                        help="train only these of the file's seeds")
+    parser.add_argument("--data-dir", default=None,
+                        help="SST-2 folder for training and evaluation (default: each run's config's data_dir)")
+    args = parser.parse_args(argv)
+    comparison = read_comparison(args.file)
+    runs = select_runs(comparison, args.only, args.seeds)
+    extra = [] if args.data_dir is None else [f"data_dir={args.data_dir}"]
+    if not args.no_run:
+        check_configs(comparison, runs, extra)
+    if args.dry_run:
+        return print_plan(comparison, runs, extra)
+    failures = [] if args.no_run else train(comparison, runs, extra)
+    summary = {**summarise(comparison, args.data_dir), "failed": failures}
+    print_table(summary)
+    comparison.output_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(comparison.output_root / "summary.json", json.dumps(summary, indent=2))
+    print("\n" + json.dumps(summary))
+    if failures:
+        raise RunsFailed(
+            f"{len(failures)} run(s) failed: {'; '.join(failures)}. Their output is above; rerun the command to "
+            "retry them (finished runs are skipped)"
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_script(main))
