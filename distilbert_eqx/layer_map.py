@@ -34,7 +34,7 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> LayerMap:
     return tuple((m, m * teacher_layers // student_layers) for m in range(student_layers + 1))
 
 
-def check_layer_map(pairs: Sequence[Sequence[int]], student_layers: int, teacher_layers: int) -> LayerMap:
+def check_layer_map(pairs: Sequence[object], student_layers: int, teacher_layers: int) -> LayerMap:
     """Validate explicit ``(student, teacher)`` pairs against the models' depths and return them as a tuple.
 
     Raises:
@@ -45,8 +45,12 @@ def check_layer_map(pairs: Sequence[Sequence[int]], student_layers: int, teacher
         raise LayerMapError("the layer map is empty; give at least one (student, teacher) pair")
     checked = []
     for pair in pairs:
-        if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
-            raise LayerMapError(f"layer map entry {list(pair)!r} is not a pair of ints [student, teacher]")
+        # Anything may come from a user; only [int, int] is a pair.
+        if not (
+            isinstance(pair, Sequence) and len(pair) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+        ):
+            raise LayerMapError(f"layer map entry {pair!r} is not a pair of ints [student, teacher]")
         s, t = pair
         if not 0 <= s <= student_layers:
             raise LayerMapError(
