@@ -115,7 +115,7 @@ def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monk
     class Stop(Exception):
         pass
 
-    def make_optimizer(*args):
+    def make_optimizer(*args, **kwargs):
         given.append(args)
         raise Stop
 
