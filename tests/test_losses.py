@@ -10,9 +10,9 @@ import torch
 from jax.sharding import AxisType, PartitionSpec as P
 
 from distilbert_eqx.losses import (
+    TERM_ALPHAS,
     cosine_loss,
     distillation_loss,
-    TERM_ALPHAS,
     distillation_terms,
     hard_loss,
     soft_loss,

@@ -15,7 +15,7 @@ from distilbert_eqx.layer_map import uniform_layer_map
 from distilbert_eqx.models.layers import linear
 from distilbert_eqx.objective import LossConfig, loss_terms, project
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
-from helpers import flat_weights, random_batch, tiny_bert_config, tiny_student, tiny_teacher
+from helpers import flat_weights, random_batch, tiny_bert_config, tiny_teacher
 
 EVERY_TERM = LossConfig(
     alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.1, alpha_hidden=1.0, alpha_attention_scores=0.1,
