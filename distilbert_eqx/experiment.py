@@ -362,7 +362,9 @@ def _prepare(
     return make_steps, tokenizer, splits, init_key, train_key
 
 
-def _random_student(config: ExperimentConfig, teacher: AbstractSequenceClassifier, *, key: jax.Array):
+def random_student_from_config(
+    config: ExperimentConfig, teacher: AbstractSequenceClassifier, *, key: jax.Array
+) -> AbstractSequenceClassifier:
     """A random-init DistilBERT of the config's ``student_*`` shape; an unset key takes the teacher's value
     (layers: half the teacher's, rounded up)."""
     t = teacher.config
@@ -392,7 +394,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
     teacher = from_pretrained(config.teacher_model, dtype=config.dtype)
     shape = {key: getattr(config, key) for key in STUDENT_SHAPE}
     if any(v is not None for v in shape.values()):
-        student = _random_student(config, teacher, key=init_key)
+        student = random_student_from_config(config, teacher, key=init_key)
     elif config.student_init_layers is not None:
         student = student_from_teacher(teacher, config.student_init_layers, key=init_key, compute_dtype=config.dtype)
     else:

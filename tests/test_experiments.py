@@ -275,7 +275,7 @@ def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
 
     def run(out: str, *, resume: bool, interrupt_after: int | None):
         config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
-        student = experiment._random_student(config, teacher, key=jax.random.key(1))
+        student = experiment.random_student_from_config(config, teacher, key=jax.random.key(1))
         calls = []
 
         def make_steps(losses, optimizer):
@@ -327,7 +327,7 @@ def test_layer_loss_settings_that_cannot_work_fail_before_training(workspace, se
         "student_init_layers=null", "student_num_layers=1", "student_hidden_size=16", *settings,
     ])
     teacher = eqx.nn.inference_mode(de.from_pretrained(workspace / "teacher"))
-    student = experiment._random_student(config, teacher, key=jax.random.key(1))
+    student = experiment.random_student_from_config(config, teacher, key=jax.random.key(1))
     with pytest.raises(ConfigError, match=message):
         experiment.train_model(config, student, teacher, _splits(workspace), key=jax.random.key(0))
     assert not (workspace / "never").exists()
