@@ -144,3 +144,25 @@ def our_forward(model: de.AbstractSequenceClassifier, inputs: dict[str, np.ndarr
     if "token_type_ids" in inputs:
         args.append(jnp.asarray(inputs["token_type_ids"]))
     return jax.vmap(lambda *a: model(*a, output_hidden_states=True, **kwargs))(*args)
+
+
+def make_workspace(root: Path, rows: dict[str, int]) -> Path:
+    """``root/data`` with the first ``rows[split]`` rows of each real SST-2 split, and ``root/teacher``: a tiny
+    random BERT (hidden 32, 2 layers) saved with the real tokenizer's files, for running the scripts."""
+    import transformers
+
+    tokenizer = minilm_dir()
+    data = root / "data"
+    data.mkdir()
+    for split, count in rows.items():
+        lines = (sst2_dir() / f"{split}.tsv").read_text().splitlines()[: count + 1]
+        (data / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=128,
+    )
+    teacher = root / "teacher"
+    transformers.BertForSequenceClassification(config).save_pretrained(teacher)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (teacher / name).write_bytes((tokenizer / name).read_bytes())
+    return root

@@ -13,11 +13,10 @@ from pathlib import Path
 import jaxtyping
 import numpy as np
 import pytest
-import transformers
 import yaml
 
 from distilbert_eqx.comparison import mean_accuracy, paired_difference, pool_splits
-from helpers import REPO, minilm_dir, sst2_dir
+from helpers import REPO, make_workspace
 
 sys.path.insert(0, str(REPO / "experiments"))
 import compare
@@ -389,23 +388,7 @@ def test_ctrl_c_passes_one_sigint_to_the_run_and_waits_for_it(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A data folder with the first rows of the real splits, and a tiny BERT saved with the real tokenizer."""
-    tokenizer = minilm_dir()
-    root = tmp_path_factory.mktemp("comparison")
-    data = root / "data"
-    data.mkdir()
-    for split, rows in (("train", 40), ("dev", 20), ("test", 16)):
-        lines = (sst2_dir() / f"{split}.tsv").read_text().splitlines()[: rows + 1]
-        (data / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=128,
-    )
-    teacher = root / "teacher"
-    transformers.BertForSequenceClassification(config).save_pretrained(teacher)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        (teacher / name).write_bytes((tokenizer / name).read_bytes())
-    return root
+    return make_workspace(tmp_path_factory.mktemp("comparison"), {"train": 40, "dev": 20, "test": 16})
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from distilbert_eqx.data import DataError, load_text_split, load_tokenizer, toke
 from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.run_lock import OutputDirLock, OutputDirLocked
 from distilbert_eqx.train import single_device_steps
-from helpers import REPO, minilm_dir, sst2_dir
+from helpers import REPO, make_workspace, sst2_dir
 
 sys.path.insert(0, str(REPO / "experiments"))
 import distill_sst2
@@ -33,22 +33,26 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A data folder with the first rows of the real splits, and a tiny BERT saved with the real tokenizer."""
-    tokenizer = minilm_dir()
-    root = tmp_path_factory.mktemp("experiment")
-    data = root / "data"
-    data.mkdir()
-    for split, rows in (("train", 40), ("dev", 20)):
-        lines = (sst2_dir() / f"{split}.tsv").read_text().splitlines()[: rows + 1]
-        (data / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=128,
-    )
-    teacher = root / "teacher"
-    transformers.BertForSequenceClassification(config).save_pretrained(teacher)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        (teacher / name).write_bytes((tokenizer / name).read_bytes())
-    return root
+    return make_workspace(tmp_path_factory.mktemp("experiment"), {"train": 40, "dev": 20})
+
+
+def interrupting_steps(interrupt_after: int | None):
+    """``make_steps`` for ``train_model`` that sends this process SIGINT during train call ``interrupt_after``
+    (counted over every stage's steps), as Ctrl-C would."""
+    calls = []
+
+    def make_steps(losses, optimizer):
+        steps = single_device_steps(losses, optimizer)
+
+        def train(teacher, state, batch):
+            calls.append(1)
+            if len(calls) == interrupt_after:
+                os.kill(os.getpid(), signal.SIGINT)
+            return steps.train(teacher, state, batch)
+
+        return type(steps)(train, steps.evaluate, steps.place, steps.place_state)
+
+    return make_steps
 
 
 def common(workspace: Path, out: str) -> list[str]:
@@ -136,20 +140,9 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     def run(out: str, *, resume: bool, interrupt_after: int | None):
         config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
         student, teacher = _student_and_teacher(workspace)
-
-        def make_steps(losses, optimizer):
-            steps = single_device_steps(losses, optimizer)
-            calls = []
-
-            def train(teacher, state, batch):
-                calls.append(1)
-                if len(calls) == interrupt_after:
-                    os.kill(os.getpid(), signal.SIGINT)
-                return steps.train(teacher, state, batch)
-
-            return type(steps)(train, steps.evaluate, steps.place, steps.place_state)
-
-        summary = experiment.train_model(config, student, teacher, splits, key=jax.random.key(7), make_steps=make_steps)
+        summary = experiment.train_model(
+            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+        )
         return summary, workspace / out
 
     full, full_dir = run("uninterrupted", resume=False, interrupt_after=None)
@@ -276,20 +269,9 @@ def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
     def run(out: str, *, resume: bool, interrupt_after: int | None):
         config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
         student = experiment.random_student_from_config(config, teacher, key=jax.random.key(1))
-        calls = []
-
-        def make_steps(losses, optimizer):
-            steps = single_device_steps(losses, optimizer)
-
-            def train(teacher, state, batch):
-                calls.append(1)
-                if len(calls) == interrupt_after:
-                    os.kill(os.getpid(), signal.SIGINT)
-                return steps.train(teacher, state, batch)
-
-            return type(steps)(train, steps.evaluate, steps.place, steps.place_state)
-
-        return experiment.train_model(config, student, teacher, splits, key=jax.random.key(7), make_steps=make_steps)
+        return experiment.train_model(
+            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+        )
 
     assert run("two_stage_full", resume=False, interrupt_after=None)["steps"] == 7
     assert run("two_stage_resumed", resume=False, interrupt_after=2) == {"interrupted": True, "steps": 2}
