@@ -26,14 +26,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._types import BatchTokenMask, BatchWeights
-from .losses import WeightedSum, weighted_sum
+from .losses import WeightedSum, cosine_distance, weighted_sum
 
 StudentStates = Float[Array, "batch pairs seq s_hidden"]
 TeacherStates = Float[Array, "batch pairs seq t_hidden"]
 StudentScores = Float[Array, "batch pairs s_heads seq seq"]
 TeacherScores = Float[Array, "batch pairs t_heads seq seq"]
-
-_COSINE_EPS = 1e-12
 
 
 def _token_weights(attention_mask: BatchTokenMask, weights: BatchWeights) -> Float[Array, "batch 1 seq"]:
@@ -93,11 +91,7 @@ def hidden_cosine_loss(
     Arguments and returns as :func:`hidden_mse_loss`.
     """
     _check_widths(student_states, teacher_states, "hidden-state cosine")
-    s = student_states.astype(jnp.float32)
-    t = teacher_states.astype(jnp.float32)
-    dot = jnp.sum(s * t, axis=-1)
-    norms = jnp.sqrt((jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS))
-    per_token = 1.0 - dot / norms
+    per_token = cosine_distance(student_states, teacher_states)
     return weighted_sum(per_token, jnp.broadcast_to(_token_weights(attention_mask, weights), per_token.shape))
 
 

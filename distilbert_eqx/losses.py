@@ -52,6 +52,18 @@ def weighted_sum(values: Float[Array, "*shape"], weights: Float[Array, "*shape"]
     return WeightedSum(jnp.sum(jnp.where(weights > 0, weights * values, 0.0)), jnp.sum(weights))
 
 
+def cosine_distance(
+    student: Float[Array, "*tokens hidden"], teacher: Float[Array, "*tokens hidden"]
+) -> Float[Array, "*tokens"]:
+    """``1 - cos`` over the last axis, in float32, with torch's eps on both squared norms (zero vectors stay
+    finite)."""
+    s = student.astype(jnp.float32)
+    t = teacher.astype(jnp.float32)
+    dot = jnp.sum(s * t, axis=-1)
+    norms = jnp.sqrt((jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS))
+    return 1.0 - dot / norms
+
+
 def _check_temperature(temperature: float) -> None:
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -146,12 +158,8 @@ def cosine_loss(
             f"cosine loss needs equal hidden sizes, got student hidden size {s_hidden} and teacher hidden "
             f"size {t_hidden}; set alpha_cos=0 or project the student's hidden states (hidden_projection)"
         )
-    s = student_hidden.astype(jnp.float32)
-    t = teacher_hidden.astype(jnp.float32)
-    dot = jnp.sum(s * t, axis=-1)
-    norms = jnp.sqrt((jnp.sum(s * s, axis=-1) + _COSINE_EPS) * (jnp.sum(t * t, axis=-1) + _COSINE_EPS))
     token_weights = (attention_mask & (weights > 0)[:, None]).astype(jnp.float32)
-    return weighted_sum(1.0 - dot / norms, token_weights)
+    return weighted_sum(cosine_distance(student_hidden, teacher_hidden), token_weights)
 
 
 TERM_ALPHAS = {"loss_ce": "alpha_ce", "loss_kl": "alpha_kl", "loss_cos": "alpha_cos"}
