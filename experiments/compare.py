@@ -19,7 +19,11 @@ command continues. Two sessions on one comparison collide on a run both start: t
 output folder, so the second reports that run as failed.
 
 Then the ``best/`` and final model of every finished run are evaluated on dev and test, with per-sentence
-predictions cached in ``<run>/predictions/``. The table gives, per arm, the runs finished, the mean accuracies and
+predictions cached in ``<run>/predictions/``. With ``records: FOLDER`` in the file, each finished run also leaves
+``FOLDER/<arm>/seed<S>.json``: its predictions and labels, its summary metrics, its overrides, the teacher's
+sha256, the machine, the date and the commit. A recorded run counts as finished even when its run folder is gone,
+so a comparison longer than one machine's life continues from the records kept in git; delete a record to train
+its run again. The table gives, per arm, the runs finished, the mean accuracies and
 the arm minus the control on dev+test pooled, paired by seed, with the 95% interval of a bootstrap over seeds
 and sentences (``distilbert_eqx.comparison.paired_difference``). The same numbers go to
 ``output_root/summary.json`` and to the last line, as JSON. ``--only`` and ``--seeds`` choose what is trained;
@@ -31,9 +35,12 @@ This replaces the batching study's drivers (``docs/studies/batching/compare_batc
 
 import argparse
 import dataclasses
+import datetime
 import difflib
+import hashlib
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -58,7 +65,7 @@ EXPERIMENTS = Path(__file__).resolve().parent
 # script name -> (training script, the folder its final model is saved to)
 SCRIPTS = {"distill": ("distill_sst2.py", "student"), "finetune": ("finetune_teacher.py", "model")}
 REQUIRED_KEYS = ("script", "config", "output_root", "seeds", "control", "arms")
-FILE_KEYS = (*REQUIRED_KEYS, "set")
+FILE_KEYS = (*REQUIRED_KEYS, "set", "records")
 ARM_KEYS = ("name", "set")
 # Set per run by this script; an arm that set them too would be silently overridden.
 RUNNER_KEYS = ("seed", "output_dir", "job_name", "resume_from_checkpoint")
@@ -66,7 +73,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MODELS = ("best", "final")
 SPLITS = ("dev", "test")
 PREDICTIONS = "predictions"
-FINISHED, RESUMABLE, NEW = "finished", "resumable", "new"
+FINISHED, RESUMABLE, NEW, RECORDED = "finished", "resumable", "new", "recorded"
+DONE = (FINISHED, RECORDED)
 
 
 class ComparisonError(UserError):
@@ -97,6 +105,7 @@ class Comparison:
     control: str
     overrides: tuple[str, ...]
     arms: tuple[Arm, ...]
+    records: Path | None = None
 
     @property
     def final_name(self) -> str:
@@ -173,8 +182,8 @@ def read_comparison(path: str | Path) -> Comparison:
     script = document["script"]
     if script not in SCRIPTS:
         _fail(where, f"script={script!r}; expected one of {', '.join(SCRIPTS)}")
-    for key in ("config", "output_root", "control"):
-        if not isinstance(document[key], str) or not document[key]:
+    for key in ("config", "output_root", "control", "records"):
+        if key in document and (not isinstance(document[key], str) or not document[key]):
             _fail(where, f"{key}={document[key]!r}; expected a non-empty string")
     seeds = document["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(
@@ -197,7 +206,7 @@ def read_comparison(path: str | Path) -> Comparison:
     return Comparison(
         source=path, script=script, config=document["config"], output_root=Path(document["output_root"]),
         seeds=tuple(seeds), control=document["control"], overrides=_overrides(document.get("set", []), where),
-        arms=arms,
+        arms=arms, records=Path(document["records"]) if "records" in document else None,
     )
 
 
@@ -245,6 +254,19 @@ def run_status(output_dir: Path, final_name: str) -> str:
     return NEW
 
 
+def record_path(comparison: Comparison, run: Run) -> Path | None:
+    """Where the run's record goes, when the comparison keeps records."""
+    return None if comparison.records is None else comparison.records / run.arm.name / f"seed{run.seed}.json"
+
+
+def status(comparison: Comparison, run: Run) -> str:
+    """``recorded`` when the run's record exists, else its folder's `run_status`."""
+    record = record_path(comparison, run)
+    if record is not None and record.is_file():
+        return RECORDED
+    return run_status(run.output_dir, comparison.final_name)
+
+
 def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume: bool) -> list[str]:
     """The run's ``--set`` list: the comparison's, the arm's, the command line's, then the run's own."""
     overrides = [
@@ -289,15 +311,15 @@ def launch(command: list[str]) -> int:
 
 def train(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> list[str]:
     """Train every unfinished run; the failed runs, each with why."""
-    pending = [run for run in runs if run_status(run.output_dir, comparison.final_name) != FINISHED]
+    pending = [run for run in runs if status(comparison, run) not in DONE]
     failures = []
     for i, run in enumerate(pending, 1):
         # Checked again: another session may have finished this run, or checkpointed it, in the meantime.
-        status = run_status(run.output_dir, comparison.final_name)
-        if status == FINISHED:
+        state = status(comparison, run)
+        if state in DONE:
             continue
-        command = run_command(comparison, run, extra, status)
-        print(f"\n== {run.label}: {status} ({i} of {len(pending)})\n{shlex.join(command)}", flush=True)
+        command = run_command(comparison, run, extra, state)
+        print(f"\n== {run.label}: {state} ({i} of {len(pending)})\n{shlex.join(command)}", flush=True)
         # The run replaces its models, so predictions cached from earlier ones would be stale.
         shutil.rmtree(run.output_dir / PREDICTIONS, ignore_errors=True)
         exit_status = launch(command)
@@ -311,7 +333,7 @@ def train(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> 
 def run_predictions(
     output_dir: Path, model: str, split: str, *, folder: str, data_dir: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Whether the run's ``model`` (saved in ``folder``) got each sentence of ``split`` right, in dataset order,
+    """The run's ``model`` (saved in ``folder``)'s prediction for each sentence of ``split``, in dataset order,
     and the labels: from the run's predictions cache, filled first by evaluating the model when missing."""
     path = output_dir / PREDICTIONS / f"{model}_{split}.jsonl"
     if not path.is_file():
@@ -332,30 +354,122 @@ def run_predictions(
         finally:
             partial.unlink(missing_ok=True)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    labels = np.array([r["label"] for r in rows])
-    return np.array([r["prediction"] for r in rows]) == labels, labels
+    return np.array([r["prediction"] for r in rows]), np.array([r["label"] for r in rows])
 
 
-def summarise(comparison: Comparison, data_dir: str | None) -> dict[str, Any]:
-    """Mean accuracies per arm and each arm minus the control, over the finished runs of the whole comparison."""
-    finished = [
-        run for run in select_runs(comparison, None, None)
-        if run_status(run.output_dir, comparison.final_name) == FINISHED
-    ]
-    correct: dict[tuple[str, int, str, str], np.ndarray] = {}
-    first_labels: dict[str, tuple[Path, np.ndarray]] = {}
-    for run in finished:
+def machine() -> str:
+    """The CPU's model name with its family and model numbers (Linux), else what `platform` knows."""
+    try:
+        fields = dict(
+            line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
+        )
+        name = fields["model name"].strip()
+        family, model = fields.get("cpu family", "?").strip(), fields.get("model", "?").strip()
+        return f"{name} (family {family} model {model}), {os.cpu_count()} cores"
+    except (OSError, KeyError):
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=EXPERIMENTS,
+                                check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+def teacher_sha256(config: Mapping) -> str | None:
+    """The sha256 of the run's teacher weights (its ``teacher_model``'s ``model.safetensors``), if on disk."""
+    weights = Path(str(config.get("teacher_model", ""))) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _summary_metrics(metrics: Path) -> dict[str, Any]:
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "summary/steps" in record:
+            return {k.removeprefix("summary/"): v for k, v in record.items() if k.startswith("summary/")}
+    return {}
+
+
+def make_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None) -> dict[str, Any]:
+    """A finished run's record: what the summary needs (predictions and labels) and what says how it was made."""
+    config = json.loads((run.output_dir / "config.json").read_text(encoding="utf-8"))
+    predictions: dict[str, dict[str, list[int]]] = {model: {} for model in MODELS}
+    labels: dict[str, list[int]] = {}
+    for model in MODELS:
+        for split in SPLITS:
+            predicted, split_labels = run_predictions(
+                run.output_dir, model, split, folder=comparison.model_folder(model), data_dir=data_dir
+            )
+            predictions[model][split] = predicted.tolist()
+            labels[split] = split_labels.tolist()
+    return {
+        "arm": run.arm.name, "seed": run.seed, "config": comparison.config,
+        "overrides": run_overrides(comparison, run, extra, resume=False),
+        "summary": _summary_metrics(run.output_dir / "metrics.jsonl"),
+        "teacher_sha256": teacher_sha256(config), "machine": machine(),
+        "recorded": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _commit(), "predictions": predictions, "labels": labels,
+    }
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
         for model in MODELS:
             for split in SPLITS:
-                right, labels = run_predictions(
-                    run.output_dir, model, split, folder=comparison.model_folder(model), data_dir=data_dir
-                )
+                if len(record["predictions"][model][split]) != len(record["labels"][split]):
+                    raise ValueError(f"{model} {split}: as many predictions as labels expected")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ComparisonError(f"cannot read the run record {path}: {e}; delete it to train its run again") from e
+    return record
+
+
+def summarise(comparison: Comparison, data_dir: str | None, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Mean accuracies per arm and each arm minus the control, over the finished runs of the whole comparison.
+
+    Recorded runs are read from their records; finished runs are evaluated (once, then cached) and, when the
+    comparison keeps records, recorded.
+    """
+    finished = [run for run in select_runs(comparison, None, None) if status(comparison, run) in DONE]
+    correct: dict[tuple[str, int, str, str], np.ndarray] = {}
+    first_labels: dict[str, tuple[Path, np.ndarray]] = {}
+    teachers: dict[str, list[str]] = {}
+    machines: dict[str, list[str]] = {}
+    for run in finished:
+        path = record_path(comparison, run)
+        if path is not None and path.is_file():
+            record, source = read_record(path), path
+        else:
+            record, source = make_record(comparison, run, extra, data_dir), run.output_dir
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, json.dumps(record, separators=(",", ":")) + "\n")
+                print(f"recorded {run.label} in {path}", flush=True)
+        teachers.setdefault(str(record["teacher_sha256"]), []).append(run.label)
+        machines.setdefault(str(record["machine"]), []).append(run.label)
+        for model in MODELS:
+            for split in SPLITS:
+                labels = np.asarray(record["labels"][split])
+                right = np.asarray(record["predictions"][model][split]) == labels
                 # Pairing by sentence needs every run scored on the same sentences, in the same order.
-                first_path, first = first_labels.setdefault(split, (run.output_dir, labels))
+                first_source, first = first_labels.setdefault(split, (source, labels))
                 if not np.array_equal(labels, first):
                     raise ComparisonError(
-                        f"the {split} predictions of {run.output_dir} and {first_path} have different labels: were "
-                        f"they evaluated on different data? Delete their {PREDICTIONS}/ folders to evaluate again"
+                        f"the {split} predictions of {source} and {first_source} have different labels: were "
+                        f"they evaluated on different data? Delete their {PREDICTIONS}/ folders (or records) to "
+                        "evaluate again"
                     )
                 correct[(run.arm.name, run.seed, model, split)] = right.astype(np.float64)
 
@@ -385,7 +499,7 @@ def summarise(comparison: Comparison, data_dir: str | None) -> dict[str, Any]:
             }
         rows.append(row)
     return {"comparison": str(comparison.source), "control": comparison.control, "seeds": list(comparison.seeds),
-            "pooled_splits": "+".join(SPLITS), "arms": rows}
+            "pooled_splits": "+".join(SPLITS), "arms": rows, "teachers": teachers, "machines": machines}
 
 
 def _accuracy_cell(value: float | None) -> str:
@@ -416,15 +530,23 @@ def print_table(summary: dict[str, Any]) -> None:
             differences = [_difference_cell(row["minus_control"][model]) for model in MODELS]
         print(f"| {row['arm']} | {len(row['finished_seeds'])}/{row['runs']} | {' | '.join(cells)} | "
               f"{' | '.join(differences)} |")
+    for what, key in (("teacher (weights sha256)", "teachers"), ("machine", "machines")):
+        groups = summary.get(key, {})
+        if len(groups) > 1:
+            print(f"\nThe runs had {len(groups)} different {what}s:")
+            for name, labels in groups.items():
+                print(f"  {name}: {', '.join(labels)}")
+        elif groups:
+            print(f"{what}: {next(iter(groups))}")
 
 
 def print_plan(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> dict[str, Any]:
     planned = []
     for run in runs:
-        status = run_status(run.output_dir, comparison.final_name)
-        command = None if status == FINISHED else run_command(comparison, run, extra, status)
-        print(f"{run.label}: {status}" + ("" if command is None else f"\n  {shlex.join(command)}"))
-        planned.append({"arm": run.arm.name, "seed": run.seed, "status": status, "command": command})
+        state = status(comparison, run)
+        command = None if state in DONE else run_command(comparison, run, extra, state)
+        print(f"{run.label}: {state}" + ("" if command is None else f"\n  {shlex.join(command)}"))
+        planned.append({"arm": run.arm.name, "seed": run.seed, "status": state, "command": command})
     return {"runs": planned}
 
 
@@ -449,7 +571,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.dry_run:
         return print_plan(comparison, runs, extra)
     failures = [] if args.no_run else train(comparison, runs, extra)
-    summary = {**summarise(comparison, args.data_dir), "failed": failures}
+    summary = {**summarise(comparison, args.data_dir, extra), "failed": failures}
     print_table(summary)
     comparison.output_root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(comparison.output_root / "summary.json", json.dumps(summary, indent=2))

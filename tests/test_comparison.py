@@ -2,8 +2,10 @@
 (experiments/compare.py): its file validation, planning and summary on fabricated run folders, and one tiny
 comparison end to end."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -134,11 +136,14 @@ def correctness(arm: str, seed: int, model: str, split: str) -> np.ndarray:
     return (rng.random(len(LABELS[split])) < 0.6).astype(np.float64)
 
 
-def fabricate_run(out: Path, arm: str, seed: int, final: str = "student", labels=LABELS) -> None:
-    """A finished run's folder: a summary record, its models' folders and its predictions already cached."""
+def fabricate_run(
+    out: Path, arm: str, seed: int, final: str = "student", labels=LABELS, teacher: Path | None = None
+) -> None:
+    """A finished run's folder: its config, a summary record, its models' folders and its predictions cached."""
     for folder in ("best", final, "predictions"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    records = [{"step": 2, "loss": 0.5}, {"step": 2, "summary/steps": 2}]
+    (out / "config.json").write_text(json.dumps({"teacher_model": str(teacher or out / "no-teacher")}))
+    records = [{"step": 2, "loss": 0.5}, {"step": 2, "summary/steps": 2, "summary/wall_time_sec": 3.5}]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     for model in compare.MODELS:
         for split in compare.SPLITS:
@@ -179,6 +184,7 @@ def _no_evaluation(*args, **kwargs):
         (lambda d: d.update(seeds=[3, 1, 3]), r"lists \[3\] more than once"),
         (lambda d: d.update(script="train"), "script='train'; expected one of distill, finetune"),
         (lambda d: d.update(output_root=""), "output_root=''; expected a non-empty string"),
+        (lambda d: d.update(records=["a"]), r"records=\['a'\]; expected a non-empty string"),
         (lambda d: d.update(set=["seed=3"]), "set sets 'seed' .* remove it"),
         (lambda d: d["arms"][1].update(set=["output_dir=elsewhere"]), r"arms\[1\] \(original\): set sets 'output_dir'"),
     ],
@@ -330,6 +336,48 @@ def test_predictions_from_other_data_are_refused(tmp_path, monkeypatch):
         compare.main([str(path), "--no-run"])
 
 
+def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_path, monkeypatch, capsys):
+    root, records = tmp_path / "runs", tmp_path / "records"
+    path = write_comparison(tmp_path, document(root, records=str(records)))
+    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"teacher weights")
+    for arm in ("labels_only", "original"):
+        for seed in (1, 2):
+            fabricate_run(root / arm / f"seed{seed}", arm, seed, teacher=teacher)
+    summary = compare.main([str(path), "--no-run"])
+    record = json.loads((records / "original/seed2.json").read_text())
+    assert record["arm"] == "original" and record["seed"] == 2
+    assert record["labels"] == LABELS
+    right = np.array(record["predictions"]["best"]["test"]) == np.array(LABELS["test"])
+    np.testing.assert_array_equal(right, correctness("original", 2, "best", "test"))
+    assert record["summary"] == {"steps": 2, "wall_time_sec": 3.5}
+    assert record["overrides"][-2:] == [f"output_dir={root / 'original/seed2'}", "job_name=original-seed2"]
+    assert record["teacher_sha256"] == hashlib.sha256(b"teacher weights").hexdigest()
+    assert record["machine"] == compare.machine() and record["recorded"]
+    assert list(summary["teachers"]) == [record["teacher_sha256"]]
+    assert len(summary["teachers"][record["teacher_sha256"]]) == 4
+
+    # The run folders are gone (a new machine): the records are the runs, nothing is trained or evaluated again.
+    shutil.rmtree(root)
+    monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a recorded run"))
+    capsys.readouterr()
+    assert compare.main([str(path), "--dry-run"])["runs"][0]["status"] == compare.RECORDED
+    assert compare.main([str(path)])["arms"] == summary["arms"]
+    assert f"teacher (weights sha256): {record['teacher_sha256']}" in capsys.readouterr().out
+
+    # Runs made with different teachers are pooled, and the table says so.
+    other = json.loads((records / "labels_only/seed1.json").read_text()) | {"teacher_sha256": "other"}
+    (records / "labels_only/seed1.json").write_text(json.dumps(other))
+    compare.main([str(path), "--no-run"])
+    assert "The runs had 2 different teacher (weights sha256)s:\n  other: labels_only seed 1\n" in capsys.readouterr().out
+
+    (records / "original/seed1.json").write_text('{"arm": "original", "predictions": {}}')
+    with pytest.raises(compare.ComparisonError, match=r"cannot read the run record .*original/seed1.json: .*delete it"):
+        compare.main([str(path), "--no-run"])
+
+
 def test_missing_predictions_are_evaluated_with_the_runs_settings_and_cached(tmp_path, monkeypatch):
     out = tmp_path / "run"
     (out / "student").mkdir(parents=True)
@@ -346,9 +394,9 @@ def test_missing_predictions_are_evaluated_with_the_runs_settings_and_cached(tmp
 
     monkeypatch.setattr(compare, "evaluate_checkpoint", evaluate)
     for data_dir in (None, "/other"):
-        right, labels = compare.run_predictions(out, "final", "dev", folder="student", data_dir=data_dir)
+        predictions, labels = compare.run_predictions(out, "final", "dev", folder="student", data_dir=data_dir)
         np.testing.assert_array_equal(labels, LABELS["dev"])
-        np.testing.assert_array_equal(right, np.array(LABELS["dev"]) == 1)
+        np.testing.assert_array_equal(predictions, np.ones(len(LABELS["dev"])))
     # The second call read the cache.
     assert calls == [(str(out / "student"), {"data_dir": "/run/data", "split": "dev", "dataset_id": "glue/sst2",
                                              "max_length": 64, "batch_size": 32, "buckets": (16, 64)})]
