@@ -309,7 +309,7 @@ def launch(command: list[str]) -> int:
         raise
 
 
-def train(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> list[str]:
+def train(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str], data_dir: str | None = None) -> list[str]:
     """Train every unfinished run; the failed runs, each with why."""
     pending = [run for run in runs if status(comparison, run) not in DONE]
     failures = []
@@ -327,6 +327,8 @@ def train(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> 
             failures.append(f"{run.label} (exit status {exit_status})")
         elif run_status(run.output_dir, comparison.final_name) != FINISHED:
             failures.append(f"{run.label} (stopped before its last step)")
+        elif comparison.records is not None:
+            write_record(comparison, run, extra, data_dir)  # now, not after the last run: a session can end first
     return failures
 
 
@@ -424,6 +426,15 @@ def make_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir
     }
 
 
+def write_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None) -> dict[str, Any]:
+    """Make the finished run's record and write it (atomically) to its `record_path`."""
+    record, path = make_record(comparison, run, extra, data_dir), record_path(comparison, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, separators=(",", ":")) + "\n")
+    print(f"recorded {run.label} in {path}", flush=True)
+    return record
+
+
 def read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -451,12 +462,10 @@ def summarise(comparison: Comparison, data_dir: str | None, extra: Sequence[str]
         path = record_path(comparison, run)
         if path is not None and path.is_file():
             record, source = read_record(path), path
+        elif path is not None:
+            record, source = write_record(comparison, run, extra, data_dir), path
         else:
             record, source = make_record(comparison, run, extra, data_dir), run.output_dir
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(record, separators=(",", ":")) + "\n")
-                print(f"recorded {run.label} in {path}", flush=True)
         teachers.setdefault(str(record["teacher_sha256"]), []).append(run.label)
         machines.setdefault(str(record["machine"]), []).append(run.label)
         for model in MODELS:
@@ -570,7 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_configs(comparison, runs, extra)
     if args.dry_run:
         return print_plan(comparison, runs, extra)
-    failures = [] if args.no_run else train(comparison, runs, extra)
+    failures = [] if args.no_run else train(comparison, runs, extra, args.data_dir)
     summary = {**summarise(comparison, args.data_dir, extra), "failed": failures}
     print_table(summary)
     comparison.output_root.mkdir(parents=True, exist_ok=True)

@@ -378,6 +378,24 @@ def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_
         compare.main([str(path), "--no-run"])
 
 
+def test_each_run_is_recorded_as_soon_as_it_finishes(tmp_path, monkeypatch):
+    root, records = tmp_path / "runs", tmp_path / "records"
+    path = write_comparison(tmp_path, document(root, records=str(records)))
+    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    seen = []
+
+    def launch(command):
+        seen.append(sorted(str(p.relative_to(records)) for p in records.rglob("*.json")))
+        out = Path(next(a for a in command if a.startswith("output_dir=")).removeprefix("output_dir="))
+        fabricate_run(out, out.parent.name, int(out.name.removeprefix("seed")))
+        return 0
+
+    monkeypatch.setattr(compare, "launch", launch)
+    compare.main([str(path)])
+    assert seen == [[], ["labels_only/seed1.json"], ["labels_only/seed1.json", "original/seed1.json"],
+                    ["labels_only/seed1.json", "labels_only/seed2.json", "original/seed1.json"]]
+
+
 def test_missing_predictions_are_evaluated_with_the_runs_settings_and_cached(tmp_path, monkeypatch):
     out = tmp_path / "run"
     (out / "student").mkdir(parents=True)
