@@ -6,6 +6,7 @@ no stack that no term reads, so the plain recipe's step is the same program it w
 """
 
 import dataclasses
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -115,6 +116,22 @@ class LossConfig:
             "output_values": self.alpha_value_relation > 0,
         }
 
+    @property
+    def teacher_fields(self) -> tuple[str, ...]:
+        """The `TeacherTargets` fields the terms read: none without a teacher, else the logits and what else the
+        positive terms compare."""
+        if not self.needs_teacher:
+            return ()
+        wanted = {
+            "logits": True,
+            "last_hidden_state": self.alpha_cos > 0,
+            "hidden_states": self.alpha_hidden > 0,
+            "attention_scores": self.alpha_attention_scores > 0,
+            "last_attention_scores": self.alpha_attention_kl > 0,
+            "last_values": self.alpha_value_relation > 0,
+        }
+        return tuple(name for name in TeacherTargets._fields if wanted[name])
+
     def without(self, terms: tuple[str, ...]) -> "LossConfig":
         """This config with the named terms' weights set to 0 (a stage of a two-stage run)."""
         return dataclasses.replace(self, **{TERM_WEIGHTS[name]: 0.0 for name in terms})
@@ -128,6 +145,41 @@ class LossConfig:
         return self.without(PREDICTION_TERMS)
 
 
+class TeacherTargets(NamedTuple):
+    """What the losses read of the teacher, for a batch: exactly the fields ``LossConfig.teacher_fields`` names
+    (the others ``None``), with the layers the terms match and no others.
+
+    The train step computes them from the teacher's forward (`teacher_targets`), or takes them from the
+    teacher-output cache (``teacher_cache.py``); the losses cannot tell which.
+    """
+
+    logits: Float[Array, "batch classes"] | None = None
+    last_hidden_state: Float[Array, "batch seq hidden"] | None = None
+    # The hidden states of the layer map's teacher side, in the map's order.
+    hidden_states: Float[Array, "batch pairs seq hidden"] | None = None
+    # The pre-softmax scores of `attention_pairs(layer_map)`'s teacher layers, in that order.
+    attention_scores: Float[Array, "batch pairs heads seq seq"] | None = None
+    # The last layer's scores and values (MiniLM's losses).
+    last_attention_scores: Float[Array, "batch 1 heads seq seq"] | None = None
+    last_values: Float[Array, "batch 1 seq hidden"] | None = None
+
+
+def teacher_targets(teacher: ClassifierOutput, losses: LossConfig) -> TeacherTargets:
+    """The teacher's batched outputs reduced to what ``losses`` read (see `TeacherTargets`)."""
+    fields = losses.teacher_fields
+    pick = {
+        "logits": lambda: teacher.logits,
+        "last_hidden_state": lambda: teacher.last_hidden_state,
+        "hidden_states": lambda: teacher.hidden_states[:, jnp.array([t for _, t in losses.layer_map])],
+        "attention_scores": lambda: teacher.attention_scores[
+            :, jnp.array([t for _, t in attention_pairs(losses.layer_map)])
+        ],
+        "last_attention_scores": lambda: teacher.attention_scores[:, -1:],
+        "last_values": lambda: teacher.values[:, -1:],
+    }
+    return TeacherTargets(**{name: pick[name]() for name in fields})
+
+
 def project(projection: eqx.nn.Linear | None, states: Float[Array, "*batch s_hidden"]) -> Float[Array, "*batch t_hidden"]:
     """The student's hidden states mapped to the teacher's width by the learned ``W_h`` (identity when ``None``)."""
     if projection is None:
@@ -138,7 +190,7 @@ def project(projection: eqx.nn.Linear | None, states: Float[Array, "*batch s_hid
 
 def loss_terms(
     student: ClassifierOutput,
-    teacher: ClassifierOutput | None,
+    teacher: TeacherTargets | None,
     projection: eqx.nn.Linear | None,
     batch: Batch,
     losses: LossConfig,
@@ -147,7 +199,8 @@ def loss_terms(
 
     Arguments:
         student: the student's batched outputs, with the stacks ``losses.outputs()`` asks for.
-        teacher: the teacher's (gradients already stopped), or ``None`` when only ``loss_ce`` is on.
+        teacher: what the terms read of the teacher (`teacher_targets`, gradients already stopped, or the
+            cache's), or ``None`` when only ``loss_ce`` is on.
         projection: ``W_h`` from the student's width to the teacher's, or ``None`` when the widths are equal.
         batch: the labels, attention mask and row weights.
         losses: the terms' weights and settings.
@@ -170,23 +223,22 @@ def loss_terms(
     )
     if losses.alpha_hidden > 0:
         s_idx = jnp.array([s for s, _ in losses.layer_map])
-        t_idx = jnp.array([t for _, t in losses.layer_map])
         hidden = hidden_mse_loss if losses.hidden_loss == "mse" else hidden_cosine_loss
         terms["loss_hidden"] = hidden(
-            project(projection, student.hidden_states[:, s_idx]), teacher.hidden_states[:, t_idx], mask, weights
+            project(projection, student.hidden_states[:, s_idx]), teacher.hidden_states, mask, weights
         )
     if losses.alpha_attention_scores > 0:
         pairs = attention_pairs(losses.layer_map)
-        s_idx, t_idx = jnp.array([s for s, _ in pairs]), jnp.array([t for _, t in pairs])
+        s_idx = jnp.array([s for s, _ in pairs])
         terms["loss_attention_scores"] = attention_score_loss(
-            student.attention_scores[:, s_idx], teacher.attention_scores[:, t_idx], mask, weights
+            student.attention_scores[:, s_idx], teacher.attention_scores, mask, weights
         )
     if losses.alpha_attention_kl > 0:
         terms["loss_attention_kl"] = attention_kl_loss(
-            student.attention_scores[:, -1:], teacher.attention_scores[:, -1:], mask, weights
+            student.attention_scores[:, -1:], teacher.last_attention_scores, mask, weights
         )
     if losses.alpha_value_relation > 0:
         terms["loss_value_relation"] = value_relation_loss(
-            student.values[:, -1:], teacher.values[:, -1:], mask, weights, relation_heads=losses.relation_heads
+            student.values[:, -1:], teacher.last_values, mask, weights, relation_heads=losses.relation_heads
         )
     return terms

@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from .data import Batch
 from .losses import weighted_total
 from .models import AbstractSequenceClassifier, ClassifierOutput
-from .objective import LossConfig, loss_terms
+from .objective import LossConfig, loss_terms, teacher_targets
 
 
 class TrainState(eqx.Module):
@@ -175,16 +175,16 @@ def train_step_body(
         # Each device draws its own dropout masks.
         step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
     outputs = losses.outputs()
-    teacher_out = None
+    targets = None
     if losses.needs_teacher:
-        teacher_out = jax.lax.stop_gradient(forward(teacher, batch, key=None, **outputs))
+        targets = jax.lax.stop_gradient(teacher_targets(forward(teacher, batch, key=None, **outputs), losses))
 
     params, static = eqx.partition(state.trainable, eqx.is_inexact_array)
 
     def loss_fn(params):
         student, projection = eqx.combine(params, static)
         out = forward(student, batch, key=step_key, **outputs)
-        terms = loss_terms(out, teacher_out, projection, batch, losses)
+        terms = loss_terms(out, targets, projection, batch, losses)
         if axis_name is not None:
             # The global batch's sums, before any mean: each device's loss (and so its gradient) is the
             # global batch's, also when its own rows are all padding.

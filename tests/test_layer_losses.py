@@ -26,7 +26,7 @@ from distilbert_eqx.layer_losses import (
     value_relation_loss,
 )
 from distilbert_eqx.layer_map import LayerMapError, attention_pairs, check_layer_map, uniform_layer_map
-from distilbert_eqx.objective import TERM_WEIGHTS, LossConfig, loss_terms
+from distilbert_eqx.objective import TERM_WEIGHTS, LossConfig, loss_terms, teacher_targets
 from distilbert_eqx.train import forward
 from helpers import VOCAB, max_diff, tiny_hf
 
@@ -253,7 +253,10 @@ def _our_losses_and_grads(student, projection, teacher_out, batch: Batch, terms:
     def means(params):
         student, projection = eqx.combine(params, static)
         out = forward(student, batch, key=None, **outputs)
-        values = jnp.stack([loss_terms(out, teacher_out, projection, batch, losses)[term].mean() for term, losses in terms])
+        values = jnp.stack([
+            loss_terms(out, teacher_targets(teacher_out, losses), projection, batch, losses)[term].mean()
+            for term, losses in terms
+        ])
         return values, values
 
     grads, values = jax.jacrev(means, has_aux=True)(params)
@@ -389,7 +392,7 @@ def _layer_terms(student, teacher, batch: Batch) -> dict[str, jax.Array]:
     student_out, teacher_out = (forward(m, batch, key=None, **outputs) for m in (student, teacher))
     means = {}
     for losses in configs:
-        terms = loss_terms(student_out, teacher_out, None, batch, losses)
+        terms = loss_terms(student_out, teacher_targets(teacher_out, losses), None, batch, losses)
         means |= {f"{name}_{losses.hidden_loss}" if name == "loss_hidden" else name: sums.mean()
                   for name, sums in terms.items()}
     return means

@@ -13,7 +13,7 @@ from distilbert_eqx.checkpoint import CheckpointManager
 from distilbert_eqx.init import random_student
 from distilbert_eqx.layer_map import uniform_layer_map
 from distilbert_eqx.models.layers import linear
-from distilbert_eqx.objective import LossConfig, loss_terms, project
+from distilbert_eqx.objective import LossConfig, loss_terms, project, teacher_targets
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
 from helpers import flat_weights, random_batch, tiny_bert_config, tiny_teacher
 
@@ -94,7 +94,7 @@ def test_every_term_is_computed_and_finite_for_a_narrow_student():
     projection = linear(16, 32, 0.02, key=jax.random.key(4))
     s = forward(student, batch, key=None, **EVERY_TERM.outputs())
     t = forward(teacher, batch, key=None, **EVERY_TERM.outputs())
-    terms = loss_terms(s, t, projection, batch, EVERY_TERM)
+    terms = loss_terms(s, teacher_targets(t, EVERY_TERM), projection, batch, EVERY_TERM)
     assert set(terms) == set(EVERY_TERM.terms)
     for name, sums in terms.items():
         assert np.isfinite(float(sums.mean())) and float(sums.mean()) > 0, name
@@ -114,7 +114,7 @@ def test_hidden_losses_across_widths_without_a_projection_are_a_clear_error(loss
     s = forward(_narrow_student(), batch, key=None, **losses.outputs())
     t = forward(teacher, batch, key=None, **losses.outputs())
     with pytest.raises(ValueError, match=message):
-        loss_terms(s, t, None, batch, losses)
+        loss_terms(s, teacher_targets(t, losses), None, batch, losses)
 
 
 def test_projection_maps_every_position():
@@ -166,3 +166,24 @@ def test_projection_is_trained_checkpointed_and_left_out_of_the_saved_student(tm
     )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert hf_model.config.dim == 16
+
+
+def test_teacher_targets_hold_exactly_what_the_terms_read():
+    assert LossConfig(alpha_kl=0.0, alpha_cos=0.0).teacher_fields == ()
+    assert LossConfig().teacher_fields == ("logits", "last_hidden_state")
+    assert LossConfig(alpha_cos=0.0).teacher_fields == ("logits",)
+    teacher = tiny_teacher(num_hidden_layers=4)
+    batch = _batch(1)
+    t = forward(teacher, batch, key=None, **EVERY_TERM.outputs())
+    targets = teacher_targets(t, EVERY_TERM)
+    assert EVERY_TERM.teacher_fields == targets._fields
+    rows, seq = batch.input_ids.shape
+    # uniform_layer_map(2, 4) = (0, 0), (1, 2), (2, 4): three hidden states, two attention layers (2 and 4).
+    np.testing.assert_array_equal(targets.hidden_states, t.hidden_states[:, [0, 2, 4]])
+    np.testing.assert_array_equal(targets.attention_scores, t.attention_scores[:, [1, 3]])
+    np.testing.assert_array_equal(targets.last_attention_scores, t.attention_scores[:, 3:])
+    np.testing.assert_array_equal(targets.last_values, t.values[:, 3:])
+    assert targets.last_values.shape == (rows, 1, seq, 32)
+    np.testing.assert_array_equal(targets.logits, t.logits)
+    plain = teacher_targets(t, LossConfig())
+    assert plain.hidden_states is plain.attention_scores is plain.last_values is None
