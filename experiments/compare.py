@@ -362,9 +362,10 @@ def run_predictions(
 def machine() -> str:
     """The CPU's model name with its family and model numbers (Linux), else what `platform` knows."""
     try:
-        fields = dict(
-            line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
-        )
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value)  # the first CPU's
         name = fields["model name"].strip()
         family, model = fields.get("cpu family", "?").strip(), fields.get("model", "?").strip()
         return f"{name} (family {family} model {model}), {os.cpu_count()} cores"

@@ -356,6 +356,9 @@ def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_
     assert record["overrides"][-2:] == [f"output_dir={root / 'original/seed2'}", "job_name=original-seed2"]
     assert record["teacher_sha256"] == hashlib.sha256(b"teacher weights").hexdigest()
     assert record["machine"] == compare.machine() and record["recorded"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "model name" in cpuinfo.read_text():
+        assert " (family " in record["machine"]  # the CPU's name, not only its architecture
     assert list(summary["teachers"]) == [record["teacher_sha256"]]
     assert len(summary["teachers"][record["teacher_sha256"]]) == 4
 
