@@ -11,13 +11,17 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import jax
 import numpy as np
 import tokenizers
 from jaxtyping import Bool, Float32, Int32, Int64
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .teacher_cache import TeacherCache
 
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
@@ -93,13 +97,18 @@ class SentenceTokenizer:
 
 class Batch(NamedTuple):
     """One padded batch. Rows with ``weights == 0`` are dummies that fill the last batch of a split; their
-    attention mask keeps only the first token so that no softmax sees an all-masked row."""
+    attention mask keeps only the first token so that no softmax sees an all-masked row.
+
+    ``teacher`` holds the rows' cached teacher outputs (``objective.TeacherTargets``, padded like the batch) when
+    the run has a teacher-output cache, else ``None`` (no leaves: the step's program is unchanged).
+    """
 
     input_ids: Int32[np.ndarray, "batch seq"]
     attention_mask: Bool[np.ndarray, "batch seq"]
     token_type_ids: Int32[np.ndarray, "batch seq"]
     labels: Int32[np.ndarray, " batch"]
     weights: Float32[np.ndarray, " batch"]
+    teacher: Any = None
 
 
 class PaddingStats(NamedTuple):
@@ -290,9 +299,14 @@ def _train_order(
 
 
 def _make_batch(
-    split: TokenizedSplit, indices: Int64[np.ndarray, " rows"], batch_size: int, buckets: Sequence[int]
+    split: TokenizedSplit,
+    indices: Int64[np.ndarray, " rows"],
+    batch_size: int,
+    buckets: Sequence[int],
+    teacher_cache: "TeacherCache | None" = None,
 ) -> Batch:
-    """Pad the examples at ``indices`` to their bucket, and the batch to ``batch_size`` rows with dummies."""
+    """Pad the examples at ``indices`` to their bucket, and the batch to ``batch_size`` rows with dummies; with
+    a teacher cache, their cached teacher outputs padded the same way."""
     starts = split.offsets[indices]
     lengths = split.offsets[indices + 1] - starts
     seq = bucket_length(int(lengths.max()), buckets)
@@ -310,7 +324,8 @@ def _make_batch(
     labels[:rows] = split.labels[indices]
     weights = np.zeros(batch_size, np.float32)
     weights[:rows] = 1.0
-    return Batch(input_ids, attention_mask, token_type_ids, labels, weights)
+    teacher = None if teacher_cache is None else teacher_cache.gather(indices, batch_size, seq)
+    return Batch(input_ids, attention_mask, token_type_ids, labels, weights, teacher)
 
 
 def train_batches(
@@ -322,6 +337,7 @@ def train_batches(
     epoch: int,
     group_by_length: bool = False,
     start: int = 0,
+    teacher_cache: "TeacherCache | None" = None,
 ) -> Iterator[Batch]:
     """Batches of one training epoch in a shuffled order fixed by ``(seed, epoch)``, skipping the first
     ``start`` (for exact resume). Every example appears exactly once; each batch is ``(batch_size, bucket)``.
@@ -332,7 +348,7 @@ def train_batches(
     batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
     if not 0 <= start <= len(batches):
         raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
-    return (_make_batch(split, indices, batch_size, buckets) for indices in batches[start:])
+    return (_make_batch(split, indices, batch_size, buckets, teacher_cache) for indices in batches[start:])
 
 
 def epoch_batches(
@@ -343,13 +359,15 @@ def epoch_batches(
     seed: int,
     group_by_length: bool,
     start_step: int = 0,
+    teacher_cache: "TeacherCache | None" = None,
 ) -> Iterator[Batch]:
     """Training batches from ``start_step`` on, epoch after epoch, without end: what a run of any length
     (``max_steps``, several epochs, a resumed run) draws from."""
     epoch, position = divmod(start_step, num_batches(split, batch_size))
     while True:
         yield from train_batches(
-            split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=position
+            split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=position,
+            teacher_cache=teacher_cache,
         )
         epoch, position = epoch + 1, 0
 
@@ -393,4 +411,4 @@ def slice_for_process(batch: Batch, process_id: int, num_processes: int) -> Batc
         raise ValueError(f"process_id={process_id}; expected 0 <= process_id < {num_processes}")
     per_process = rows // num_processes
     rows_here = slice(process_id * per_process, (process_id + 1) * per_process)
-    return Batch(*(field[rows_here] for field in batch))
+    return jax.tree.map(lambda field: field[rows_here], batch)

@@ -155,11 +155,9 @@ def sharded_steps(mesh: Mesh, losses: LossConfig, optimizer: optax.GradientTrans
         if jax.process_count() == 1:
             return jax.device_put(batch, rows)
         local = slice_for_process(batch, jax.process_index(), jax.process_count())
-        return Batch(
-            *(
-                jax.make_array_from_process_local_data(rows, np.asarray(part), np.shape(whole))
-                for part, whole in zip(local, batch)
-            )
+        return jax.tree.map(
+            lambda part, whole: jax.make_array_from_process_local_data(rows, np.asarray(part), np.shape(whole)),
+            local, batch,
         )
 
     def place_state(tree: PyTree) -> PyTree:

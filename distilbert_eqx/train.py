@@ -175,8 +175,8 @@ def train_step_body(
         # Each device draws its own dropout masks.
         step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
     outputs = losses.outputs()
-    targets = None
-    if losses.needs_teacher:
+    targets = batch.teacher  # the teacher-output cache's, if the run has one
+    if losses.needs_teacher and targets is None:
         targets = jax.lax.stop_gradient(teacher_targets(forward(teacher, batch, key=None, **outputs), losses))
 
     params, static = eqx.partition(state.trainable, eqx.is_inexact_array)

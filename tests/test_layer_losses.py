@@ -102,7 +102,7 @@ def _batch(seed: int = 0) -> Batch:
 
 def _on_device(batch: Batch) -> Batch:
     """The batch as jax arrays, as the jitted step receives it (the losses' annotations ask for jax arrays)."""
-    return Batch(*(jnp.asarray(x) for x in batch))
+    return jax.tree.map(jnp.asarray, batch)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_devices_draw_different_dropout_masks():
     If the devices shared a dropout key, every copy would get device 0's mask and the two gradients would be
     equal. They are with dropout off; with dropout on they are not, so the devices drew different masks.
     """
-    copies = Batch(*(np.repeat(x, 8, axis=0) for x in random_batch(30, batch=1)))
+    copies = jax.tree.map(lambda x: np.repeat(x, 8, axis=0), random_batch(30, batch=1))
     alone = copies._replace(weights=(np.arange(8) == 0).astype(np.float32))
     teacher = tiny_teacher()
 

@@ -1,0 +1,286 @@
+"""The frozen teacher's outputs over a training split, computed once and read back every step and epoch.
+
+In inference mode the teacher is deterministic, so every epoch would recompute the same `TeacherTargets`. The
+cache holds them for every example, ragged (real tokens only): per field one flat array whose rows are the
+examples (logits), their tokens (hidden states, values) or their token pairs (attention scores), with per-example
+row offsets. `TeacherCache.gather` pads one batch's rows back to the batch's shape, and the train step takes them
+in place of the teacher's forward (``Batch.teacher``).
+
+On disk (``save`` / ``load``) a cache is a folder of ``.npy`` files, read memory-mapped, named by a key: a sha256
+of the teacher's weights and config, the tokenized split (so the tokenizer, ``max_length`` and the data file's
+contents all enter), the stored fields, the matched layers and the storage dtype. Another key is another folder,
+never a silent reuse; a folder is written under a temporary name and renamed when complete, so a crash leaves
+nothing that a later run reads.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Int64
+
+from .checkpoint import temp_sibling
+from .data import Batch, TokenizedSplit, _batch_indices, _make_batch
+from .errors import UserError
+from .models import AbstractSequenceClassifier
+from .objective import LossConfig, TeacherTargets, teacher_targets
+from .train import forward
+
+FORMAT_VERSION = 1
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(jnp.bfloat16)}
+# What one example contributes rows of: itself, each of its tokens, or each (query, key) pair of its tokens.
+ROWS = {
+    "logits": "example",
+    "last_hidden_state": "token",
+    "hidden_states": "token",
+    "attention_scores": "pair",
+    "last_attention_scores": "pair",
+    "last_values": "token",
+}
+
+
+class TeacherCacheError(UserError):
+    """A cache cannot be built or read as asked; the message says why and what to change."""
+
+
+def _rows_per_example(kind: str, lengths: Int64[np.ndarray, " examples"]) -> Int64[np.ndarray, " examples"]:
+    return {"example": np.ones_like(lengths), "token": lengths, "pair": lengths * lengths}[kind]
+
+
+def row_shapes(teacher: AbstractSequenceClassifier, losses: LossConfig) -> dict[str, tuple[int, ...]]:
+    """Each stored field's row shape (what one example, token or token pair holds)."""
+    hidden, heads = teacher.hidden_size, teacher.num_heads
+    pairs = sum(1 for _, t in losses.layer_map if t > 0)
+    shapes = {
+        "logits": (teacher.config.num_labels,),
+        "last_hidden_state": (hidden,),
+        "hidden_states": (len(losses.layer_map), hidden),
+        "attention_scores": (pairs, heads),
+        "last_attention_scores": (1, heads),
+        "last_values": (1, hidden),
+    }
+    return {name: shapes[name] for name in losses.teacher_fields}
+
+
+def field_bytes(
+    teacher: AbstractSequenceClassifier, losses: LossConfig, lengths: Int64[np.ndarray, " examples"], dtype: str
+) -> dict[str, int]:
+    """The bytes each stored field takes for examples of these token ``lengths``, before building anything."""
+    itemsize = DTYPES[dtype].itemsize
+    return {
+        name: int(_rows_per_example(ROWS[name], lengths).sum()) * int(np.prod(shape)) * itemsize
+        for name, shape in row_shapes(teacher, losses).items()
+    }
+
+
+def cache_key(teacher: AbstractSequenceClassifier, split: TokenizedSplit, losses: LossConfig, dtype: str) -> str:
+    """A sha256 of everything the stored values depend on (see the module docstring)."""
+    digest = hashlib.sha256()
+    description = {
+        "format": FORMAT_VERSION,
+        "fields": losses.teacher_fields,
+        "layer_map": [list(p) for p in losses.layer_map],
+        "dtype": dtype,
+        "teacher_config": repr(teacher.config),
+        "compute_dtype": str(teacher.compute_dtype),
+    }
+    digest.update(json.dumps(description, sort_keys=True).encode())
+    for leaf in jax.tree.leaves(eqx.filter(teacher, eqx.is_array)):
+        array = np.asarray(leaf)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for array in (split.token_ids, split.token_type_ids, split.offsets):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class TeacherCache:
+    """The stored `TeacherTargets` of every example of a split: per field a flat ``(rows, *row_shape)`` array and
+    per-example row offsets ``(examples + 1,)``."""
+
+    def __init__(self, lengths: np.ndarray, arrays: Mapping[str, np.ndarray], key: str = "") -> None:
+        self.lengths = np.asarray(lengths, np.int64)
+        self.arrays = dict(arrays)
+        self.key = key
+        self.offsets = {
+            name: np.concatenate([[0], np.cumsum(_rows_per_example(ROWS[name], self.lengths))])
+            for name in self.arrays
+        }
+        for name, array in self.arrays.items():
+            if len(array) != self.offsets[name][-1]:
+                raise TeacherCacheError(
+                    f"cached field {name!r} has {len(array)} rows; expected {self.offsets[name][-1]} for these "
+                    "examples: the cache is damaged, delete it"
+                )
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.arrays)
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        return {name: int(array.nbytes) for name, array in self.arrays.items()}
+
+    def gather(self, indices: Int64[np.ndarray, " rows"], batch_size: int, seq: int) -> TeacherTargets:
+        """The float32 targets of the examples at ``indices``, padded to ``(batch_size, ..., seq, ...)`` like
+        their batch (zeros at padded positions and dummy rows, which no loss reads)."""
+        out = {}
+        for name, array in self.arrays.items():
+            offsets, kind = self.offsets[name], ROWS[name]
+            shape = array.shape[1:]
+            if kind == "example":
+                padded = np.zeros((batch_size, *shape), np.float32)
+                padded[: len(indices)] = array[indices]
+            elif kind == "token":
+                # Stored (tokens, *row): padded (batch, seq, *row), then the token axis where the targets have it.
+                padded = np.zeros((batch_size, seq, *shape), np.float32)
+                for row, i in enumerate(indices):
+                    padded[row, : self.lengths[i]] = array[offsets[i] : offsets[i + 1]]
+                if name != "last_hidden_state":
+                    padded = np.moveaxis(padded, 1, 2)  # (batch, layers, seq, hidden)
+            else:
+                # Stored (query * key, layers, heads): padded (batch, layers, heads, seq, seq).
+                padded = np.zeros((batch_size, seq, seq, *shape), np.float32)
+                for row, i in enumerate(indices):
+                    n = self.lengths[i]
+                    padded[row, :n, :n] = array[offsets[i] : offsets[i + 1]].reshape(n, n, *shape)
+                padded = np.moveaxis(padded, (1, 2), (3, 4))
+            out[name] = np.ascontiguousarray(padded)
+        return TeacherTargets(**out)
+
+    def save(self, folder: Path) -> None:
+        """Write to ``folder`` atomically: a temporary sibling, fsynced, then renamed."""
+        partial = temp_sibling(folder)
+        partial.mkdir(parents=True)
+        try:
+            for name, array in self.arrays.items():
+                # bfloat16 is stored as its raw 16 bits (np.load cannot name the dtype).
+                raw = array.view(np.uint16) if array.dtype == DTYPES["bfloat16"] else array
+                with open(partial / f"{name}.npy", "wb") as f:
+                    np.save(f, raw)
+                    f.flush()
+                    os.fsync(f.fileno())
+            np.save(partial / "lengths.npy", self.lengths)
+            meta = {"key": self.key, "fields": list(self.arrays), "dtypes": {n: str(a.dtype) for n, a in
+                                                                             self.arrays.items()}}
+            (partial / "meta.json").write_text(json.dumps(meta))
+            os.replace(partial, folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path) -> "TeacherCache":
+        """A saved cache, its arrays memory-mapped (read-only)."""
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {}
+        for name in meta["fields"]:
+            array = np.load(folder / f"{name}.npy", mmap_mode="r")
+            if meta["dtypes"][name] == "bfloat16":
+                array = array.view(DTYPES["bfloat16"])
+            arrays[name] = array
+        return cls(np.load(folder / "lengths.npy"), arrays, meta["key"])
+
+
+@eqx.filter_jit
+def _targets(teacher: AbstractSequenceClassifier, batch: Batch, losses: LossConfig) -> TeacherTargets:
+    return teacher_targets(forward(teacher, batch, key=None, **losses.outputs()), losses)
+
+
+def _length_sorted_batches(
+    split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]
+) -> Iterator[tuple[np.ndarray, Batch]]:
+    order = np.argsort(split.lengths, kind="stable")
+    for indices in _batch_indices(order, batch_size):
+        yield indices, _make_batch(split, indices, batch_size, buckets)
+
+
+def compute_cache(
+    teacher: AbstractSequenceClassifier,
+    split: TokenizedSplit,
+    losses: LossConfig,
+    *,
+    batch_size: int,
+    buckets: tuple[int, ...],
+    dtype: str = "float32",
+    place=lambda batch: batch,
+    key: str = "",
+) -> TeacherCache:
+    """One inference pass of ``teacher`` (in inference mode) over ``split`` in length-sorted batches (each padded
+    to its bucket), keeping the real tokens of what ``losses`` read. ``place`` puts a batch on the run's devices
+    (``Steps.place``), so the pass is data-parallel where the run is."""
+    lengths = split.lengths.astype(np.int64)
+    shapes = row_shapes(teacher, losses)
+    arrays = {
+        name: np.zeros((int(_rows_per_example(ROWS[name], lengths).sum()), *shape), DTYPES[dtype])
+        for name, shape in shapes.items()
+    }
+    cache = TeacherCache(lengths, arrays, key)
+    for indices, batch in _length_sorted_batches(split, batch_size, buckets):
+        targets = jax.device_get(_targets(teacher, place(batch), losses))
+        for name in shapes:
+            value = np.asarray(getattr(targets, name), np.float32)
+            offsets, store = cache.offsets[name], arrays[name]
+            for row, i in enumerate(indices):
+                n = lengths[i]
+                if ROWS[name] == "example":
+                    rows = value[row][None]
+                elif ROWS[name] == "token":
+                    rows = (value[row] if name == "last_hidden_state" else np.moveaxis(value[row], 1, 0))[:n]
+                else:
+                    rows = np.moveaxis(value[row], (2, 3), (0, 1))[:n, :n].reshape(n * n, *shapes[name])
+                store[offsets[i] : offsets[i + 1]] = rows.astype(DTYPES[dtype])
+    return cache
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3f} GiB" if n >= 2**27 else f"{n / 2**20:.2f} MiB"
+
+
+def teacher_cache(
+    teacher: AbstractSequenceClassifier,
+    split: TokenizedSplit,
+    losses: LossConfig,
+    *,
+    batch_size: int,
+    buckets: tuple[int, ...],
+    dtype: str = "float32",
+    folder: str | Path | None = None,
+    max_bytes: int | None = None,
+    place=lambda batch: batch,
+    log=print,
+) -> TeacherCache:
+    """The split's cache: read from ``folder/<key>`` when it is there, else computed (and saved there when a
+    folder is given; ``None`` keeps it in memory only). Prints each field's size first, and refuses a cache
+    larger than ``max_bytes``."""
+    if dtype not in DTYPES:
+        raise TeacherCacheError(f"teacher cache dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
+    if not losses.needs_teacher:
+        raise TeacherCacheError(f"the loss terms {losses.terms} read nothing of the teacher; there is nothing to cache")
+    sizes = field_bytes(teacher, losses, split.lengths, dtype)
+    total = sum(sizes.values())
+    log(f"teacher cache ({dtype}, {len(split)} examples): "
+        + ", ".join(f"{name} {_gib(n)}" for name, n in sizes.items()) + f"; total {_gib(total)}")
+    if max_bytes is not None and total > max_bytes:
+        raise TeacherCacheError(
+            f"the teacher cache would take {_gib(total)} ({', '.join(f'{k} {_gib(v)}' for k, v in sizes.items())}), "
+            f"over the limit of {_gib(max_bytes)}: raise teacher_cache_max_gb, store bfloat16 "
+            "(teacher_cache_dtype), or turn the cache off"
+        )
+    key = cache_key(teacher, split, losses, dtype)
+    target = None if folder is None else Path(folder) / key
+    if target is not None and target.is_dir():
+        log(f"teacher cache: reading {target}")
+        return TeacherCache.load(target)
+    cache = compute_cache(teacher, split, losses, batch_size=batch_size, buckets=buckets, dtype=dtype,
+                          place=place, key=key)
+    if target is not None:
+        cache.save(target)
+        log(f"teacher cache: saved {target}")
+    return cache
