@@ -6,6 +6,7 @@ import sys
 import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -333,7 +334,7 @@ def test_slice_for_process():
     batch = next(eval_batches(synthetic_split(range(1, 9)), 8, BUCKETS))
     parts = [slice_for_process(batch, i, 4) for i in range(4)]
     assert [example_of_rows(p) for p in parts] == [[0, 1], [2, 3], [4, 5], [6, 7]]
-    for field, *pieces in zip(batch, *parts):
+    for field, *pieces in zip(jax.tree.leaves(batch), *(jax.tree.leaves(p) for p in parts)):
         np.testing.assert_array_equal(field, np.concatenate(pieces))
     with pytest.raises(ValueError, match="batch of 8 rows cannot be split evenly across num_processes=3"):
         slice_for_process(batch, 0, 3)
