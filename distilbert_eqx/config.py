@@ -25,6 +25,7 @@ OPTIMIZERS = ("adamw",)
 DATASETS = ("glue/sst2",)
 HIDDEN_LOSSES = ("mse", "cosine")
 LAYER_ALPHAS = ("alpha_hidden", "alpha_attention_scores", "alpha_attention_kl", "alpha_value_relation")
+TEACHER_CACHES = ("off", "memory", "disk")
 STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("float32", "bfloat16")
@@ -106,6 +107,11 @@ class ExperimentConfig:
     student_hidden_size: int | None = None
     student_num_heads: int | None = None
     student_intermediate_size: int | None = None
+    # The teacher's outputs over the train split computed once (teacher_cache.py): off, memory or disk
+    teacher_cache: str = "off"
+    teacher_cache_dir: str = "runs/teacher_cache"
+    teacher_cache_dtype: str = "float32"
+    teacher_cache_max_gb: float = 8.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -228,6 +234,10 @@ def _validate(c: ExperimentConfig) -> None:
                  "0, or alpha_ce or alpha_kl > 0 for the second stage")
         _require(c.max_steps == 0 or c.intermediate_steps < c.max_steps, "intermediate_steps",
                  c.intermediate_steps, f"fewer than max_steps={c.max_steps}")
+    _require(c.teacher_cache in TEACHER_CACHES, "teacher_cache", c.teacher_cache, f"one of {', '.join(TEACHER_CACHES)}")
+    _require(c.teacher_cache_dtype in ("float32", "bfloat16"), "teacher_cache_dtype", c.teacher_cache_dtype,
+             "float32 or bfloat16")
+    _require(c.teacher_cache_max_gb > 0, "teacher_cache_max_gb", c.teacher_cache_max_gb, "a size in GiB > 0")
     for key in STUDENT_SHAPE:
         _require(getattr(c, key) is None or getattr(c, key) >= 1, key, getattr(c, key), "null or an int >= 1")
     if c.student_init_layers is not None:

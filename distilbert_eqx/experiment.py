@@ -42,6 +42,7 @@ from .models import AbstractSequenceClassifier
 from .models.layers import linear
 from .objective import LossConfig
 from .run_lock import OutputDirLock
+from .teacher_cache import teacher_cache
 from .train import Steps, init_state, make_optimizer, single_device_steps
 
 
@@ -310,6 +311,22 @@ def train_model(
         steps: Steps = make_steps(losses.prediction_stage(), optimizer)
     else:
         steps = make_steps(losses, optimizer)
+    cache = None
+    if config.teacher_cache != "off" and not losses.needs_teacher:
+        print(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so nothing is cached")
+    elif config.teacher_cache != "off":
+        if config.num_processes > 1:
+            raise ConfigError(
+                f"teacher_cache={config.teacher_cache!r} with num_processes={config.num_processes}: the cache is "
+                "built and read by one process; set teacher_cache=off for multi-host runs"
+            )
+        cache = teacher_cache(
+            steps.place_state(eqx.nn.inference_mode(teacher)), train_split, losses,
+            batch_size=4 * eval_batch_size(config), buckets=buckets, dtype=config.teacher_cache_dtype,
+            folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
+            max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place,
+        )
+        teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
     out = Path(config.output_dir)
     tokenizer = _tokenizer_to_save(config)
 
@@ -333,7 +350,7 @@ def train_model(
             None if teacher is None else eqx.nn.inference_mode(teacher),
             train_batches=lambda start: epoch_batches(
                 train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
-                start_step=start,
+                start_step=start, teacher_cache=cache,
             ),
             dev_batches=lambda: eval_batches(dev_split, eval_batch_size(config), buckets),
             steps=steps,

@@ -79,6 +79,10 @@ ADDITIONS = {
     "student_hidden_size": None,
     "student_num_heads": None,
     "student_intermediate_size": None,
+    "teacher_cache": "off",
+    "teacher_cache_dir": "runs/teacher_cache",
+    "teacher_cache_dtype": "float32",
+    "teacher_cache_max_gb": 8.0,
 }
 
 
@@ -251,6 +255,9 @@ def test_wrong_types_name_key_value_and_type(override, expected):
         ("intermediate_steps=-1", "intermediate_steps"),
         ("student_num_layers=0", "student_num_layers"),
         ("student_hidden_size=-8", "student_hidden_size"),
+        ("teacher_cache=yes", "teacher_cache"),
+        ("teacher_cache_dtype=float16", "teacher_cache_dtype"),
+        ("teacher_cache_max_gb=0", "teacher_cache_max_gb"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(override, key):

@@ -20,7 +20,7 @@ from distilbert_eqx.data import DataError, load_text_split, load_tokenizer, toke
 from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.run_lock import OutputDirLock, OutputDirLocked
 from distilbert_eqx.train import single_device_steps
-from helpers import REPO, make_workspace, sst2_dir
+from helpers import REPO, flat_weights, make_workspace, max_diff, sst2_dir
 
 sys.path.insert(0, str(REPO / "experiments"))
 import distill_sst2
@@ -157,6 +157,38 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     logged = [json.loads(line)["step"] for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in logged if s <= 3][:3] == [1, 2, 3] and 4 in logged
+
+
+def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(workspace, capsys):
+    """Dropout on, 2 epochs of 5 batches, the hidden-state loss on too: the run reading the teacher's outputs from
+    the disk cache, stopped by SIGINT after 3 steps and resumed (reading the cache again), trains the student that
+    the live teacher does."""
+    overrides = [
+        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", "batch_size=8", "num_epochs=2",
+        "log_every=1", "log_val_every=4", "do_checkpoint=true", "checkpoint_every=4", "dtype=float32",
+        "max_length=64", "learning_rate=1e-3", "alpha_hidden=1.0", f"teacher_cache_dir={workspace / 'cache'}",
+    ]
+    splits = _splits(workspace)
+
+    def run(out: str, *extra: str, interrupt_after: int | None = None):
+        config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
+        student, teacher = _student_and_teacher(workspace)
+        summary = experiment.train_model(
+            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+        )
+        saved = workspace / out / "student"
+        return summary, de.from_pretrained(saved) if saved.is_dir() else None
+
+    _, live = run("live_teacher")
+    stopped, _ = run("cached_teacher", "teacher_cache=disk", interrupt_after=3)
+    assert stopped == {"interrupted": True, "steps": 3}
+    first = capsys.readouterr().out
+    assert "teacher cache (float32, 40 examples): logits" in first and "teacher cache: saved" in first
+    _, cached = run("cached_teacher", "teacher_cache=disk", "resume_from_checkpoint=true")
+    assert "teacher cache: reading" in capsys.readouterr().out
+    assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5
+    metrics = [json.loads(line) for line in (workspace / "cached_teacher" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_hidden" in m for m in metrics)
 
 
 def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):
