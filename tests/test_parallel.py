@@ -12,15 +12,24 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from distilbert_eqx import loop, parallel
-from distilbert_eqx.data import Batch, TokenizedSplit, eval_batches
+from distilbert_eqx.data import TokenizedSplit, eval_batches
 from distilbert_eqx.init import random_student
 from distilbert_eqx.layer_map import uniform_layer_map
 from distilbert_eqx.models.layers import linear
-from distilbert_eqx.train import LossConfig, init_state, make_optimizer, single_device_steps, train_step
+from distilbert_eqx.objective import teacher_targets
+from distilbert_eqx.train import (
+    LossConfig,
+    forward,
+    init_state,
+    make_optimizer,
+    single_device_steps,
+    train_step,
+)
 from helpers import (
     REPO,
     VOCAB,
@@ -191,11 +200,13 @@ def test_clear_errors_and_single_process_start_up():
 
 
 @pytest.mark.slow
-def test_sharded_layer_losses_and_projection_equal_single_device():
+@pytest.mark.parametrize("cached", [False, True])
+def test_sharded_layer_losses_and_projection_equal_single_device(cached):
     """The layer losses' sums (tokens, query-key pairs, relation heads) are summed across devices like the
     others: a narrow random student with W_h, hidden MSE, attention-score MSE, attention and value-relation KL,
     on 4 devices (the last batch's padding rows fill whole devices), gives the single-device losses, gradient
-    norms, student and projection."""
+    norms, student and projection. ``cached``: the sharded steps read the teacher's outputs from the batches
+    (as from the teacher-output cache, each device its own rows') and get no teacher."""
     losses = LossConfig(
         alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.1, alpha_hidden=1.0, alpha_attention_scores=0.1,
         alpha_attention_kl=1.0, alpha_value_relation=1.0, layer_map=uniform_layer_map(1, 2), relation_heads=2,
@@ -209,15 +220,19 @@ def test_sharded_layer_losses_and_projection_equal_single_device():
         ))
         return init_state(student, SGD, key=jax.random.key(2), projection=linear(16, 32, 0.02, key=jax.random.key(4)))
 
-    def run(steps):
-        state, t = steps.place_state(fresh_state()), steps.place_state(teacher)
+    def with_targets(batch):
+        out = forward(teacher, jax.tree.map(jnp.asarray, batch), key=None, **losses.outputs())
+        return batch._replace(teacher=jax.device_get(teacher_targets(out, losses)))
+
+    def run(steps, cached=False):
+        state, t = steps.place_state(fresh_state()), None if cached else steps.place_state(teacher)
         metrics = []
         for batch in training_batches():
-            state, m = steps.train(t, state, steps.place(batch))
+            state, m = steps.train(t, state, steps.place(with_targets(batch) if cached else batch))
             metrics.append([float(m.loss), float(m.grad_norm)])
         return np.asarray(metrics), flat_weights(state.student), flat_weights(state.projection)
 
     single = run(single_device_steps(losses, SGD))
-    sharded = run(parallel.sharded_steps(parallel.make_mesh(4, "cpu"), losses, SGD))
+    sharded = run(parallel.sharded_steps(parallel.make_mesh(4, "cpu"), losses, SGD), cached)
     np.testing.assert_allclose(sharded[0], single[0], rtol=0, atol=TOL)
     assert max_diff(sharded[1], single[1]) <= TOL and max_diff(sharded[2], single[2]) <= TOL
