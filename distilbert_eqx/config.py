@@ -112,6 +112,8 @@ class ExperimentConfig:
     teacher_cache_dir: str = "runs/teacher_cache"
     teacher_cache_dtype: str = "float32"
     teacher_cache_max_gb: float = 8.0
+    # JAX's persistent compilation cache (null: off)
+    compilation_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

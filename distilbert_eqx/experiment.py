@@ -83,6 +83,8 @@ def _start_devices(config: ExperimentConfig):
     """
     if host_memory.applies_to(config.platform):
         host_memory.retain_freed_memory()
+    if config.compilation_cache_dir is not None:
+        use_compilation_cache(config.compilation_cache_dir)
     if config.num_devices == 1 and config.num_processes == 1:
         return single_device_steps
     from . import parallel
@@ -90,6 +92,15 @@ def _start_devices(config: ExperimentConfig):
     parallel.initialize(config.num_processes, config.process_id, config.coordinator_address)
     mesh = parallel.make_mesh(config.num_devices, config.platform)
     return functools.partial(parallel.sharded_steps, mesh)
+
+
+def use_compilation_cache(folder: str) -> None:
+    """JAX's persistent compilation cache in ``folder``: a later run of the same programs (same config, jax and
+    device) loads them instead of compiling. Every program is kept, however quick to compile: the defaults keep
+    only those over a second, and a run's many small eval and step shapes add up. Call before the first compile."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _tokenizer_to_save(config: ExperimentConfig) -> Any:

@@ -252,6 +252,23 @@ def _script(args: list[str], **env) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_second_run_of_a_config_compiles_nothing_new(workspace, tmp_path):
+    """With compilation_cache_dir set, the second run's programs (train steps, evaluation, per bucket) are all
+    in the cache the first one wrote: it adds no entry."""
+    cache = tmp_path / "jax_cache"
+    args = [str(REPO / "experiments/distill_sst2.py"), *common(workspace, "unused"), "--set", f"compilation_cache_dir={cache}",
+            "--set", "student_init_layers=[0,1]"]
+
+    def run(out: str) -> set[str]:
+        result = _script([*args, "--set", f"output_dir={tmp_path / out}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {p.name for p in cache.iterdir()}
+
+    first = run("first")
+    assert len(first) >= 2  # a train step and an evaluation at least
+    assert run("second") == first
+
+
 def test_scripts_report_a_user_error_in_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     args = ["experiments/distill_sst2.py", "--set", f"output_dir={out}", "batch_size=0"]
