@@ -35,14 +35,16 @@ from .train import forward
 
 FORMAT_VERSION = 1
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(jnp.bfloat16)}
-# What one example contributes rows of: itself, each of its tokens, or each (query, key) pair of its tokens.
-ROWS = {
-    "logits": "example",
-    "last_hidden_state": "token",
-    "hidden_states": "token",
-    "attention_scores": "pair",
-    "last_attention_scores": "pair",
-    "last_values": "token",
+# The axes of one example's targets that run over its tokens: none (logits), one (hidden states, values) or two
+# (attention scores: query and key). An example of n tokens stores n ** len(axes) rows: itself, each token, or
+# each (query, key) pair.
+SEQ_AXES = {
+    "logits": (),
+    "last_hidden_state": (0,),
+    "hidden_states": (1,),
+    "attention_scores": (2, 3),
+    "last_attention_scores": (2, 3),
+    "last_values": (1,),
 }
 
 
@@ -50,8 +52,23 @@ class TeacherCacheError(UserError):
     """A cache cannot be built or read as asked; the message says why and what to change."""
 
 
-def _rows_per_example(kind: str, lengths: Int64[np.ndarray, " examples"]) -> Int64[np.ndarray, " examples"]:
-    return {"example": np.ones_like(lengths), "token": lengths, "pair": lengths * lengths}[kind]
+def _rows_per_example(name: str, lengths: Int64[np.ndarray, " examples"]) -> Int64[np.ndarray, " examples"]:
+    return lengths ** len(SEQ_AXES[name])
+
+
+def _to_rows(name: str, target: np.ndarray, n: int) -> np.ndarray:
+    """One example's padded target of field ``name`` -> its ``n ** k`` stored rows (real tokens only)."""
+    k = len(SEQ_AXES[name])
+    moved = np.moveaxis(target, SEQ_AXES[name], tuple(range(k)))
+    return moved[(slice(0, n),) * k].reshape(n**k, *moved.shape[k:])
+
+
+def _from_rows(name: str, rows: np.ndarray, n: int, seq: int) -> np.ndarray:
+    """The inverse of `_to_rows`: the example's target, float32, zero-padded to ``seq`` tokens."""
+    k = len(SEQ_AXES[name])
+    padded = np.zeros((seq,) * k + rows.shape[1:], np.float32)
+    padded[(slice(0, n),) * k] = rows.reshape((n,) * k + rows.shape[1:])
+    return np.moveaxis(padded, tuple(range(k)), SEQ_AXES[name])
 
 
 def row_shapes(teacher: AbstractSequenceClassifier, losses: LossConfig) -> dict[str, tuple[int, ...]]:
@@ -75,7 +92,7 @@ def field_bytes(
     """The bytes each stored field takes for examples of these token ``lengths``, before building anything."""
     itemsize = DTYPES[dtype].itemsize
     return {
-        name: int(_rows_per_example(ROWS[name], lengths).sum()) * int(np.prod(shape)) * itemsize
+        name: int(_rows_per_example(name, lengths).sum()) * int(np.prod(shape)) * itemsize
         for name, shape in row_shapes(teacher, losses).items()
     }
 
@@ -110,7 +127,7 @@ class TeacherCache:
         self.arrays = dict(arrays)
         self.key = key
         self.offsets = {
-            name: np.concatenate([[0], np.cumsum(_rows_per_example(ROWS[name], self.lengths))])
+            name: np.concatenate([[0], np.cumsum(_rows_per_example(name, self.lengths))])
             for name in self.arrays
         }
         for name, array in self.arrays.items():
@@ -133,26 +150,13 @@ class TeacherCache:
         their batch (zeros at padded positions and dummy rows, which no loss reads)."""
         out = {}
         for name, array in self.arrays.items():
-            offsets, kind = self.offsets[name], ROWS[name]
-            shape = array.shape[1:]
-            if kind == "example":
-                padded = np.zeros((batch_size, *shape), np.float32)
-                padded[: len(indices)] = array[indices]
-            elif kind == "token":
-                # Stored (tokens, *row): padded (batch, seq, *row), then the token axis where the targets have it.
-                padded = np.zeros((batch_size, seq, *shape), np.float32)
-                for row, i in enumerate(indices):
-                    padded[row, : self.lengths[i]] = array[offsets[i] : offsets[i + 1]]
-                if name != "last_hidden_state":
-                    padded = np.moveaxis(padded, 1, 2)  # (batch, layers, seq, hidden)
-            else:
-                # Stored (query * key, layers, heads): padded (batch, layers, heads, seq, seq).
-                padded = np.zeros((batch_size, seq, seq, *shape), np.float32)
-                for row, i in enumerate(indices):
-                    n = self.lengths[i]
-                    padded[row, :n, :n] = array[offsets[i] : offsets[i + 1]].reshape(n, n, *shape)
-                padded = np.moveaxis(padded, (1, 2), (3, 4))
-            out[name] = np.ascontiguousarray(padded)
+            offsets = self.offsets[name]
+            examples = [
+                _from_rows(name, array[offsets[i] : offsets[i + 1]], int(self.lengths[i]), seq) for i in indices
+            ]
+            padded = np.zeros((batch_size, *examples[0].shape), np.float32)
+            padded[: len(examples)] = examples
+            out[name] = padded
         return TeacherTargets(**out)
 
     def save(self, folder: Path) -> None:
@@ -201,44 +205,6 @@ def _length_sorted_batches(
         yield indices, _make_batch(split, indices, batch_size, buckets)
 
 
-def compute_cache(
-    teacher: AbstractSequenceClassifier,
-    split: TokenizedSplit,
-    losses: LossConfig,
-    *,
-    batch_size: int,
-    buckets: tuple[int, ...],
-    dtype: str = "float32",
-    place=lambda batch: batch,
-    key: str = "",
-) -> TeacherCache:
-    """One inference pass of ``teacher`` (in inference mode) over ``split`` in length-sorted batches (each padded
-    to its bucket), keeping the real tokens of what ``losses`` read. ``place`` puts a batch on the run's devices
-    (``Steps.place``), so the pass is data-parallel where the run is."""
-    lengths = split.lengths.astype(np.int64)
-    shapes = row_shapes(teacher, losses)
-    arrays = {
-        name: np.zeros((int(_rows_per_example(ROWS[name], lengths).sum()), *shape), DTYPES[dtype])
-        for name, shape in shapes.items()
-    }
-    cache = TeacherCache(lengths, arrays, key)
-    for indices, batch in _length_sorted_batches(split, batch_size, buckets):
-        targets = jax.device_get(_targets(teacher, place(batch), losses))
-        for name in shapes:
-            value = np.asarray(getattr(targets, name), np.float32)
-            offsets, store = cache.offsets[name], arrays[name]
-            for row, i in enumerate(indices):
-                n = lengths[i]
-                if ROWS[name] == "example":
-                    rows = value[row][None]
-                elif ROWS[name] == "token":
-                    rows = (value[row] if name == "last_hidden_state" else np.moveaxis(value[row], 1, 0))[:n]
-                else:
-                    rows = np.moveaxis(value[row], (2, 3), (0, 1))[:n, :n].reshape(n * n, *shapes[name])
-                store[offsets[i] : offsets[i + 1]] = rows.astype(DTYPES[dtype])
-    return cache
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.3f} GiB" if n >= 2**27 else f"{n / 2**20:.2f} MiB"
 
@@ -256,8 +222,9 @@ def teacher_cache(
     place=lambda batch: batch,
     log=print,
 ) -> TeacherCache:
-    """The split's cache: read from ``folder/<key>`` when it is there, else computed (and saved there when a
-    folder is given; ``None`` keeps it in memory only). Prints each field's size first, and refuses a cache
+    """The split's cache: read from ``folder/<key>`` when it is there, else computed by one inference pass of
+    ``teacher`` (in inference mode) and saved there (``folder=None`` keeps it in memory only). ``place`` puts a
+    batch on the run's devices (``Steps.place``), so the pass is data-parallel where the run is. Prints each field's size first, and refuses a cache
     larger than ``max_bytes``."""
     if dtype not in DTYPES:
         raise TeacherCacheError(f"teacher cache dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -278,8 +245,18 @@ def teacher_cache(
     if target is not None and target.is_dir():
         log(f"teacher cache: reading {target}")
         return TeacherCache.load(target)
-    cache = compute_cache(teacher, split, losses, batch_size=batch_size, buckets=buckets, dtype=dtype,
-                          place=place, key=key)
+    # One inference pass in length-sorted batches, each padded to its bucket, on the run's devices (``place``).
+    arrays = {
+        name: np.zeros((int(_rows_per_example(name, split.lengths).sum()), *shape), DTYPES[dtype])
+        for name, shape in row_shapes(teacher, losses).items()
+    }
+    cache = TeacherCache(split.lengths, arrays, key)
+    for indices, batch in _length_sorted_batches(split, batch_size, buckets):
+        targets = jax.device_get(_targets(teacher, place(batch), losses))
+        for name, store in arrays.items():
+            offsets, value = cache.offsets[name], np.asarray(getattr(targets, name))
+            for row, i in enumerate(indices):
+                store[offsets[i] : offsets[i + 1]] = _to_rows(name, value[row], int(cache.lengths[i]))
     if target is not None:
         cache.save(target)
         log(f"teacher cache: saved {target}")

@@ -14,7 +14,6 @@ from distilbert_eqx.objective import LossConfig, teacher_targets
 from distilbert_eqx.teacher_cache import (
     TeacherCache,
     TeacherCacheError,
-    compute_cache,
     field_bytes,
     teacher_cache,
 )
@@ -43,6 +42,11 @@ def teacher():
     return tiny_teacher(num_hidden_layers=4)
 
 
+def _computed(teacher, split, losses, **settings) -> TeacherCache:
+    """A cache computed in memory, quietly."""
+    return teacher_cache(teacher, split, losses, log=lambda _: None, **settings)
+
+
 def _live(teacher, batch, losses):
     return jax.device_get(teacher_targets(forward(teacher, batch, key=None, **losses.outputs()), losses))
 
@@ -64,7 +68,7 @@ def _real(name: str, value: np.ndarray, mask: np.ndarray, rows: int) -> np.ndarr
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cached_targets_equal_the_live_teachers_on_real_tokens(teacher, dtype):
     split = _split()
-    cache = compute_cache(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS, dtype=dtype)
+    cache = _computed(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS, dtype=dtype)
     assert cache.fields == EVERY_FIELD.teacher_fields
     assert cache.nbytes == field_bytes(teacher, EVERY_FIELD, split.lengths, dtype)
     tolerance = 1e-6 if dtype == "float32" else 2 ** -8  # bfloat16 keeps 8 bits of mantissa
@@ -84,7 +88,7 @@ def test_cached_targets_equal_the_live_teachers_on_real_tokens(teacher, dtype):
 def test_a_cache_of_another_teacher_would_not_match(teacher):
     """The comparison above can fail: a different teacher's cache differs from this teacher's outputs."""
     split = _split()
-    other = compute_cache(tiny_teacher(seed=5, num_hidden_layers=4), split, EVERY_FIELD, batch_size=8, buckets=BUCKETS)
+    other = _computed(tiny_teacher(seed=5, num_hidden_layers=4), split, EVERY_FIELD, batch_size=8, buckets=BUCKETS)
     batch = next(iter(train_batches(split, 8, BUCKETS, seed=1, epoch=0, teacher_cache=other)))
     live = _live(teacher, batch, EVERY_FIELD)
     assert not np.allclose(batch.teacher.logits, live.logits, atol=1e-3)
@@ -92,7 +96,7 @@ def test_a_cache_of_another_teacher_would_not_match(teacher):
 
 def test_twenty_steps_with_the_cache_train_the_same_student_dropout_on(teacher):
     split = _split(80)  # 10 batches an epoch: the second epoch reads every example's targets again
-    cache = compute_cache(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS)
+    cache = _computed(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS)
     optimizer, _ = make_optimizer(1e-3, 0.01, 0.1, 20)
     student = tiny_student(teacher, layers=(0, 2), dropout=True)
 
@@ -142,7 +146,7 @@ def test_saved_caches_are_keyed_read_memory_mapped_and_written_atomically(teache
 
 def test_a_crash_while_saving_leaves_nothing_a_later_run_reads(teacher, tmp_path, monkeypatch):
     split = _split()
-    cache = compute_cache(teacher, split, LossConfig(), batch_size=8, buckets=BUCKETS)
+    cache = _computed(teacher, split, LossConfig(), batch_size=8, buckets=BUCKETS)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
