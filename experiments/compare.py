@@ -231,23 +231,24 @@ def select_runs(comparison: Comparison, only: Sequence[str] | None, seeds: Seque
     ]
 
 
-def _has_summary(metrics: Path) -> bool:
+def _summary_metrics(metrics: Path) -> dict[str, Any]:
+    """The run's ``summary/...`` record from ``metrics.jsonl`` (prefix dropped); empty when it has none yet."""
     if not metrics.is_file():
-        return False
+        return {}
     for line in metrics.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a torn last line, written by a killed run
         if isinstance(record, dict) and "summary/steps" in record:
-            return True
-    return False
+            return {k.removeprefix("summary/"): v for k, v in record.items() if k.startswith("summary/")}
+    return {}
 
 
 def run_status(output_dir: Path, final_name: str) -> str:
     """``finished`` (the summary is logged and the final model saved), ``resumable`` (a checkpoint to continue
     from) or ``new``."""
-    if _has_summary(output_dir / "metrics.jsonl") and (output_dir / final_name).is_dir():
+    if _summary_metrics(output_dir / "metrics.jsonl") and (output_dir / final_name).is_dir():
         return FINISHED
     if CheckpointManager(output_dir / "checkpoints", 1, is_writer=False).latest() is not None:
         return RESUMABLE
@@ -392,17 +393,6 @@ def teacher_sha256(config: Mapping) -> str | None:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _summary_metrics(metrics: Path) -> dict[str, Any]:
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "summary/steps" in record:
-            return {k.removeprefix("summary/"): v for k, v in record.items() if k.startswith("summary/")}
-    return {}
 
 
 def make_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None) -> dict[str, Any]:
