@@ -239,6 +239,8 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.teacher_cache in TEACHER_CACHES, "teacher_cache", c.teacher_cache, f"one of {', '.join(TEACHER_CACHES)}")
     _require(c.teacher_cache_dtype in ("float32", "bfloat16"), "teacher_cache_dtype", c.teacher_cache_dtype,
              "float32 or bfloat16")
+    _require(c.teacher_cache == "off" or c.num_processes == 1, "teacher_cache", c.teacher_cache,
+             f"off with num_processes={c.num_processes}: the cache is built and read by one process")
     _require(c.teacher_cache_max_gb > 0, "teacher_cache_max_gb", c.teacher_cache_max_gb, "a size in GiB > 0")
     for key in STUDENT_SHAPE:
         _require(getattr(c, key) is None or getattr(c, key) >= 1, key, getattr(c, key), "null or an int >= 1")

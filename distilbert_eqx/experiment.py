@@ -42,7 +42,7 @@ from .models import AbstractSequenceClassifier
 from .models.layers import linear
 from .objective import LossConfig
 from .run_lock import OutputDirLock
-from .teacher_cache import teacher_cache
+from .teacher_cache import TeacherCache, teacher_cache
 from .train import Steps, init_state, make_optimizer, single_device_steps
 
 
@@ -264,6 +264,29 @@ def build_projection(
     return None
 
 
+def _teacher_cache(
+    config: ExperimentConfig,
+    teacher: AbstractSequenceClassifier | None,
+    split: TokenizedSplit,
+    losses: LossConfig,
+    steps: Steps,
+    buckets: tuple[int, ...],
+) -> TeacherCache | None:
+    """The train split's teacher-output cache as the config asks (``None`` when off or when no term reads the
+    teacher), computed on the run's devices."""
+    if config.teacher_cache == "off":
+        return None
+    if not losses.needs_teacher:
+        print(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so nothing is cached")
+        return None
+    return teacher_cache(
+        steps.place_state(eqx.nn.inference_mode(teacher)), split, losses,
+        batch_size=4 * eval_batch_size(config), buckets=buckets, dtype=config.teacher_cache_dtype,
+        folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
+        max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place,
+    )
+
+
 def train_model(
     config: ExperimentConfig,
     model: AbstractSequenceClassifier,
@@ -322,22 +345,6 @@ def train_model(
         steps: Steps = make_steps(losses.prediction_stage(), optimizer)
     else:
         steps = make_steps(losses, optimizer)
-    cache = None
-    if config.teacher_cache != "off" and not losses.needs_teacher:
-        print(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so nothing is cached")
-    elif config.teacher_cache != "off":
-        if config.num_processes > 1:
-            raise ConfigError(
-                f"teacher_cache={config.teacher_cache!r} with num_processes={config.num_processes}: the cache is "
-                "built and read by one process; set teacher_cache=off for multi-host runs"
-            )
-        cache = teacher_cache(
-            steps.place_state(eqx.nn.inference_mode(teacher)), train_split, losses,
-            batch_size=4 * eval_batch_size(config), buckets=buckets, dtype=config.teacher_cache_dtype,
-            folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
-            max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place,
-        )
-        teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
     out = Path(config.output_dir)
     tokenizer = _tokenizer_to_save(config)
 
@@ -354,6 +361,9 @@ def train_model(
     with lock:
         if steps.is_writer:
             atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
+        cache = _teacher_cache(config, teacher, train_split, losses, steps, buckets)
+        if cache is not None:
+            teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
         return fit(
             init_state(
                 model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection

@@ -266,6 +266,11 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, key):
         load_config(None, [override])
 
 
+def test_the_teacher_cache_is_refused_on_several_hosts():
+    with pytest.raises(ConfigError, match="^teacher_cache='disk' .*expected off with num_processes=2"):
+        load_config(None, ["teacher_cache=disk", "num_processes=2", "num_devices=2"])
+
+
 def test_bad_value_message_in_full():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["length_buckets=[32, 64]"])
