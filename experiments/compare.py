@@ -292,6 +292,39 @@ def check_configs(comparison: Comparison, runs: Sequence[Run], extra: Sequence[s
             raise ComparisonError(f"{comparison.source}: arm {run.arm.name!r}, seed {run.seed}: {e}") from e
 
 
+def check_teachers(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> None:
+    """Refuse, before training anything, a run whose teacher is not the one its seed's recorded runs had.
+
+    The arms of one seed are compared with each other (paired by seed), so they must share a teacher; a teacher
+    fine-tuned again on another machine can come out with other weights."""
+    if comparison.records is None:
+        return
+    hashes: dict[str, str | None] = {}
+    for run in runs:
+        if status(comparison, run) in DONE:
+            continue
+        teacher = load_config(comparison.config, run_overrides(comparison, run, extra, resume=False)).teacher_model
+        if not teacher:
+            continue
+        if teacher not in hashes:
+            hashes[teacher] = teacher_sha256(teacher)
+        if hashes[teacher] is None:
+            continue  # no teacher on disk: the run itself says so
+        others = {}
+        for arm in comparison.arms:
+            path = comparison.records / arm.name / f"seed{run.seed}.json"
+            if path.is_file():
+                others[arm.name] = read_record(path)["teacher_sha256"]
+        differing = {arm: sha for arm, sha in others.items() if sha is not None and sha != hashes[teacher]}
+        if differing:
+            raise ComparisonError(
+                f"{run.label}: its teacher {teacher} has weights of sha256 {hashes[teacher]}, but seed {run.seed}'s "
+                f"recorded runs had another teacher ({', '.join(f'{a}: {sha}' for a, sha in differing.items())}). "
+                f"The arms of a seed are compared with each other, so they must share a teacher: train other seeds "
+                f"(--seeds), use that teacher, or delete seed {run.seed}'s records to train the seed again whole"
+            )
+
+
 def launch(command: list[str]) -> int:
     """Run one training command to its end, its output going straight to ours; its exit status.
 
@@ -383,9 +416,11 @@ def _commit() -> str | None:
     return result.stdout.strip()
 
 
-def teacher_sha256(config: Mapping) -> str | None:
-    """The sha256 of the run's teacher weights (its ``teacher_model``'s ``model.safetensors``), if on disk."""
-    weights = Path(str(config.get("teacher_model", ""))) / "model.safetensors"
+def teacher_sha256(teacher_model: str | Path | None) -> str | None:
+    """The sha256 of a run's teacher weights (its ``teacher_model``'s ``model.safetensors``), if on disk."""
+    if not teacher_model:
+        return None
+    weights = Path(teacher_model) / "model.safetensors"
     if not weights.is_file():
         return None
     digest = hashlib.sha256()
@@ -411,7 +446,7 @@ def make_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir
         "arm": run.arm.name, "seed": run.seed, "config": comparison.config,
         "overrides": run_overrides(comparison, run, extra, resume=False),
         "summary": _summary_metrics(run.output_dir / "metrics.jsonl"),
-        "teacher_sha256": teacher_sha256(config), "machine": machine(),
+        "teacher_sha256": teacher_sha256(config.get("teacher_model")), "machine": machine(),
         "recorded": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(), "predictions": predictions, "labels": labels,
     }
@@ -448,6 +483,7 @@ def summarise(comparison: Comparison, data_dir: str | None, extra: Sequence[str]
     correct: dict[tuple[str, int, str, str], np.ndarray] = {}
     first_labels: dict[str, tuple[Path, np.ndarray]] = {}
     teachers: dict[str, list[str]] = {}
+    teacher_of: dict[tuple[str, int], str | None] = {}
     machines: dict[str, list[str]] = {}
     for run in finished:
         path = record_path(comparison, run)
@@ -458,6 +494,7 @@ def summarise(comparison: Comparison, data_dir: str | None, extra: Sequence[str]
         else:
             record, source = make_record(comparison, run, extra, data_dir), run.output_dir
         teachers.setdefault(str(record["teacher_sha256"]), []).append(run.label)
+        teacher_of[(run.arm.name, run.seed)] = record["teacher_sha256"]
         machines.setdefault(str(record["machine"]), []).append(run.label)
         for model in MODELS:
             for split in SPLITS:
@@ -490,7 +527,10 @@ def summarise(comparison: Comparison, data_dir: str | None, extra: Sequence[str]
             for model in MODELS
         }
         if arm.name != comparison.control:
-            paired = [seed for seed in seeds if seed in finished_seeds[comparison.control]]
+            with_control = [seed for seed in seeds if seed in finished_seeds[comparison.control]]
+            # A seed is paired only when both runs had the same teacher (see `check_teachers`).
+            paired = [s for s in with_control if teacher_of[(arm.name, s)] == teacher_of[(comparison.control, s)]]
+            row["unpaired_seeds"] = [s for s in with_control if s not in paired]
             row["minus_control"] = {
                 model: {"paired_seeds": paired,
                         **paired_difference(pooled(arm.name, paired, model), pooled(comparison.control, paired, model))}
@@ -530,6 +570,10 @@ def print_table(summary: dict[str, Any]) -> None:
             differences = [_difference_cell(row["minus_control"][model]) for model in MODELS]
         print(f"| {row['arm']} | {len(row['finished_seeds'])}/{row['runs']} | {' | '.join(cells)} | "
               f"{' | '.join(differences)} |")
+    for row in summary["arms"]:
+        if row.get("unpaired_seeds"):
+            print(f"\n{row['arm']}: seed(s) {', '.join(map(str, row['unpaired_seeds']))} not compared with "
+                  f"{control}: their runs had different teachers")
     for what, key in (("teacher (weights sha256)", "teachers"), ("machine", "machines")):
         groups = summary.get(key, {})
         if len(groups) > 1:
@@ -568,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra = [] if args.data_dir is None else [f"data_dir={args.data_dir}"]
     if not args.no_run:
         check_configs(comparison, runs, extra)
+        check_teachers(comparison, runs, extra)
     if args.dry_run:
         return print_plan(comparison, runs, extra)
     failures = [] if args.no_run else train(comparison, runs, extra, args.data_dir)

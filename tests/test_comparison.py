@@ -370,15 +370,55 @@ def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_
     assert compare.main([str(path)])["arms"] == summary["arms"]
     assert f"teacher (weights sha256): {record['teacher_sha256']}" in capsys.readouterr().out
 
-    # Runs made with different teachers are pooled, and the table says so.
+    # A seed whose arm and control had different teachers is not paired, and the table says so.
     other = json.loads((records / "labels_only/seed1.json").read_text()) | {"teacher_sha256": "other"}
     (records / "labels_only/seed1.json").write_text(json.dumps(other))
-    compare.main([str(path), "--no-run"])
-    assert "The runs had 2 different teacher (weights sha256)s:\n  other: labels_only seed 1\n" in capsys.readouterr().out
+    mixed = compare.main([str(path), "--no-run"])
+    out = capsys.readouterr().out
+    assert "The runs had 2 different teacher (weights sha256)s:\n  other: labels_only seed 1\n" in out
+    assert "original: seed(s) 1 not compared with labels_only: their runs had different teachers" in out
+    original = mixed["arms"][1]
+    assert original["unpaired_seeds"] == [1] and original["finished_seeds"] == [1, 2]
+    assert original["minus_control"]["best"] == expected_difference("original", [2], "best")
 
     (records / "original/seed1.json").write_text('{"arm": "original", "predictions": {}}')
     with pytest.raises(compare.ComparisonError, match=r"cannot read the run record .*original/seed1.json: .*delete it"):
         compare.main([str(path), "--no-run"])
+
+
+def test_a_run_whose_seed_was_recorded_with_another_teacher_is_refused_before_any_run(tmp_path, monkeypatch):
+    root, records = tmp_path / "runs", tmp_path / "records"
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"this machine's teacher")
+    path = write_comparison(
+        tmp_path, document(root, records=str(records), set=["max_steps=2", f"teacher_model={teacher}"])
+    )
+    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    elsewhere = tmp_path / "teacher_elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.safetensors").write_bytes(b"another machine's teacher")
+    # Seed 1's control was recorded with the other teacher (the run folder is gone, as on a new machine).
+    fabricate_run(root / "labels_only/seed1", "labels_only", 1, teacher=elsewhere)
+    compare.main([str(path), "--no-run"])
+    shutil.rmtree(root)
+    launched = []
+
+    def launch(command):
+        out = Path(next(a for a in command if a.startswith("output_dir=")).removeprefix("output_dir="))
+        launched.append(f"{out.parent.name}/{out.name}")
+        fabricate_run(out, out.parent.name, int(out.name.removeprefix("seed")), teacher=teacher)
+        return 0
+
+    monkeypatch.setattr(compare, "launch", launch)
+    other = hashlib.sha256(b"another machine's teacher").hexdigest()
+    with pytest.raises(compare.ComparisonError, match=rf"original seed 1: its teacher .* sha256 .* seed 1's recorded "
+                       rf"runs had another teacher \(labels_only: {other}\).*\(--seeds\)"):
+        compare.main([str(path)])
+    assert launched == []
+    # Other seeds train with this teacher.
+    compare.main([str(path), "--seeds", "2"])
+    assert launched == ["labels_only/seed2", "original/seed2"]
 
 
 def test_each_run_is_recorded_as_soon_as_it_finishes(tmp_path, monkeypatch):
