@@ -212,6 +212,15 @@ def test_invalid_command_line_selections_and_config_typos_fail_before_any_run(tm
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "experiments/comparisons").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_comparison_file_reads_and_every_run_config_loads(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # its paths are relative to the folder it is run from: the repository's root
+    comparison = compare.read_comparison(path)
+    runs = compare.select_runs(comparison, None, None)
+    assert len(runs) == len(comparison.arms) * len(comparison.seeds)
+    compare.check_configs(comparison, runs, [])
+
+
 def test_run_status_finished_resumable_or_new(tmp_path):
     out = tmp_path / "run"
     assert compare.run_status(out, "student") == compare.NEW
