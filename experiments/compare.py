@@ -57,7 +57,7 @@ import yaml
 from distilbert_eqx.checkpoint import CheckpointManager, atomic_write_text, temp_sibling
 from distilbert_eqx.cli import run_script
 from distilbert_eqx.comparison import mean_accuracy, paired_difference, pool_splits
-from distilbert_eqx.config import ConfigError, load_config
+from distilbert_eqx.config import ConfigError, ExperimentConfig, load_config
 from distilbert_eqx.errors import UserError
 from distilbert_eqx.experiment import evaluate_checkpoint
 
@@ -283,16 +283,18 @@ def run_command(comparison: Comparison, run: Run, extra: Sequence[str], status: 
     return [sys.executable, str(script), "--config", comparison.config, "--set", *overrides]
 
 
-def check_configs(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> None:
+def check_configs(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> dict[Run, ExperimentConfig]:
     """Load every run's config, so that a typo in an override fails now rather than hours into the comparison."""
+    configs = {}
     for run in runs:
         try:
-            load_config(comparison.config, run_overrides(comparison, run, extra, resume=False))
+            configs[run] = load_config(comparison.config, run_overrides(comparison, run, extra, resume=False))
         except ConfigError as e:
             raise ComparisonError(f"{comparison.source}: arm {run.arm.name!r}, seed {run.seed}: {e}") from e
+    return configs
 
 
-def check_teachers(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> None:
+def check_teachers(comparison: Comparison, configs: Mapping[Run, ExperimentConfig]) -> None:
     """Refuse, before training anything, a run whose teacher is not the one its seed's recorded runs had.
 
     The arms of one seed are compared with each other (paired by seed), so they must share a teacher; a teacher
@@ -300,21 +302,21 @@ def check_teachers(comparison: Comparison, runs: Sequence[Run], extra: Sequence[
     if comparison.records is None:
         return
     hashes: dict[str, str | None] = {}
-    for run in runs:
+    for run, config in configs.items():
         if status(comparison, run) in DONE:
             continue
-        teacher = load_config(comparison.config, run_overrides(comparison, run, extra, resume=False)).teacher_model
+        teacher = config.teacher_model
         if not teacher:
             continue
         if teacher not in hashes:
             hashes[teacher] = teacher_sha256(teacher)
         if hashes[teacher] is None:
             continue  # no teacher on disk: the run itself says so
-        others = {}
-        for arm in comparison.arms:
-            path = comparison.records / arm.name / f"seed{run.seed}.json"
-            if path.is_file():
-                others[arm.name] = read_record(path)["teacher_sha256"]
+        others = {
+            other.arm.name: read_record(path)["teacher_sha256"]
+            for other in select_runs(comparison, None, [run.seed])
+            if (path := record_path(comparison, other)).is_file()
+        }
         differing = {arm: sha for arm, sha in others.items() if sha is not None and sha != hashes[teacher]}
         if differing:
             raise ComparisonError(
@@ -611,8 +613,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = select_runs(comparison, args.only, args.seeds)
     extra = [] if args.data_dir is None else [f"data_dir={args.data_dir}"]
     if not args.no_run:
-        check_configs(comparison, runs, extra)
-        check_teachers(comparison, runs, extra)
+        check_teachers(comparison, check_configs(comparison, runs, extra))
     if args.dry_run:
         return print_plan(comparison, runs, extra)
     failures = [] if args.no_run else train(comparison, runs, extra, args.data_dir)
