@@ -243,15 +243,11 @@ def time_ours(args: argparse.Namespace, distiller: OursDistiller, head: list, ep
         # A shape the timed steps never hit is costed by its one steady warm-up step.
         entry["mean_s"] = statistics.fmean(entry["timed_s"]) if entry["timed_s"] else entry["warm_step_s"]
         entry["timed_steps"] = len(entry.pop("timed_s"))
-    measured_first = len(head) == epochs[0]["stats"].num_batches
-
-    def epoch_steady(index: int) -> float:
-        if index == 0 and measured_first:
-            return sum(times)
-        return sum(n * per_shape[seq]["mean_s"] for seq, n in epochs[index]["stats"].bucket_counts.items())
+    def estimate(stats) -> float:
+        return sum(n * per_shape[seq]["mean_s"] for seq, n in stats.bucket_counts.items())
 
     return {
-        **summary(times, examples, epochs, epoch_steady, measured_first),
+        **summary(times, examples, epochs, estimate, len(head)),
         "extrapolation": "sum over shapes of (its batches in the epoch x its mean timed step)",
         "compile_total_s": sum(e["compile_s"] for e in per_shape.values()),
         "per_shape": {str(k): v for k, v in per_shape.items()},
@@ -278,15 +274,11 @@ def time_torch(args: argparse.Namespace, distiller: TorchDistiller, head: list, 
         loss = step(batch)
         times.append(time.perf_counter() - start)
         examples += real_examples(batch)
-    measured_first = len(head) == epochs[0]["stats"].num_batches
-
-    def epoch_steady(index: int) -> float:
-        if index == 0 and measured_first:
-            return sum(times)
-        return statistics.fmean(times) * epochs[index]["stats"].num_batches
+    def estimate(stats) -> float:
+        return statistics.fmean(times) * stats.num_batches
 
     return {
-        **summary(times, examples, epochs, epoch_steady, measured_first),
+        **summary(times, examples, epochs, estimate, len(head)),
         "extrapolation": "mean timed step x batches of the epoch (the timed batches are a random sample)",
         "compile_total_s": 0.0,
         "warmup_steps_s": warmup_s,
@@ -295,12 +287,16 @@ def time_torch(args: argparse.Namespace, distiller: TorchDistiller, head: list, 
     }
 
 
-def summary(times: list[float], examples: int, epochs: list, epoch_steady, measured_first: bool) -> dict:
-    per_epoch = [
-        {"batches": e["stats"].num_batches, "examples": e["stats"].num_examples, "steady_s": epoch_steady(i),
-         "host_batching_s": e["host_batching_s"], "measured": i == 0 and measured_first}
-        for i, e in enumerate(epochs)
-    ]
+def summary(times: list[float], examples: int, epochs: list, estimate, timed: int) -> dict:
+    """The timed steps' figures, and per epoch its steady time: measured when the timed steps were the whole
+    first epoch, else ``estimate(stats)`` of that epoch's batches."""
+    measured_first = timed == epochs[0]["stats"].num_batches
+    per_epoch = []
+    for i, e in enumerate(epochs):
+        measured = i == 0 and measured_first
+        per_epoch.append({"batches": e["stats"].num_batches, "examples": e["stats"].num_examples,
+                          "steady_s": sum(times) if measured else estimate(e["stats"]),
+                          "host_batching_s": e["host_batching_s"], "measured": measured})
     return {
         "timed_steps": len(times),
         "timed_examples": examples,
@@ -316,10 +312,6 @@ def run_wall_s(result: dict, epochs: int) -> float:
     compilations) + each epoch's steady steps and host batching."""
     once = result["compile_total_s"] + result.get("cache", {}).get("build_s", 0.0)
     return once + sum(e["steady_s"] + e["host_batching_s"] for e in result["epochs"][:epochs])
-
-
-def run_examples(result: dict, epochs: int) -> int:
-    return sum(e["examples"] for e in result["epochs"][:epochs])
 
 
 # Parent: runs the variants and reports.
