@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Int64
+from tqdm import tqdm
 
 from .checkpoint import temp_sibling
 from .data import Batch, TokenizedSplit, _batch_indices, _make_batch
@@ -251,12 +253,17 @@ def teacher_cache(
         for name, shape in row_shapes(teacher, losses).items()
     }
     cache = TeacherCache(split.lengths, arrays, key)
-    for indices, batch in _length_sorted_batches(split, batch_size, buckets):
+    started = time.perf_counter()
+    batches = _length_sorted_batches(split, batch_size, buckets)
+    # The pass takes about as long as the teacher's share of one epoch: minutes on a CPU, so it shows progress.
+    for indices, batch in tqdm(batches, total=-(-len(split) // batch_size), dynamic_ncols=True, desc="teacher cache"):
         targets = jax.device_get(_targets(teacher, place(batch), losses))
         for name, store in arrays.items():
             offsets, value = cache.offsets[name], np.asarray(getattr(targets, name))
             for row, i in enumerate(indices):
                 store[offsets[i] : offsets[i + 1]] = _to_rows(name, value[row], int(cache.lengths[i]))
+    seconds = time.perf_counter() - started
+    log(f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s), compilations included")
     if target is not None:
         cache.save(target)
         log(f"teacher cache: saved {target}")

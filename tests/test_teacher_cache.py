@@ -120,10 +120,11 @@ def test_saved_caches_are_keyed_read_memory_mapped_and_written_atomically(teache
     cache = teacher_cache(teacher, split, LossConfig(), batch_size=8, buckets=BUCKETS, folder=tmp_path, log=logs.append)
     assert logs[0].startswith("teacher cache (float32, 37 examples): logits ")
     assert "last_hidden_state" in logs[0] and logs[-1].startswith("teacher cache: saved")
+    assert logs[1].startswith("teacher cache: computed in ")
     (folder,) = tmp_path.iterdir()
     assert folder.name == cache.key
     again = teacher_cache(teacher, split, LossConfig(), batch_size=8, buckets=BUCKETS, folder=tmp_path, log=logs.append)
-    assert logs[-1] == f"teacher cache: reading {folder}"
+    assert logs[3:] == [logs[0], f"teacher cache: reading {folder}"]  # read back, not computed again
     assert isinstance(again.arrays["last_hidden_state"], np.memmap)
     for name in cache.fields:
         np.testing.assert_array_equal(again.arrays[name], cache.arrays[name])
