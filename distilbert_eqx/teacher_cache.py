@@ -254,16 +254,17 @@ def teacher_cache(
     }
     cache = TeacherCache(split.lengths, arrays, key)
     started = time.perf_counter()
-    batches = _length_sorted_batches(split, batch_size, buckets)
-    # The pass takes about as long as the teacher's share of one epoch: minutes on a CPU, so it shows progress.
-    for indices, batch in tqdm(batches, total=-(-len(split) // batch_size), dynamic_ncols=True, desc="teacher cache"):
+    # The pass costs about the teacher's share of one epoch (minutes on a CPU), so it shows progress.
+    batches = tqdm(_length_sorted_batches(split, batch_size, buckets), total=-(-len(split) // batch_size),
+                   dynamic_ncols=True, desc="teacher cache")
+    for indices, batch in batches:
         targets = jax.device_get(_targets(teacher, place(batch), losses))
         for name, store in arrays.items():
             offsets, value = cache.offsets[name], np.asarray(getattr(targets, name))
             for row, i in enumerate(indices):
                 store[offsets[i] : offsets[i + 1]] = _to_rows(name, value[row], int(cache.lengths[i]))
     seconds = time.perf_counter() - started
-    log(f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s), compilations included")
+    log(f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s, compiling included)")
     if target is not None:
         cache.save(target)
         log(f"teacher cache: saved {target}")
