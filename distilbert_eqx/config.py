@@ -8,6 +8,8 @@ bad value fails at start-up with the key, the value and what is allowed, not hou
 import argparse
 import dataclasses
 import difflib
+import functools
+import operator
 import re
 import types
 import typing
@@ -18,21 +20,19 @@ from typing import Any
 import yaml
 
 from ._types import ComputeDtype
-from .errors import UserError
+from .distill.objective import Objective, shorthand_keys, shorthand_terms
+from .distill.term import AbstractTerm
+from .distill.terms import TERMS
+from .errors import ConfigError
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
 DATASETS = ("glue/sst2",)
 HIDDEN_LOSSES = ("mse", "cosine")
-LAYER_ALPHAS = ("alpha_hidden", "alpha_attention_scores", "alpha_attention_kl", "alpha_value_relation")
 TEACHER_CACHES = ("off", "memory", "disk")
 STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(UserError):
-    """A configuration key, value or override is invalid; the message names the key and what is allowed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,9 @@ class ExperimentConfig:
     teacher_cache_max_gb: float = 8.0
     # JAX's persistent compilation cache (null: off)
     compilation_cache_dir: str | None = None
+    # The loss as a list of terms (`{type: kl, weight: 0.45, temperature: 2.0}`, ...); null: the terms the flat
+    # keys above spell (temperature, alpha_*, hidden_loss, relation_heads, layer_map)
+    loss: tuple[AbstractTerm, ...] | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -127,10 +130,21 @@ class ExperimentConfig:
                 )
         _validate(self)
 
+    @property
+    def terms(self) -> tuple[AbstractTerm, ...]:
+        """The loss terms: ``loss`` when given, else those the flat keys spell (weight-0 terms left out)."""
+        if self.loss is not None:
+            return self.loss
+        return shorthand_terms({key: getattr(self, key) for key in shorthand_keys()})
+
 
 def _field_type(key: str) -> tuple[Any, bool]:
     """The type a field holds (``Literal`` read as ``str``) and whether it may be None."""
-    annotation = typing.get_type_hints(ExperimentConfig)[key]
+    return _unwrap(typing.get_type_hints(ExperimentConfig)[key])
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """An annotation without its ``None`` (and whether it had one), ``Literal`` read as ``str``."""
     nullable = isinstance(annotation, types.UnionType) and type(None) in typing.get_args(annotation)
     if nullable:
         (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -139,8 +153,65 @@ def _field_type(key: str) -> tuple[Any, bool]:
 
 def _coerce(key: str, value: object) -> object:
     """Check ``value`` against the type of field ``key`` and return its canonical form: int -> float for float
-    fields, list -> tuple, ``jax.bfloat16`` -> ``bfloat16``."""
-    base, nullable = _field_type(key)
+    fields, list -> tuple, ``jax.bfloat16`` -> ``bfloat16``, a ``loss`` list -> terms."""
+    if key == "loss" and value is not None:
+        return _coerce_loss(value)
+    return _coerce_to(key, value, typing.get_type_hints(ExperimentConfig)[key])
+
+
+def _coerce_loss(value: object) -> tuple[AbstractTerm, ...]:
+    """A list of term mappings (``{type: kl, weight: 0.45}``), each checked against its term's own fields."""
+    if isinstance(value, tuple) and all(isinstance(term, AbstractTerm) for term in value):
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(
+            f"loss={value!r} is invalid; expected null or a non-empty list of terms, e.g. [{{type: ce, weight: 1.0}}, "
+            f"{{type: kl, weight: 0.45, temperature: 2.0}}], with type one of {', '.join(TERMS)}"
+        )
+    return tuple(_coerce_term(f"loss[{i}]", entry) for i, entry in enumerate(value))
+
+
+def _coerce_term(where: str, entry: object) -> AbstractTerm:
+    if isinstance(entry, AbstractTerm):
+        return entry
+    if not isinstance(entry, Mapping) or "type" not in entry:
+        raise ConfigError(f"{where}={entry!r} is invalid; expected a mapping with a type, one of {', '.join(TERMS)}")
+    kind = entry["type"]
+    if kind not in TERMS:
+        close = difflib.get_close_matches(str(kind), list(TERMS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: unknown term type {kind!r}.{hint} Types: {', '.join(TERMS)}")
+    term = TERMS[kind]
+    hints = typing.get_type_hints(term)
+    valid = [f.name for f in dataclasses.fields(term)]
+    values = {}
+    for key, value in entry.items():
+        if key == "type":
+            continue
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {where} ({kind}).{hint} Valid keys: type, {', '.join(valid)}")
+        values[key] = _coerce_to(f"{where}.{key}", value, hints[key])
+    try:
+        return term(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{where} ({kind}): {e}") from e
+
+
+def _coerce_to(key: str, value: object, annotation: Any) -> object:
+    """:func:`_coerce` for a value of any annotated type (``key`` names it in errors)."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    literals = [a for a in options if typing.get_origin(a) is typing.Literal]
+    if literals and isinstance(value, str):
+        # A setting that is either a word or a value (layer_map: uniform, or a list of pairs).
+        allowed = [word for literal in literals for word in typing.get_args(literal)]
+        if value in allowed:
+            return value
+        raise ConfigError(f"{key}={value!r} is invalid; expected one of {allowed} or a list")
+    if literals:
+        annotation = functools.reduce(operator.or_, [a for a in options if a not in literals])
+    base, nullable = _unwrap(annotation)
     if value is None and nullable:
         return None
     if typing.get_origin(base) is tuple and typing.get_origin(typing.get_args(base)[0]) is tuple:
@@ -215,10 +286,9 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
     _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
     _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")
-    for key in ("alpha_kl", "alpha_ce", "alpha_cos", *LAYER_ALPHAS):
+    weight_keys = [key for term in TERMS.values() for key in list(term.shorthand)[:1]]
+    for key in weight_keys:
         _require(getattr(c, key) >= 0, key, getattr(c, key), "a float >= 0")
-    alphas = {key: getattr(c, key) for key in ("alpha_kl", "alpha_ce", "alpha_cos", *LAYER_ALPHAS)}
-    _require(any(a > 0 for a in alphas.values()), "/".join(alphas), tuple(alphas.values()), "at least one weight > 0")
     _require(c.hidden_loss in HIDDEN_LOSSES, "hidden_loss", c.hidden_loss, f"one of {HIDDEN_LOSSES}")
     _require(c.relation_heads is None or c.relation_heads >= 1, "relation_heads", c.relation_heads,
              "null (the teacher's head count) or an int >= 1")
@@ -226,14 +296,27 @@ def _validate(c: ExperimentConfig) -> None:
         _require(len(c.layer_map) > 0 and all(i >= 0 for pair in c.layer_map for i in pair), "layer_map",
                  [list(p) for p in c.layer_map],
                  "null (the uniform map) or a non-empty list of [student, teacher] hidden-state indices >= 0")
+    if c.loss is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+        flat = {key: getattr(c, key) for key in shorthand_keys() if getattr(c, key) != defaults[key]}
+        _require(not flat, "loss", "[...]", f"the only spelling of the loss: {flat} would be ignored; put them in "
+                 "the loss list's terms, or drop the loss list")
+    else:
+        readers = [t for t in TERMS.values() if "layer_map" in t.shorthand and getattr(c, next(iter(t.shorthand))) > 0]
+        _require(c.layer_map is None or bool(readers), "layer_map", c.layer_map and [list(p) for p in c.layer_map],
+                 "null: no term reads it (" + ", ".join(
+                     f"{next(iter(t.shorthand))}=0" for t in TERMS.values() if "layer_map" in t.shorthand) + ")")
+    terms = Objective(c.terms).terms
     _require(c.intermediate_steps >= 0, "intermediate_steps", c.intermediate_steps,
              "an int >= 0 (0 = one stage)")
     if c.intermediate_steps > 0:
-        _require(any(getattr(c, key) > 0 for key in (*LAYER_ALPHAS, "alpha_cos")), "intermediate_steps",
-                 c.intermediate_steps, "0, or a layer loss weight (alpha_hidden, alpha_attention_scores, "
-                 "alpha_attention_kl, alpha_value_relation, alpha_cos) > 0 for the first stage")
-        _require(c.alpha_ce > 0 or c.alpha_kl > 0, "intermediate_steps", c.intermediate_steps,
-                 "0, or alpha_ce or alpha_kl > 0 for the second stage")
+        first = [t.name for t in terms if not t.prediction_layer]
+        second = [t.name for t in terms if t.prediction_layer]
+        prediction = [name for name, term in TERMS.items() if term.prediction_layer]
+        _require(bool(first), "intermediate_steps", c.intermediate_steps,
+                 f"0, or a term other than {prediction} for the first stage (the loss has {second})")
+        _require(bool(second), "intermediate_steps", c.intermediate_steps,
+                 f"0, or one of the terms {prediction} for the second stage (the loss has {first})")
         _require(c.max_steps == 0 or c.intermediate_steps < c.max_steps, "intermediate_steps",
                  c.intermediate_steps, f"fewer than max_steps={c.max_steps}")
     _require(c.teacher_cache in TEACHER_CACHES, "teacher_cache", c.teacher_cache, f"one of {', '.join(TEACHER_CACHES)}")
@@ -352,11 +435,14 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, object]:
-    """The config as plain JSON/YAML types (tuples become lists); ``load_config`` reads it back unchanged."""
+    """The config as plain JSON/YAML types (tuples become lists, terms mappings with their ``type``);
+    ``load_config`` reads it back unchanged."""
     def plain(v: object) -> object:
+        if isinstance(v, AbstractTerm):
+            return {"type": v.name, **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
         return [plain(x) for x in v] if isinstance(v, tuple) else v
 
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -11,17 +11,15 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 import tokenizers
-from jaxtyping import Bool, Float32, Int32, Int64
+from jaxtyping import Int32, Int64
 
+from .batch import Batch
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .teacher_cache import TeacherCache
 
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
@@ -93,22 +91,6 @@ class SentenceTokenizer:
     backend: tokenizers.Tokenizer
     pad_id: int
     max_length: int
-
-
-class Batch(NamedTuple):
-    """One padded batch. Rows with ``weights == 0`` are dummies that fill the last batch of a split; their
-    attention mask keeps only the first token so that no softmax sees an all-masked row.
-
-    ``teacher`` holds the rows' cached teacher outputs (``objective.TeacherTargets``, padded like the batch) when
-    the run has a teacher-output cache, else ``None`` (no leaves: the step's program is unchanged).
-    """
-
-    input_ids: Int32[np.ndarray, "batch seq"]
-    attention_mask: Bool[np.ndarray, "batch seq"]
-    token_type_ids: Int32[np.ndarray, "batch seq"]
-    labels: Int32[np.ndarray, " batch"]
-    weights: Float32[np.ndarray, " batch"]
-    teacher: Any = None
 
 
 class PaddingStats(NamedTuple):
@@ -260,7 +242,7 @@ def num_batches(split: TokenizedSplit, batch_size: int) -> int:
     return -(-len(split) // batch_size)
 
 
-def _batch_indices(order: Int64[np.ndarray, " examples"], batch_size: int) -> list[np.ndarray]:
+def batch_indices(order: Int64[np.ndarray, " examples"], batch_size: int) -> list[np.ndarray]:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected an int >= 1")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -288,25 +270,20 @@ def _train_order(
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if not group_by_length:
-        return _batch_indices(order, batch_size)
+        return batch_indices(order, batch_size)
     chunk = GROUP_CHUNK_BATCHES * batch_size
     chunks = [order[i : i + chunk] for i in range(0, len(order), chunk)]
     by_length = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
-    batches = _batch_indices(by_length, batch_size)
+    batches = batch_indices(by_length, batch_size)
     full = len(order) // batch_size
     # Shuffle batches so the epoch does not run in chunk-sized waves of short then long sequences.
     return [batches[i] for i in rng.permutation(full)] + batches[full:]
 
 
-def _make_batch(
-    split: TokenizedSplit,
-    indices: Int64[np.ndarray, " rows"],
-    batch_size: int,
-    buckets: Sequence[int],
-    teacher_cache: "TeacherCache | None" = None,
+def make_batch(
+    split: TokenizedSplit, indices: Int64[np.ndarray, " rows"], batch_size: int, buckets: Sequence[int]
 ) -> Batch:
-    """Pad the examples at ``indices`` to their bucket, and the batch to ``batch_size`` rows with dummies; with
-    a teacher cache, their cached teacher outputs padded the same way."""
+    """Pad the examples at ``indices`` to their bucket, and the batch to ``batch_size`` rows with dummies."""
     starts = split.offsets[indices]
     lengths = split.offsets[indices + 1] - starts
     seq = bucket_length(int(lengths.max()), buckets)
@@ -324,8 +301,29 @@ def _make_batch(
     labels[:rows] = split.labels[indices]
     weights = np.zeros(batch_size, np.float32)
     weights[:rows] = 1.0
-    teacher = None if teacher_cache is None else teacher_cache.gather(indices, batch_size, seq)
-    return Batch(input_ids, attention_mask, token_type_ids, labels, weights, teacher)
+    return Batch(input_ids, attention_mask, token_type_ids, labels, weights)
+
+
+# A batch and the split indices of its real rows: what a transform of the stream (the teacher-output cache)
+# needs to find the rows' own data.
+IndexedBatch = tuple[Int64[np.ndarray, " rows"], Batch]
+
+
+def indexed_train_batches(
+    split: TokenizedSplit,
+    batch_size: int,
+    buckets: Sequence[int],
+    *,
+    seed: int,
+    epoch: int,
+    group_by_length: bool = False,
+    start: int = 0,
+) -> Iterator[IndexedBatch]:
+    """:func:`train_batches`, each with the split indices of its rows."""
+    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
+    if not 0 <= start <= len(batches):
+        raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
+    return ((indices, make_batch(split, indices, batch_size, buckets)) for indices in batches[start:])
 
 
 def train_batches(
@@ -337,7 +335,6 @@ def train_batches(
     epoch: int,
     group_by_length: bool = False,
     start: int = 0,
-    teacher_cache: "TeacherCache | None" = None,
 ) -> Iterator[Batch]:
     """Batches of one training epoch in a shuffled order fixed by ``(seed, epoch)``, skipping the first
     ``start`` (for exact resume). Every example appears exactly once; each batch is ``(batch_size, bucket)``.
@@ -345,10 +342,28 @@ def train_batches(
     ``group_by_length`` sorts by length within chunks of ``GROUP_CHUNK_BATCHES`` batches (of the shuffled
     examples) before shuffling the batches, so most batches land in a short bucket.
     """
-    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
-    if not 0 <= start <= len(batches):
-        raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
-    return (_make_batch(split, indices, batch_size, buckets, teacher_cache) for indices in batches[start:])
+    stream = indexed_train_batches(
+        split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=start
+    )
+    return (batch for _, batch in stream)
+
+
+def indexed_epoch_batches(
+    split: TokenizedSplit,
+    batch_size: int,
+    buckets: Sequence[int],
+    *,
+    seed: int,
+    group_by_length: bool,
+    start_step: int = 0,
+) -> Iterator[IndexedBatch]:
+    """:func:`epoch_batches`, each with the split indices of its rows."""
+    epoch, position = divmod(start_step, num_batches(split, batch_size))
+    while True:
+        yield from indexed_train_batches(
+            split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=position
+        )
+        epoch, position = epoch + 1, 0
 
 
 def epoch_batches(
@@ -359,23 +374,19 @@ def epoch_batches(
     seed: int,
     group_by_length: bool,
     start_step: int = 0,
-    teacher_cache: "TeacherCache | None" = None,
 ) -> Iterator[Batch]:
     """Training batches from ``start_step`` on, epoch after epoch, without end: what a run of any length
     (``max_steps``, several epochs, a resumed run) draws from."""
-    epoch, position = divmod(start_step, num_batches(split, batch_size))
-    while True:
-        yield from train_batches(
-            split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=position,
-            teacher_cache=teacher_cache,
-        )
-        epoch, position = epoch + 1, 0
+    stream = indexed_epoch_batches(
+        split, batch_size, buckets, seed=seed, group_by_length=group_by_length, start_step=start_step
+    )
+    return (batch for _, batch in stream)
 
 
 def eval_batches(split: TokenizedSplit, batch_size: int, buckets: Sequence[int]) -> Iterator[Batch]:
     """Batches in dataset order, each ``(batch_size, bucket)``; the last is filled with weight-0 dummy rows."""
-    batches = _batch_indices(np.arange(len(split)), batch_size)
-    return (_make_batch(split, indices, batch_size, buckets) for indices in batches)
+    batches = batch_indices(np.arange(len(split)), batch_size)
+    return (make_batch(split, indices, batch_size, buckets) for indices in batches)
 
 
 def padding_stats(batches: Iterable[Batch]) -> PaddingStats:

@@ -7,3 +7,7 @@ traceback. Each subclasses ``ValueError`` too, so callers that caught ``ValueErr
 
 class UserError(ValueError):
     """Base of every error whose message tells the user what to change."""
+
+
+class ConfigError(UserError):
+    """A configuration key, value or override is invalid; the message names the key and what is allowed."""

@@ -19,30 +19,29 @@ import numpy as np
 
 from . import host_memory
 from .checkpoint import CheckpointManager, atomic_write_text
-from .config import LAYER_ALPHAS, STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
+from .config import STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
 from .data import (
     LABEL_NAMES,
     DataError,
     SentenceTokenizer,
     TokenizedSplit,
     default_length_buckets,
-    epoch_batches,
     eval_batches,
+    indexed_epoch_batches,
     load_text_split,
     load_tokenizer,
     num_batches,
     tokenize_split,
 )
+from .distill.objective import Objective
+from .distill.teacher_cache import TeacherCache, teacher_cache
 from .hf import from_pretrained, load_config, save_pretrained
 from .init import random_student, student_from_teacher
-from .layer_map import LayerMapError, check_layer_map, uniform_layer_map
 from .loop import FitPlan, evaluate, fit
 from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
-from .objective import LossConfig
 from .run_lock import OutputDirLock
-from .teacher_cache import TeacherCache, teacher_cache
 from .train import Steps, init_state, make_optimizer, single_device_steps
 
 
@@ -76,7 +75,7 @@ def _check_vocabularies(tokenizer_vocab: int, **models: AbstractSequenceClassifi
 
 
 def _start_devices(config: ExperimentConfig):
-    """``make_steps(losses, optimizer)``: single-device steps, or the ``jax.shard_map`` steps over a mesh.
+    """``make_steps(objective, optimizer)``: single-device steps, or the ``jax.shard_map`` steps over a mesh.
 
     Runs before anything else touches JAX: glibc's allocator settings must precede XLA's threads, and with
     several processes ``jax.distributed`` must start before any device is used.
@@ -111,42 +110,22 @@ def _tokenizer_to_save(config: ExperimentConfig) -> Any:
     return transformers.AutoTokenizer.from_pretrained(config.tokenizer_name)
 
 
-_TERM_NAMES = {
-    "loss_ce": "CE",
-    "loss_kl": "KL",
-    "loss_cos": "cosine",
-    "loss_hidden": "hidden-state",
-    "loss_attention_scores": "attention-score MSE",
-    "loss_attention_kl": "attention KL",
-    "loss_value_relation": "value-relation KL",
-}
-
-
-def _recipe(config: ExperimentConfig, losses: LossConfig) -> str:
+def _recipe(config: ExperimentConfig, objective: Objective) -> str:
     """The model card's one line on the loss: every term with its weight, and the settings they used."""
-    if not losses.needs_teacher:
+    if not objective.needs_teacher:
         return "trained on the labels alone (cross-entropy)"
-    parts = []
-    for name in losses.terms:
-        part = f"{_TERM_NAMES[name]} {losses.term_weights[name]}"
-        if name == "loss_kl":
-            part += f" (T = {losses.temperature})"
-        if name == "loss_hidden":
-            part = f"{_TERM_NAMES[name]} {losses.hidden_loss} {losses.term_weights[name]}"
-        parts.append(part)
-    recipe = f"distilled from `{config.teacher_model}`: " + " + ".join(parts)
-    if losses.alpha_hidden > 0 or losses.alpha_attention_scores > 0:
-        recipe += f"; layer map (student, teacher) {[list(p) for p in losses.layer_map]}"
+    recipe = f"distilled from `{config.teacher_model}`: {objective.describe()}"
     if config.intermediate_steps:
-        recipe += f"; two stages, the first {config.intermediate_steps} steps without CE and KL"
+        prediction = [term.name for term in objective.terms if term.prediction_layer]
+        recipe += f"; two stages, the first {config.intermediate_steps} steps without {' and '.join(prediction)}"
     return recipe
 
 
 def _model_card(
-    config: ExperimentConfig, started_from: str, losses: LossConfig, dev_accuracy: float | None
+    config: ExperimentConfig, started_from: str, objective: Objective, dev_accuracy: float | None
 ) -> str:
     """The README.md of a saved model folder, the model card the hub shows: what it is, how it was trained."""
-    recipe = _recipe(config, losses)
+    recipe = _recipe(config, objective)
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs} epoch(s)"
     accuracy = "not measured" if dev_accuracy is None else f"{100 * dev_accuracy:.2f}%"
     return "\n".join([
@@ -178,63 +157,25 @@ def _model_card(
     ])
 
 
-def build_losses(
+def build_objective(
     config: ExperimentConfig,
     student: AbstractSequenceClassifier,
     teacher: AbstractSequenceClassifier | None,
-) -> LossConfig:
-    """The config's loss terms, checked against the two models: the layer map resolved (``uniform`` when
-    ``layer_map`` is null) and checked against both depths, the value relation's head count resolved, and the
-    head counts the attention losses compare one to one checked."""
-    layer_alphas = {key: getattr(config, key) for key in LAYER_ALPHAS if getattr(config, key) > 0}
-    if layer_alphas and teacher is None:
-        raise ConfigError(f"{layer_alphas} match the student's layers to a teacher's, but there is no teacher")
-    layer_map: tuple[tuple[int, int], ...] = ()
-    relation_heads = config.relation_heads
-    if teacher is not None:
-        try:
-            layer_map = (
-                uniform_layer_map(student.num_layers, teacher.num_layers) if config.layer_map is None
-                else check_layer_map(config.layer_map, student.num_layers, teacher.num_layers)
-            )
-        except LayerMapError as e:
-            if config.alpha_hidden > 0 or config.alpha_attention_scores > 0:
-                raise ConfigError(f"layer_map: {e}") from e
-        relation_heads = teacher.num_heads if relation_heads is None else relation_heads
-        for key in ("alpha_attention_scores", "alpha_attention_kl"):
-            if getattr(config, key) > 0 and student.num_heads != teacher.num_heads:
-                raise ConfigError(
-                    f"{key}={getattr(config, key)} compares attention heads one to one, but the student has "
-                    f"{student.num_heads} heads and the teacher {teacher.num_heads}; set {key}=0 or "
-                    f"student_num_heads={teacher.num_heads} (the value relation, alpha_value_relation, takes any "
-                    "head counts through relation_heads)"
-                )
-        if config.alpha_value_relation > 0:
-            for name, model in (("student", student), ("teacher", teacher)):
-                if model.hidden_size % relation_heads:
-                    raise ConfigError(
-                        f"relation_heads={relation_heads} does not divide the {name}'s hidden size "
-                        f"{model.hidden_size}; pick a common divisor of {student.hidden_size} and "
-                        f"{teacher.hidden_size}"
-                    )
-    return LossConfig(
-        temperature=config.temperature,
-        alpha_ce=config.alpha_ce,
-        alpha_kl=config.alpha_kl,
-        alpha_cos=config.alpha_cos,
-        alpha_hidden=config.alpha_hidden,
-        hidden_loss=config.hidden_loss,
-        alpha_attention_scores=config.alpha_attention_scores,
-        alpha_attention_kl=config.alpha_attention_kl,
-        alpha_value_relation=config.alpha_value_relation,
-        layer_map=layer_map,
-        relation_heads=relation_heads if config.alpha_value_relation > 0 else None,
-    )
+) -> Objective:
+    """The config's loss terms, each checked against and resolved for the two models (layer maps, head
+    counts): see ``AbstractTerm.bind``."""
+    objective = Objective(config.terms)
+    if teacher is None:
+        if objective.needs_teacher:
+            readers = [term.name for term in objective.terms if term.reads_teacher]
+            raise ConfigError(f"the loss terms {readers} compare the student with a teacher, but there is none")
+        return objective
+    return objective.bind(student, teacher)
 
 
 def build_projection(
     config: ExperimentConfig,
-    losses: LossConfig,
+    objective: Objective,
     student: AbstractSequenceClassifier,
     teacher: AbstractSequenceClassifier | None,
     *,
@@ -245,18 +186,18 @@ def build_projection(
     ``hidden_projection: null`` adds it exactly when the widths differ; ``true`` always (with a hidden-state
     term); ``false`` never, and then differing widths are an error here rather than inside the step.
     """
-    if teacher is None or not losses.compares_hidden_states:
+    if teacher is None or not objective.projects_student:
         if config.hidden_projection:
             raise ConfigError(
-                "hidden_projection=true, but no term compares hidden states (alpha_cos and alpha_hidden are 0)"
+                f"hidden_projection=true, but no term of {list(objective.names)} compares hidden states"
             )
         return None
     widths_differ = student.hidden_size != teacher.hidden_size
     if config.hidden_projection is False and widths_differ:
         raise ConfigError(
             f"the student's hidden size {student.hidden_size} differs from the teacher's {teacher.hidden_size}, "
-            "so alpha_cos and alpha_hidden need a projection: set hidden_projection to null or true, or set "
-            "alpha_cos=0 alpha_hidden=0"
+            f"so {[t.name for t in objective.terms if t.projects_student]} need a projection: set "
+            "hidden_projection to null or true, or drop those terms"
         )
     if config.hidden_projection or (config.hidden_projection is None and widths_differ):
         std = teacher.config.initializer_range
@@ -268,7 +209,7 @@ def _teacher_cache(
     config: ExperimentConfig,
     teacher: AbstractSequenceClassifier | None,
     split: TokenizedSplit,
-    losses: LossConfig,
+    objective: Objective,
     steps: Steps,
     buckets: tuple[int, ...],
 ) -> TeacherCache | None:
@@ -276,11 +217,11 @@ def _teacher_cache(
     teacher), computed on the run's devices."""
     if config.teacher_cache == "off":
         return None
-    if not losses.needs_teacher:
+    if not objective.needs_teacher:
         print(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so nothing is cached")
         return None
     return teacher_cache(
-        steps.place_state(eqx.nn.inference_mode(teacher)), split, losses,
+        steps.place_state(eqx.nn.inference_mode(teacher)), split, objective,
         batch_size=4 * eval_batch_size(config), buckets=buckets, dtype=config.teacher_cache_dtype,
         folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
         max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place,
@@ -294,7 +235,7 @@ def train_model(
     splits: dict[str, TokenizedSplit],
     *,
     key: jax.Array,
-    make_steps: Callable[[LossConfig, Any], Steps] = single_device_steps,
+    make_steps: Callable[[Objective, Any], Steps] = single_device_steps,
     final_name: str = "student",
     started_from: str = "not recorded",
 ) -> dict[str, Any]:
@@ -306,7 +247,7 @@ def train_model(
         teacher: the frozen teacher, or ``None`` when the loss needs none.
         splits: tokenised ``"train"`` and ``"dev"`` splits.
         key: the train state's PRNG key (dropout).
-        make_steps: ``make_steps(losses, optimizer)`` builds the steps (``parallel.sharded_steps`` on a mesh).
+        make_steps: ``make_steps(objective, optimizer)`` builds the steps (``parallel.sharded_steps`` on a mesh).
         final_name: the output folder of the final model.
         started_from: the model card's line on where the model's weights came from.
 
@@ -315,11 +256,9 @@ def train_model(
     """
     train_split, dev_split = splits["train"], splits["dev"]
     buckets = length_buckets(config)
-    losses = build_losses(config, model, teacher)
-    if losses.needs_teacher and teacher is None:
-        raise ConfigError("alpha_kl or alpha_cos is positive, which needs a teacher, but none was given")
+    objective = build_objective(config, model, teacher)
     # A key of its own, so that runs without a projection keep the train state's key they always had.
-    projection = build_projection(config, losses, model, teacher, key=jax.random.fold_in(key, 1))
+    projection = build_projection(config, objective, model, teacher, key=jax.random.fold_in(key, 1))
     per_epoch = num_batches(train_split, config.batch_size)
     total_steps = config.max_steps or config.num_epochs * per_epoch
     if config.intermediate_steps >= total_steps:
@@ -341,15 +280,15 @@ def train_model(
     )
     first_stage_train = None
     if config.intermediate_steps:
-        first_stage_train = make_steps(losses.intermediate_stage(), optimizer).train
-        steps: Steps = make_steps(losses.prediction_stage(), optimizer)
+        first_stage_train = make_steps(objective.stage(prediction_layer=False), optimizer).train
+        steps: Steps = make_steps(objective.stage(prediction_layer=True), optimizer)
     else:
-        steps = make_steps(losses, optimizer)
+        steps = make_steps(objective, optimizer)
     out = Path(config.output_dir)
     tokenizer = _tokenizer_to_save(config)
 
     def save_model(m: AbstractSequenceClassifier, name: str, dev_accuracy: float | None) -> None:
-        card = _model_card(config, started_from, losses, dev_accuracy)
+        card = _model_card(config, started_from, objective, dev_accuracy)
         save_pretrained(m, out / name, tokenizer, label_names=LABEL_NAMES, model_card=card)
 
     wandb = None
@@ -361,18 +300,23 @@ def train_model(
     with lock:
         if steps.is_writer:
             atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
-        cache = _teacher_cache(config, teacher, train_split, losses, steps, buckets)
+        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
         if cache is not None:
             teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
+
+        def train_batches(start: int):
+            stream = indexed_epoch_batches(
+                train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
+                start_step=start,
+            )
+            return (batch for _, batch in stream) if cache is None else cache.attach(stream)
+
         return fit(
             init_state(
                 model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection
             ),
             None if teacher is None else eqx.nn.inference_mode(teacher),
-            train_batches=lambda start: epoch_batches(
-                train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
-                start_step=start, teacher_cache=cache,
-            ),
+            train_batches=train_batches,
             dev_batches=lambda: eval_batches(dev_split, eval_batch_size(config), buckets),
             steps=steps,
             plan=plan,
@@ -457,11 +401,12 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
 
 def finetune(config: ExperimentConfig) -> dict[str, Any]:
     """Fine-tune ``teacher_model`` on SST-2 with the hard-label loss alone (how a teacher is made)."""
-    others = {key: getattr(config, key) for key in ("alpha_kl", "alpha_cos", *LAYER_ALPHAS) if getattr(config, key)}
-    if others or config.alpha_ce <= 0:
+    objective = Objective(config.terms)
+    if objective.needs_teacher:
+        readers = {term.name: term.weight for term in objective.terms if term.reads_teacher}
         raise ConfigError(
-            f"fine-tuning uses the label loss alone: set alpha_ce > 0 and every other loss weight to 0 "
-            f"(got alpha_ce={config.alpha_ce}, {others or 'no other weight'})"
+            f"fine-tuning uses the label loss alone: drop every term that reads a teacher (got {readers}; with the "
+            "flat keys, set alpha_ce > 0 and every other alpha_* to 0)"
         )
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
     model = from_pretrained(config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key)

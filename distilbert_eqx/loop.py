@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from .batch import Batch
 from .checkpoint import CheckpointManager
-from .data import Batch
 from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
 from .train import Steps, TrainState, TrainStep, eval_step

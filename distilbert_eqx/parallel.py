@@ -22,9 +22,10 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import PyTree
 
-from .data import Batch, slice_for_process
+from .batch import Batch
+from .data import slice_for_process
+from .distill.objective import Objective
 from .models import AbstractSequenceClassifier
-from .objective import LossConfig
 from .train import EvalCounts, StepMetrics, Steps, TrainState, eval_step_body, train_step_body
 
 DATA = "data"
@@ -97,7 +98,7 @@ def make_mesh(num_devices: int, platform: str | None) -> Mesh:
     return mesh
 
 
-def sharded_steps(mesh: Mesh, losses: LossConfig, optimizer: optax.GradientTransformation) -> Steps:
+def sharded_steps(mesh: Mesh, objective: Objective, optimizer: optax.GradientTransformation) -> Steps:
     """Train and eval steps, data-parallel over ``mesh`` (axis ``"data"``), for ``loop.fit`` and ``loop.evaluate``.
 
     ``train(teacher, state, batch)`` donates the state, not the teacher, and compiles once per batch shape;
@@ -121,7 +122,7 @@ def sharded_steps(mesh: Mesh, losses: LossConfig, optimizer: optax.GradientTrans
 
         def local_step(arrays, batch):
             teacher, state = eqx.combine(arrays, static)
-            new_state, metrics = train_step_body(teacher, state, batch, optimizer, losses, axis_name=DATA)
+            new_state, metrics = train_step_body(teacher, state, batch, optimizer, objective, axis_name=DATA)
             new_arrays, new_state_static = eqx.partition(new_state, eqx.is_array)
             new_static.append(new_state_static)
             return new_arrays, metrics

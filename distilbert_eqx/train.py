@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .data import Batch
-from .losses import weighted_total
+from .batch import Batch
+from .distill.objective import Objective
 from .models import AbstractSequenceClassifier, ClassifierOutput
-from .objective import LossConfig, loss_terms, teacher_targets
 
 
 class TrainState(eqx.Module):
@@ -166,7 +165,7 @@ def train_step_body(
     state: TrainState,
     batch: Batch,
     optimizer: optax.GradientTransformation,
-    losses: LossConfig,
+    objective: Objective,
     axis_name: str | None = None,
 ) -> tuple[TrainState, StepMetrics]:
     """One optimizer step on one (local) batch. See ``train_step`` for the jitted single-device version."""
@@ -174,22 +173,22 @@ def train_step_body(
     if axis_name is not None:
         # Each device draws its own dropout masks.
         step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
-    outputs = losses.outputs()
+    outputs = objective.outputs()
     targets = batch.teacher  # the teacher-output cache's, if the run has one
-    if losses.needs_teacher and targets is None:
-        targets = jax.lax.stop_gradient(teacher_targets(forward(teacher, batch, key=None, **outputs), losses))
+    if objective.needs_teacher and targets is None:
+        targets = jax.lax.stop_gradient(objective.teacher_targets(forward(teacher, batch, key=None, **outputs)))
 
     params, static = eqx.partition(state.trainable, eqx.is_inexact_array)
 
     def loss_fn(params):
         student, projection = eqx.combine(params, static)
         out = forward(student, batch, key=step_key, **outputs)
-        terms = loss_terms(out, targets, projection, batch, losses)
+        terms = objective(out, targets, projection, batch)
         if axis_name is not None:
             # The global batch's sums, before any mean: each device's loss (and so its gradient) is the
             # global batch's, also when its own rows are all padding.
             terms = jax.lax.psum(terms, axis_name)
-        return weighted_total(terms, losses.term_weights)
+        return objective.total(terms)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     # optax computes e.g. `b1 ** count` (float ** int32), which strict dtype promotion (our test setting) rejects.
@@ -208,10 +207,10 @@ def train_step(
     state: TrainState,
     batch: Batch,
     optimizer: optax.GradientTransformation,
-    losses: LossConfig,
+    objective: Objective,
 ) -> tuple[TrainState, StepMetrics]:
     """One jitted optimizer step on one device; the state is donated, the teacher (first argument) is not."""
-    return train_step_body(teacher, state, batch, optimizer, losses)
+    return train_step_body(teacher, state, batch, optimizer, objective)
 
 
 class EvalCounts(NamedTuple):
@@ -255,10 +254,10 @@ class Steps:
     is_writer: bool = True
 
 
-def single_device_steps(losses: LossConfig, optimizer: optax.GradientTransformation) -> Steps:
+def single_device_steps(objective: Objective, optimizer: optax.GradientTransformation) -> Steps:
     """The jitted single-device steps."""
 
     def train(teacher, state, batch):
-        return train_step(teacher, state, batch, optimizer, losses)
+        return train_step(teacher, state, batch, optimizer, objective)
 
     return Steps(train, eval_step, place=lambda b: b, place_state=lambda s: s)

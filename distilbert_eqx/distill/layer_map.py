@@ -6,11 +6,16 @@ with layer ``t``'s (the attention *inside* the layer whose output is state ``s``
 """
 
 from collections.abc import Sequence
+from typing import Literal
+
+from ..errors import ConfigError
 
 LayerMap = tuple[tuple[int, int], ...]
+# What a term's `layer_map` field holds before it is bound to two models: explicit pairs, or "uniform".
+LayerMapSetting = LayerMap | Literal["uniform"]
 
 
-class LayerMapError(ValueError):
+class LayerMapError(ConfigError):
     """A layer map names a state a model does not have, repeats a pair, or is empty."""
 
 
@@ -72,3 +77,20 @@ def attention_pairs(layer_map: LayerMap) -> LayerMap:
     """The pairs of layers (not states) whose attentions the attention losses match: student index >= 1,
     as 0-based layer indices into the models' ``attention_scores``."""
     return tuple((s - 1, t - 1) for s, t in layer_map if s >= 1 and t >= 1)
+
+
+def resolve_layer_map(setting: LayerMapSetting, student_layers: int, teacher_layers: int) -> LayerMap:
+    """``uniform`` as :func:`uniform_layer_map` for these depths, or explicit pairs checked against them."""
+    try:
+        if setting == "uniform":
+            return uniform_layer_map(student_layers, teacher_layers)
+        return check_layer_map(setting, student_layers, teacher_layers)
+    except LayerMapError as e:
+        raise LayerMapError(f"layer_map: {e}") from e
+
+
+def resolved(setting: LayerMapSetting, term: str) -> LayerMap:
+    """The pairs of a bound term; ``uniform`` is only known once the term is bound to two models."""
+    if setting == "uniform":
+        raise ValueError(f"the {term} term's layer map is still 'uniform': bind the term to the two models first")
+    return setting

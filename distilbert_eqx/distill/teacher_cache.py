@@ -1,25 +1,29 @@
 """The frozen teacher's outputs over a training split, computed once and read back every step and epoch.
 
-In inference mode the teacher is deterministic, so every epoch would recompute the same `TeacherTargets`. The
-cache holds them for every example, ragged (real tokens only): per field one flat array whose rows are the
-examples (logits), their tokens (hidden states, values) or their token pairs (attention scores), with per-example
-row offsets. `TeacherCache.gather` pads one batch's rows back to the batch's shape, and the train step takes them
-in place of the teacher's forward (``Batch.teacher``).
+In inference mode the teacher is deterministic, so every epoch would recompute the same targets. The cache holds
+what each term of the objective keeps of the teacher (``AbstractTerm.keep``) for every example, ragged (real
+tokens only): per kept field one flat array whose rows are the examples (logits), their tokens (hidden states,
+values) or their token pairs (attention scores), with per-example row offsets. Which axes of a field run over
+tokens, and what one row holds, is read off the terms with ``jax.eval_shape`` at two lengths: no table here
+names a term. `TeacherCache.attach` is a transform on the batch stream: it pads each batch's rows back to the
+batch's shape as ``Batch.teacher``, which the train step takes in place of the teacher's forward.
 
 On disk (``save`` / ``load``) a cache is a folder of ``.npy`` files, read memory-mapped, named by a key: a sha256
 of the teacher's weights and config, the tokenized split (so the tokenizer, ``max_length`` and the data file's
-contents all enter), the stored fields, the matched layers and the storage dtype. Another key is another folder,
-never a silent reuse; a folder is written under a temporary name and renamed when complete, so a crash leaves
-nothing that a later run reads.
+contents all enter), the terms' settings (their layer maps, not their weights) and the storage dtype. Another
+key is another folder, never a silent reuse; a folder is written under a temporary name and renamed when
+complete, so a crash leaves nothing that a later run reads.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -28,84 +32,107 @@ import numpy as np
 from jaxtyping import Int64
 from tqdm import tqdm
 
-from .checkpoint import temp_sibling
-from .data import Batch, TokenizedSplit, _batch_indices, _make_batch
-from .errors import UserError
-from .models import AbstractSequenceClassifier
-from .objective import LossConfig, TeacherTargets, teacher_targets
-from .train import forward
+from ..batch import Batch, TeacherTargets
+from ..checkpoint import temp_sibling
+from ..data import IndexedBatch, TokenizedSplit, batch_indices, make_batch
+from ..errors import UserError
+from ..models import AbstractSequenceClassifier
+from ..train import forward
+from .objective import Objective
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(jnp.bfloat16)}
-# The axes of one example's targets that run over its tokens: none (logits), one (hidden states, values) or two
-# (attention scores: query and key). An example of n tokens stores n ** len(axes) rows: itself, each token, or
-# each (query, key) pair.
-SEQ_AXES = {
-    "logits": (),
-    "last_hidden_state": (0,),
-    "hidden_states": (1,),
-    "attention_scores": (2, 3),
-    "last_attention_scores": (2, 3),
-    "last_values": (1,),
-}
+# Two sequence lengths at which the kept targets' shapes are evaluated: the axes that differ are token axes.
+_PROBE_LENGTHS = (5, 7)
 
 
 class TeacherCacheError(UserError):
     """A cache cannot be built or read as asked; the message says why and what to change."""
 
 
-def _rows_per_example(name: str, lengths: Int64[np.ndarray, " examples"]) -> Int64[np.ndarray, " examples"]:
-    return lengths ** len(SEQ_AXES[name])
+class Field(NamedTuple):
+    """One kept target of one term, as stored: the axes of an example's target that run over its tokens, and
+    the shape of one stored row (the target with those axes taken out)."""
+
+    token_axes: tuple[int, ...]
+    row_shape: tuple[int, ...]
 
 
-def _to_rows(name: str, target: np.ndarray, n: int) -> np.ndarray:
-    """One example's padded target of field ``name`` -> its ``n ** k`` stored rows (real tokens only)."""
-    k = len(SEQ_AXES[name])
-    moved = np.moveaxis(target, SEQ_AXES[name], tuple(range(k)))
+def _key(term: str, field: str) -> str:
+    return f"{term}.{field}"
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    term, _, field = key.partition(".")
+    return term, field
+
+
+def fields(teacher: AbstractSequenceClassifier, objective: Objective) -> dict[str, Field]:
+    """Every stored field (``"<term>.<field>"``) and its layout, from the terms' ``keep`` under ``eval_shape``."""
+
+    def shapes(seq: int) -> TeacherTargets:
+        ids = jax.ShapeDtypeStruct((1, seq), jnp.int32)
+        batch = Batch(ids, jax.ShapeDtypeStruct((1, seq), jnp.bool_), ids, jax.ShapeDtypeStruct((1,), jnp.int32),
+                      jax.ShapeDtypeStruct((1,), jnp.float32))
+        return eqx.filter_eval_shape(_kept, teacher, batch, objective)
+
+    short, long = (shapes(seq) for seq in _PROBE_LENGTHS)
+    layout = {}
+    for term, kept in short.items():
+        for field, value in kept.items():
+            example, other = value.shape[1:], long[term][field].shape[1:]
+            axes = tuple(i for i, (a, b) in enumerate(zip(example, other)) if a != b)
+            if any(example[i] != _PROBE_LENGTHS[0] for i in axes):
+                raise ValueError(f"term {term!r} keeps {field!r} with an axis that grows with the length but is not "
+                                 f"a token axis: shapes {example} and {other}")
+            layout[_key(term, field)] = Field(axes, tuple(d for i, d in enumerate(example) if i not in axes))
+    return layout
+
+
+def _rows_per_example(field: Field, lengths: Int64[np.ndarray, " examples"]) -> Int64[np.ndarray, " examples"]:
+    return lengths ** len(field.token_axes)
+
+
+def _to_rows(field: Field, target: np.ndarray, n: int) -> np.ndarray:
+    """One example's padded target -> its ``n ** k`` stored rows (real tokens only)."""
+    k = len(field.token_axes)
+    moved = np.moveaxis(target, field.token_axes, tuple(range(k)))
     return moved[(slice(0, n),) * k].reshape(n**k, *moved.shape[k:])
 
 
-def _from_rows(name: str, rows: np.ndarray, n: int, seq: int) -> np.ndarray:
+def _from_rows(field: Field, rows: np.ndarray, n: int, seq: int) -> np.ndarray:
     """The inverse of `_to_rows`: the example's target, float32, zero-padded to ``seq`` tokens."""
-    k = len(SEQ_AXES[name])
+    k = len(field.token_axes)
     padded = np.zeros((seq,) * k + rows.shape[1:], np.float32)
     padded[(slice(0, n),) * k] = rows.reshape((n,) * k + rows.shape[1:])
-    return np.moveaxis(padded, tuple(range(k)), SEQ_AXES[name])
-
-
-def row_shapes(teacher: AbstractSequenceClassifier, losses: LossConfig) -> dict[str, tuple[int, ...]]:
-    """Each stored field's row shape (what one example, token or token pair holds)."""
-    hidden, heads = teacher.hidden_size, teacher.num_heads
-    pairs = sum(1 for _, t in losses.layer_map if t > 0)
-    shapes = {
-        "logits": (teacher.config.num_labels,),
-        "last_hidden_state": (hidden,),
-        "hidden_states": (len(losses.layer_map), hidden),
-        "attention_scores": (pairs, heads),
-        "last_attention_scores": (1, heads),
-        "last_values": (1, hidden),
-    }
-    return {name: shapes[name] for name in losses.teacher_fields}
+    return np.moveaxis(padded, tuple(range(k)), field.token_axes)
 
 
 def field_bytes(
-    teacher: AbstractSequenceClassifier, losses: LossConfig, lengths: Int64[np.ndarray, " examples"], dtype: str
+    teacher: AbstractSequenceClassifier, objective: Objective, lengths: Int64[np.ndarray, " examples"], dtype: str
 ) -> dict[str, int]:
     """The bytes each stored field takes for examples of these token ``lengths``, before building anything."""
     itemsize = DTYPES[dtype].itemsize
     return {
-        name: int(_rows_per_example(name, lengths).sum()) * int(np.prod(shape)) * itemsize
-        for name, shape in row_shapes(teacher, losses).items()
+        name: int(_rows_per_example(field, lengths).sum()) * int(np.prod(field.row_shape)) * itemsize
+        for name, field in fields(teacher, objective).items()
     }
 
 
-def cache_key(teacher: AbstractSequenceClassifier, split: TokenizedSplit, losses: LossConfig, dtype: str) -> str:
+def _settings(objective: Objective) -> dict[str, dict[str, object]]:
+    """What the kept values may depend on: every term's settings but its weight."""
+    return {
+        term.name: {f.name: getattr(term, f.name) for f in dataclasses.fields(term) if f.name != "weight"}
+        for term in objective.terms if term.reads_teacher
+    }
+
+
+def cache_key(teacher: AbstractSequenceClassifier, split: TokenizedSplit, objective: Objective, dtype: str) -> str:
     """A sha256 of everything the stored values depend on (see the module docstring)."""
     digest = hashlib.sha256()
     description = {
         "format": FORMAT_VERSION,
-        "fields": losses.teacher_fields,
-        "layer_map": [list(p) for p in losses.layer_map],
+        "terms": _settings(objective),
         "dtype": dtype,
         "teacher_config": repr(teacher.config),
         "compute_dtype": str(teacher.compute_dtype),
@@ -121,15 +148,18 @@ def cache_key(teacher: AbstractSequenceClassifier, split: TokenizedSplit, losses
 
 
 class TeacherCache:
-    """The stored `TeacherTargets` of every example of a split: per field a flat ``(rows, *row_shape)`` array and
-    per-example row offsets ``(examples + 1,)``."""
+    """What the terms keep of the teacher for every example of a split: per stored field (``"<term>.<field>"``)
+    a flat ``(rows, *row_shape)`` array, its layout, and per-example row offsets ``(examples + 1,)``."""
 
-    def __init__(self, lengths: np.ndarray, arrays: Mapping[str, np.ndarray], key: str = "") -> None:
+    def __init__(
+        self, lengths: np.ndarray, arrays: Mapping[str, np.ndarray], layout: Mapping[str, Field], key: str = ""
+    ) -> None:
         self.lengths = np.asarray(lengths, np.int64)
         self.arrays = dict(arrays)
+        self.layout = dict(layout)
         self.key = key
         self.offsets = {
-            name: np.concatenate([[0], np.cumsum(_rows_per_example(name, self.lengths))])
+            name: np.concatenate([[0], np.cumsum(_rows_per_example(self.layout[name], self.lengths))])
             for name in self.arrays
         }
         for name, array in self.arrays.items():
@@ -150,16 +180,22 @@ class TeacherCache:
     def gather(self, indices: Int64[np.ndarray, " rows"], batch_size: int, seq: int) -> TeacherTargets:
         """The float32 targets of the examples at ``indices``, padded to ``(batch_size, ..., seq, ...)`` like
         their batch (zeros at padded positions and dummy rows, which no loss reads)."""
-        out = {}
+        out: TeacherTargets = {}
         for name, array in self.arrays.items():
-            offsets = self.offsets[name]
+            field, offsets = self.layout[name], self.offsets[name]
             examples = [
-                _from_rows(name, array[offsets[i] : offsets[i + 1]], int(self.lengths[i]), seq) for i in indices
+                _from_rows(field, array[offsets[i] : offsets[i + 1]], int(self.lengths[i]), seq) for i in indices
             ]
             padded = np.zeros((batch_size, *examples[0].shape), np.float32)
             padded[: len(examples)] = examples
-            out[name] = padded
-        return TeacherTargets(**out)
+            term, kept = _split_key(name)
+            out.setdefault(term, {})[kept] = padded
+        return out
+
+    def attach(self, batches: Iterable[IndexedBatch]) -> Iterator[Batch]:
+        """The batch stream with each batch's cached targets as ``Batch.teacher``."""
+        for indices, batch in batches:
+            yield batch._replace(teacher=self.gather(indices, len(batch.labels), batch.input_ids.shape[1]))
 
     def save(self, folder: Path) -> None:
         """Write to ``folder`` atomically: a temporary sibling, fsynced, then renamed."""
@@ -174,8 +210,11 @@ class TeacherCache:
                     f.flush()
                     os.fsync(f.fileno())
             np.save(partial / "lengths.npy", self.lengths)
-            meta = {"key": self.key, "fields": list(self.arrays), "dtypes": {n: str(a.dtype) for n, a in
-                                                                             self.arrays.items()}}
+            meta = {
+                "key": self.key,
+                "fields": {name: self.layout[name]._asdict() for name in self.arrays},
+                "dtypes": {name: str(array.dtype) for name, array in self.arrays.items()},
+            }
             (partial / "meta.json").write_text(json.dumps(meta))
             os.replace(partial, folder)
         finally:
@@ -185,26 +224,27 @@ class TeacherCache:
     def load(cls, folder: Path) -> "TeacherCache":
         """A saved cache, its arrays memory-mapped (read-only)."""
         meta = json.loads((folder / "meta.json").read_text())
-        arrays = {}
-        for name in meta["fields"]:
+        arrays, layout = {}, {}
+        for name, field in meta["fields"].items():
             array = np.load(folder / f"{name}.npy", mmap_mode="r")
             if meta["dtypes"][name] == "bfloat16":
                 array = array.view(DTYPES["bfloat16"])
             arrays[name] = array
-        return cls(np.load(folder / "lengths.npy"), arrays, meta["key"])
+            layout[name] = Field(tuple(field["token_axes"]), tuple(field["row_shape"]))
+        return cls(np.load(folder / "lengths.npy"), arrays, layout, meta["key"])
 
 
-@eqx.filter_jit
-def _targets(teacher: AbstractSequenceClassifier, batch: Batch, losses: LossConfig) -> TeacherTargets:
-    return teacher_targets(forward(teacher, batch, key=None, **losses.outputs()), losses)
+def _kept(teacher: AbstractSequenceClassifier, batch: Batch, objective: Objective) -> TeacherTargets:
+    return objective.teacher_targets(forward(teacher, batch, key=None, **objective.outputs()))
 
 
-def _length_sorted_batches(
-    split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]
-) -> Iterator[tuple[np.ndarray, Batch]]:
+_targets = eqx.filter_jit(_kept)
+
+
+def _length_sorted_batches(split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]) -> Iterator[IndexedBatch]:
     order = np.argsort(split.lengths, kind="stable")
-    for indices in _batch_indices(order, batch_size):
-        yield indices, _make_batch(split, indices, batch_size, buckets)
+    for indices in batch_indices(order, batch_size):
+        yield indices, make_batch(split, indices, batch_size, buckets)
 
 
 def _gib(n: int) -> str:
@@ -214,7 +254,7 @@ def _gib(n: int) -> str:
 def teacher_cache(
     teacher: AbstractSequenceClassifier,
     split: TokenizedSplit,
-    losses: LossConfig,
+    objective: Objective,
     *,
     batch_size: int,
     buckets: tuple[int, ...],
@@ -225,14 +265,18 @@ def teacher_cache(
     log=print,
 ) -> TeacherCache:
     """The split's cache: read from ``folder/<key>`` when it is there, else computed by one inference pass of
-    ``teacher`` (in inference mode) and saved there (``folder=None`` keeps it in memory only). ``place`` puts a
-    batch on the run's devices (``Steps.place``), so the pass is data-parallel where the run is. Prints each field's size first, and refuses a cache
-    larger than ``max_bytes``."""
+    ``teacher`` (in inference mode) and saved there (``folder=None`` keeps it in memory only). ``objective``
+    must be bound to the models (``Objective.bind``). ``place`` puts a batch on the run's devices
+    (``Steps.place``), so the pass is data-parallel where the run is. Prints each field's size first, and
+    refuses a cache larger than ``max_bytes``."""
     if dtype not in DTYPES:
         raise TeacherCacheError(f"teacher cache dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
-    if not losses.needs_teacher:
-        raise TeacherCacheError(f"the loss terms {losses.terms} read nothing of the teacher; there is nothing to cache")
-    sizes = field_bytes(teacher, losses, split.lengths, dtype)
+    if not objective.needs_teacher:
+        raise TeacherCacheError(
+            f"the loss terms {objective.names} read nothing of the teacher; there is nothing to cache"
+        )
+    layout = fields(teacher, objective)
+    sizes = field_bytes(teacher, objective, split.lengths, dtype)
     total = sum(sizes.values())
     log(f"teacher cache ({dtype}, {len(split)} examples): "
         + ", ".join(f"{name} {_gib(n)}" for name, n in sizes.items()) + f"; total {_gib(total)}")
@@ -242,27 +286,28 @@ def teacher_cache(
             f"over the limit of {_gib(max_bytes)}: raise teacher_cache_max_gb, store bfloat16 "
             "(teacher_cache_dtype), or turn the cache off"
         )
-    key = cache_key(teacher, split, losses, dtype)
+    key = cache_key(teacher, split, objective, dtype)
     target = None if folder is None else Path(folder) / key
     if target is not None and target.is_dir():
         log(f"teacher cache: reading {target}")
         return TeacherCache.load(target)
     # One inference pass in length-sorted batches, each padded to its bucket, on the run's devices (``place``).
     arrays = {
-        name: np.zeros((int(_rows_per_example(name, split.lengths).sum()), *shape), DTYPES[dtype])
-        for name, shape in row_shapes(teacher, losses).items()
+        name: np.zeros((int(_rows_per_example(field, split.lengths).sum()), *field.row_shape), DTYPES[dtype])
+        for name, field in layout.items()
     }
-    cache = TeacherCache(split.lengths, arrays, key)
+    cache = TeacherCache(split.lengths, arrays, layout, key)
     started = time.perf_counter()
     # The pass costs about the teacher's share of one epoch (minutes on a CPU), so it shows progress.
     batches = tqdm(_length_sorted_batches(split, batch_size, buckets), total=-(-len(split) // batch_size),
                    dynamic_ncols=True, desc="teacher cache")
     for indices, batch in batches:
-        targets = jax.device_get(_targets(teacher, place(batch), losses))
+        targets = jax.device_get(_targets(teacher, place(batch), objective))
         for name, store in arrays.items():
-            offsets, value = cache.offsets[name], np.asarray(getattr(targets, name))
+            term, kept = _split_key(name)
+            field, offsets, value = layout[name], cache.offsets[name], np.asarray(targets[term][kept])
             for row, i in enumerate(indices):
-                store[offsets[i] : offsets[i + 1]] = _to_rows(name, value[row], int(cache.lengths[i]))
+                store[offsets[i] : offsets[i + 1]] = _to_rows(field, value[row], int(cache.lengths[i]))
     seconds = time.perf_counter() - started
     log(f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s, compiling included)")
     if target is not None:

@@ -1,0 +1,31 @@
+"""The step's input: one padded batch, and what the loss terms keep of the teacher for it.
+
+A leaf of the package: the loader builds batches, the teacher-output cache fills in their targets, the objective
+and the steps read them, and none of those modules needs another to name the type.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from jaxtyping import Array, Bool, Float, Float32, Int32
+
+# What the objective's terms keep of the teacher for a batch: per term (its name), per kept field, an array with
+# the batch rows first. Computed from the teacher's forward (`Objective.teacher_targets`) or read from the
+# teacher-output cache; the terms cannot tell which.
+TeacherTargets = dict[str, dict[str, Float[Array, "batch ..."] | Float32[np.ndarray, "batch ..."]]]
+
+
+class Batch(NamedTuple):
+    """One padded batch. Rows with ``weights == 0`` are dummies that fill the last batch of a split; their
+    attention mask keeps only the first token so that no softmax sees an all-masked row.
+
+    ``teacher`` holds the rows' cached teacher targets (padded like the batch) when the run has a teacher-output
+    cache, else ``None`` (no leaves: the step's program is unchanged).
+    """
+
+    input_ids: Int32[np.ndarray, "batch seq"]
+    attention_mask: Bool[np.ndarray, "batch seq"]
+    token_type_ids: Int32[np.ndarray, "batch seq"]
+    labels: Int32[np.ndarray, " batch"]
+    weights: Float32[np.ndarray, " batch"]
+    teacher: TeacherTargets | None = None

@@ -1,0 +1,9 @@
+"""The distillation method family: loss terms (one module each, registered in ``terms``), the objective that
+sums them, the layer maps they read, and the teacher-output cache derived from them."""
+
+from .losses import WeightedSum
+from .objective import Objective, shorthand_terms, term_from_settings
+from .term import AbstractTerm
+from .terms import TERMS
+
+__all__ = ["TERMS", "AbstractTerm", "Objective", "WeightedSum", "shorthand_terms", "term_from_settings"]
