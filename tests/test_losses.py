@@ -1,6 +1,7 @@
 """Distillation losses against independent torch references, plus padding, sharding, stability and shape
 checks."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jaxtyping
@@ -9,16 +10,14 @@ import pytest
 import torch
 from jax.sharding import AxisType, PartitionSpec as P
 
-from distilbert_eqx.losses import (
-    TERM_ALPHAS,
-    cosine_loss,
-    distillation_loss,
-    distillation_terms,
-    hard_loss,
-    soft_loss,
-    softmax_with_temperature,
-    weighted_total,
-)
+from distilbert_eqx.batch import Batch
+from distilbert_eqx.distill import Objective, WeightedSum
+from distilbert_eqx.distill.terms import CE, KL, Cos
+from distilbert_eqx.distill.terms.ce import hard_loss
+from distilbert_eqx.distill.terms.cos import cosine_loss
+from distilbert_eqx.distill.terms.kl import soft_loss, softmax_with_temperature
+from distilbert_eqx.errors import ConfigError
+from distilbert_eqx.models import ClassifierOutput
 from helpers import max_diff
 
 # float32 against a float64 reference. Losses here are O(1), where float32 resolves about 1e-7; larger losses
@@ -54,6 +53,38 @@ def _j(x: np.ndarray) -> jax.Array:
 
 def _t(x: np.ndarray) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
+
+
+def _objective(*, temperature: float, alpha_ce: float, alpha_kl: float, alpha_cos: float) -> Objective:
+    """The original three terms with these weights (a term of weight 0 is dropped)."""
+    return Objective([CE(alpha_ce), KL(alpha_kl, temperature=temperature), Cos(alpha_cos)])
+
+
+def _outputs(logits: jax.Array, hidden: jax.Array | None) -> ClassifierOutput:
+    """Batched model outputs holding these arrays, built row by row as the models return them (the output's
+    annotations are per example); without ``hidden`` the output has no last hidden state at all."""
+    if hidden is None:
+        out = jax.vmap(lambda row: ClassifierOutput(row, jnp.zeros((1, 1), row.dtype)))(logits)
+        return eqx.tree_at(lambda o: o.last_hidden_state, out, None)
+    return jax.vmap(ClassifierOutput)(logits, hidden)
+
+
+def _terms(
+    objective: Objective, s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights
+) -> dict[str, WeightedSum]:
+    """``objective``'s sums from raw arrays, as the step computes them from the two models' outputs: what the
+    terms keep of the teacher, then each term on the student."""
+    ids = jnp.zeros(mask.shape, jnp.int32)
+    batch = Batch(ids, mask, ids, labels, weights)
+    teacher = objective.teacher_targets(_outputs(t_logits, t_hidden)) if objective.needs_teacher else None
+    return objective(_outputs(s_logits, s_hidden), teacher, None, batch)
+
+
+def _total_loss(*inputs: jax.Array | None, **weights: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``objective.total(objective(...))`` on one device for the three original terms, from the arrays
+    ``student_logits, teacher_logits, student_hidden, teacher_hidden, labels, attention_mask, weights``."""
+    objective = _objective(**weights)
+    return objective.total(_terms(objective, *inputs))
 
 
 def _torch_ce(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -183,7 +214,7 @@ def test_all_padding_batch_gives_zero_loss_and_finite_grads():
     zeros = jnp.zeros(BATCH, jnp.float32)
 
     def total(s_logits, s_hidden):
-        loss, _ = distillation_loss(
+        loss, _ = _total_loss(
             s_logits,
             _j(x["teacher_logits"]),
             s_hidden,
@@ -207,7 +238,7 @@ def test_all_padding_batch_gives_zero_loss_and_finite_grads():
 def test_bfloat16_inputs_give_float32_losses():
     x = _inputs(0)
     bf16 = {k: _j(v).astype(jnp.bfloat16) for k, v in x.items() if v.dtype == np.float32}
-    total, parts = distillation_loss(
+    total, parts = _total_loss(
         bf16["student_logits"],
         bf16["teacher_logits"],
         bf16["student_hidden"],
@@ -225,7 +256,7 @@ def test_bfloat16_inputs_give_float32_losses():
 
 
 def _distill(x: dict[str, np.ndarray], **kwargs):
-    return distillation_loss(
+    return _total_loss(
         _j(x["student_logits"]),
         _j(x["teacher_logits"]),
         _j(x["student_hidden"]),
@@ -237,7 +268,7 @@ def _distill(x: dict[str, np.ndarray], **kwargs):
     )
 
 
-def test_distillation_loss_combines_the_parts():
+def test_objective_total_combines_the_parts():
     x = _inputs(0)
     total, parts = _distill(x, temperature=2.0, alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1)
     assert set(parts) == {"loss_ce", "loss_kl", "loss_cos"}
@@ -251,10 +282,10 @@ def test_distillation_loss_combines_the_parts():
     assert abs(float(total) - float(1.0 * ce + 0.45 * kl + 0.1 * cos)) <= TOL
 
 
-def test_classic_distillation_loss_needs_no_hidden_states():
+def test_classic_distillation_needs_no_hidden_states():
     x = _inputs(0)
     alpha = 0.7
-    total, parts = distillation_loss(
+    total, parts = _total_loss(
         _j(x["student_logits"]),
         _j(x["teacher_logits"]),
         None,
@@ -274,13 +305,13 @@ def test_classic_distillation_loss_needs_no_hidden_states():
     assert abs(float(total) - expected) <= TOL
 
 
-def test_distillation_loss_jits():
+def test_objective_total_jits():
     x = _inputs(0)
 
     @jax.jit
     def step(s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights):
         kw = {"temperature": 2.0, "alpha_ce": 1.0, "alpha_kl": 0.45, "alpha_cos": 0.1}
-        return distillation_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, **kw)
+        return _total_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, **kw)
 
     total, _ = step(*(_j(x[k]) for k in KEYS), _ones())
     eager, _ = _distill(x, temperature=2.0, alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1)
@@ -315,27 +346,38 @@ def test_non_positive_temperature_is_rejected(temperature):
         soft_loss(_j(x["student_logits"]), _j(x["teacher_logits"]), _ones(), temperature)
 
 
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_non_positive_temperature_is_rejected_by_the_term(temperature):
+    with pytest.raises(ConfigError, match="temperature must be positive"):
+        KL(0.5, temperature=temperature)
+
+
 @pytest.mark.parametrize(
     ("alphas", "message"),
     [
         ({"alpha_ce": 0.0, "alpha_kl": 0.0, "alpha_cos": 0.0}, "at least one loss weight must be positive"),
-        ({"alpha_ce": -1.0, "alpha_kl": 1.0, "alpha_cos": 0.0}, "non-negative"),
+        ({"alpha_ce": -1.0, "alpha_kl": 1.0, "alpha_cos": 0.0}, r"ce: weight=-1.0 is invalid; expected a float >= 0"),
     ],
 )
 def test_bad_loss_weights_are_rejected(alphas, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         _distill(_inputs(0), temperature=2.0, **alphas)
 
 
 def test_missing_inputs_for_a_weighted_term_are_rejected():
+    """A term that reads the teacher gets no teacher outputs, or targets kept for other terms: an error, never a
+    loss computed without them."""
     x = _inputs(0)
-    common = (_j(x["labels"]), _j(x["attention_mask"]), _ones())
-    kw = {"temperature": 2.0, "alpha_ce": 1.0, "alpha_kl": 0.5}
-    s_logits, t_logits = _j(x["student_logits"]), _j(x["teacher_logits"])
-    with pytest.raises(ValueError, match="alpha_kl > 0 needs teacher_logits"):
-        distillation_loss(s_logits, None, None, None, *common, alpha_cos=0.0, **kw)
-    with pytest.raises(ValueError, match="alpha_cos > 0 needs"):
-        distillation_loss(s_logits, t_logits, None, None, *common, alpha_cos=0.1, **kw)
+    ids = jnp.zeros((BATCH, SEQ), jnp.int32)
+    batch = Batch(ids, _j(x["attention_mask"]), ids, _j(x["labels"]), _ones())
+    student = _outputs(_j(x["student_logits"]), _j(x["student_hidden"]))
+    teacher = _outputs(_j(x["teacher_logits"]), _j(x["teacher_hidden"]))
+    with_kl = _objective(temperature=2.0, alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.0)
+    with pytest.raises(ValueError, match=r"the terms \('ce', 'kl'\) need the teacher's outputs"):
+        with_kl(student, None, None, batch)
+    with_cos = _objective(temperature=2.0, alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.1)
+    with pytest.raises(KeyError, match="cos"):
+        with_cos(student, with_kl.teacher_targets(teacher), None, batch)
 
 
 def _mesh() -> jax.sharding.Mesh:
@@ -350,8 +392,8 @@ def _padded_weights(real_rows: int) -> jax.Array:
 
 @pytest.mark.parametrize("real_rows", [BATCH, BATCH - 3, 1])
 def test_summed_terms_on_a_mesh_equal_the_global_batch_loss(real_rows):
-    """The step body's recipe, on 4 devices of 2 rows each: ``psum`` of every device's
-    ``distillation_terms``, then ``weighted_total``, gives the single-device ``distillation_loss`` of the whole
+    """The step body's recipe, on 4 devices of 2 rows each: ``psum`` of every device's ``objective(...)``
+    sums, then ``objective.total``, gives the single-device ``objective.total(objective(...))`` of the whole
     batch, its parts and its gradient. With 5 real rows the last device holds padding only, with 1 real row the
     last three do.
 
@@ -362,10 +404,9 @@ def test_summed_terms_on_a_mesh_equal_the_global_batch_loss(real_rows):
 
     def sharded(s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights):
         def local(s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights):
-            terms = distillation_terms(
-                s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
-            )
-            return weighted_total(jax.lax.psum(terms, "data"), {t: ALPHAS[a] for t, a in TERM_ALPHAS.items()})
+            objective = _objective(temperature=2.0, **ALPHAS)
+            terms = _terms(objective, s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights)
+            return objective.total(jax.lax.psum(terms, "data"))
 
         spec = P("data")
         return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 7, out_specs=P(), check_vma=True)(
@@ -373,7 +414,7 @@ def test_summed_terms_on_a_mesh_equal_the_global_batch_loss(real_rows):
         )
 
     def single(s_logits, s_hidden, t_logits, t_hidden, labels, mask, weights):
-        return distillation_loss(
+        return _total_loss(
             s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
         )
 
@@ -399,7 +440,7 @@ def _each_loss(s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights) ->
         "hard": hard_loss(s_logits, labels, weights).mean(),
         "soft": soft_loss(s_logits, t_logits, weights, 2.0).mean(),
         "cosine": cosine_loss(s_hidden, t_hidden, mask, weights).mean(),
-        "distillation": distillation_loss(
+        "distillation": _total_loss(
             s_logits, t_logits, s_hidden, t_hidden, labels, mask, weights, temperature=2.0, **ALPHAS
         )[0],
     }
