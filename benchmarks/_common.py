@@ -168,7 +168,9 @@ class OursDistiller:
 
         from distilbert_eqx.init import student_from_teacher
         from distilbert_eqx.models import BertConfig, BertForSequenceClassification
-        from distilbert_eqx.train import LossConfig, init_state, make_optimizer
+        from distilbert_eqx.distill import Objective
+        from distilbert_eqx.distill.terms import CE, KL, Cos
+        from distilbert_eqx.train import init_state, make_optimizer
 
         config = BertConfig(
             vocab_size=VOCAB_SIZE,
@@ -186,7 +188,7 @@ class OursDistiller:
         if student.config.n_layers != size.student_layers:
             raise ValueError(f"{size}: init gives {student.config.n_layers} student layers")
         self.optimizer, _ = make_optimizer(LEARNING_RATE, WEIGHT_DECAY, WARMUP_RATIO, total_steps)
-        self.losses = LossConfig(TEMPERATURE, ALPHA_CE, ALPHA_KL, ALPHA_COS)
+        self.losses = Objective([CE(ALPHA_CE), KL(ALPHA_KL, temperature=TEMPERATURE), Cos(ALPHA_COS)])
         self.state = init_state(student, self.optimizer, key=k_state)
         jax.block_until_ready(self.state)
 

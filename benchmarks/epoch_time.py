@@ -164,10 +164,10 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     first_of_shape, head, epochs = {}, [], []
     for epoch in range(args.epochs):
-        stream = data.train_batches(
-            split, args.batch_size, buckets, seed=args.seed, epoch=epoch,
-            group_by_length=variant in GROUPED_VARIANTS, teacher_cache=cache,
+        indexed = data.indexed_train_batches(
+            split, args.batch_size, buckets, seed=args.seed, epoch=epoch, group_by_length=variant in GROUPED_VARIANTS,
         )
+        stream = (batch for _, batch in indexed) if cache is None else cache.attach(indexed)
 
         def keep_what_we_time(batches, epoch=epoch) -> Iterator:
             for index, batch in enumerate(batches):
@@ -200,7 +200,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 def build_cache(args: argparse.Namespace, distiller: OursDistiller, split) -> tuple:
     """f's one teacher pass over the split, timed whole (its compilations included): a one-time cost."""
     from distilbert_eqx.data import default_length_buckets
-    from distilbert_eqx.teacher_cache import teacher_cache
+    from distilbert_eqx.distill.teacher_cache import teacher_cache
 
     start = time.perf_counter()
     cache = teacher_cache(

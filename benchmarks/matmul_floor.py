@@ -148,7 +148,7 @@ def child_xla(args: argparse.Namespace) -> dict:
     import numpy as np
     from jax import lax
 
-    from distilbert_eqx.data import Batch
+    from distilbert_eqx.batch import Batch
     from distilbert_eqx.train import train_step
 
     distiller = OursDistiller(SIZES[args.size], 10_000)

@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import jax
 
-    from distilbert_eqx.data import Batch
+    from distilbert_eqx.batch import Batch
     from distilbert_eqx.train import train_step
 
     distiller = OursDistiller(SIZES[args.size], 10_000, default_malloc=args.default_malloc)

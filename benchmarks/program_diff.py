@@ -21,10 +21,18 @@ repo, seq = sys.argv[1], int(sys.argv[2])
 sys.path.insert(0, repo)
 import equinox as eqx, jax, numpy as np
 import distilbert_eqx
-from distilbert_eqx.data import Batch
 from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.models import BertConfig, BertForSequenceClassification
-from distilbert_eqx.train import LossConfig, init_state, make_optimizer, train_step
+from distilbert_eqx.train import init_state, make_optimizer, train_step
+try:  # the loss as terms (distill/)
+    from distilbert_eqx.batch import Batch
+    from distilbert_eqx.distill import Objective
+    from distilbert_eqx.distill.terms import CE, KL, Cos
+    objective = Objective([CE(1.0), KL(0.45, temperature=2.0), Cos(0.1)])
+except ImportError:  # a checkout from before them
+    from distilbert_eqx.data import Batch
+    from distilbert_eqx.train import LossConfig
+    objective = LossConfig(2.0, 1.0, 0.45, 0.1)
 assert distilbert_eqx.__file__.startswith(repo), distilbert_eqx.__file__
 config = BertConfig(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
 kt, ks, kk = jax.random.split(jax.random.key(0), 3)
@@ -35,7 +43,7 @@ state = init_state(student, optimizer, key=kk)
 ids = np.ones((32, seq), np.int32)
 batch = Batch(ids, np.ones((32, seq), bool), np.zeros_like(ids), np.zeros(32, np.int32), np.ones(32, np.float32))
 warnings.simplefilter("ignore")  # .lower() warns about donation
-lowered = train_step.lower(teacher, state, batch, optimizer, LossConfig(2.0, 1.0, 0.45, 0.1))
+lowered = train_step.lower(teacher, state, batch, optimizer, objective)
 sys.stdout.write(lowered.compile().compiled.as_text())
 '''
 

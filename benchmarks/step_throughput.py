@@ -169,7 +169,7 @@ def jax_device(args: argparse.Namespace):
 
 
 def child_ours(args: argparse.Namespace) -> dict:
-    from distilbert_eqx.data import Batch
+    from distilbert_eqx.batch import Batch
 
     device = jax_device(args)
     distiller = OursDistiller(SIZES[args.size], SCHEDULE_STEPS, default_malloc=args.default_malloc,

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import distilbert_eqx as de
-from distilbert_eqx.data import Batch
+from distilbert_eqx.batch import Batch
+from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.terms import CE, KL, Cos
 from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.minilm import FetchError, fetch_minilm
 
@@ -25,6 +27,15 @@ def tiny_bert_config(**overrides) -> de.BertConfig:
         "intermediate_size": 48, "max_position_embeddings": 32, "num_labels": 2,
     }
     return de.BertConfig(**(values | overrides))
+
+
+# The original experiment's loss: hard CE 1.0 + KL 0.45 at T = 2 + cosine 0.1.
+TEMPERATURE, ALPHA_CE, ALPHA_KL, ALPHA_COS = 2.0, 1.0, 0.45, 0.1
+
+
+def original_objective() -> Objective:
+    """The original experiment's three terms, as its flat keys spell them."""
+    return Objective([CE(ALPHA_CE), KL(ALPHA_KL, temperature=TEMPERATURE), Cos(ALPHA_COS)])
 
 
 def tiny_teacher(seed: int = 0, **overrides) -> de.BertForSequenceClassification:

@@ -13,12 +13,12 @@ import numpy as np
 import optax
 
 from distilbert_eqx import parallel
-from distilbert_eqx.data import Batch
-from distilbert_eqx.train import LossConfig, init_state
-from helpers import flat_weights, random_batch, tiny_student, tiny_teacher
+from distilbert_eqx.batch import Batch
+from distilbert_eqx.train import init_state
+from helpers import flat_weights, original_objective, random_batch, tiny_student, tiny_teacher
 
 # All three loss terms, so that every psum'd normaliser (rows and tokens) is exercised.
-LOSSES = LossConfig(temperature=2.0, alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1)
+LOSSES = original_objective()
 # Plain SGD with learning rate 1: weights after n steps are the initial weights minus the sum of the n
 # gradients, so comparing weights compares gradients element by element (Adam would amplify rounding in
 # near-zero gradients into differences of the size of the learning rate).

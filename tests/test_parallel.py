@@ -19,11 +19,11 @@ import pytest
 from distilbert_eqx import loop, parallel
 from distilbert_eqx.data import TokenizedSplit, eval_batches
 from distilbert_eqx.init import random_student
-from distilbert_eqx.layer_map import uniform_layer_map
+from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.layer_map import uniform_layer_map
+from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
 from distilbert_eqx.models.layers import linear
-from distilbert_eqx.objective import teacher_targets
 from distilbert_eqx.train import (
-    LossConfig,
     forward,
     init_state,
     make_optimizer,
@@ -44,7 +44,7 @@ from multiprocess_worker import LOSSES, SGD, train_sharded, training_batches
 
 TOL = 1e-5
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
-LABEL_LOSS = LossConfig(alpha_ce=1.0, alpha_kl=0.0, alpha_cos=0.0)
+LABEL_LOSS = Objective([CE(1.0)])
 # The tests that compile a step are marked slow: even for these tiny models a compilation costs more than a
 # test of the fast tier may take. The fast tier proves the sums across devices on the losses (test_losses.py).
 
@@ -207,10 +207,11 @@ def test_sharded_layer_losses_and_projection_equal_single_device(cached):
     on 4 devices (the last batch's padding rows fill whole devices), gives the single-device losses, gradient
     norms, student and projection. ``cached``: the sharded steps read the teacher's outputs from the batches
     (as from the teacher-output cache, each device its own rows') and get no teacher."""
-    losses = LossConfig(
-        alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.1, alpha_hidden=1.0, alpha_attention_scores=0.1,
-        alpha_attention_kl=1.0, alpha_value_relation=1.0, layer_map=uniform_layer_map(1, 2), relation_heads=2,
-    )
+    layer_map = uniform_layer_map(1, 2)
+    losses = Objective([
+        CE(1.0), KL(0.5), Cos(0.1), Hidden(1.0, layer_map=layer_map), AttentionScores(0.1, layer_map=layer_map),
+        AttentionKL(1.0), ValueRelation(1.0, relation_heads=2),
+    ])
     teacher = tiny_teacher()
 
     def fresh_state():
@@ -222,7 +223,7 @@ def test_sharded_layer_losses_and_projection_equal_single_device(cached):
 
     def with_targets(batch):
         out = forward(teacher, jax.tree.map(jnp.asarray, batch), key=None, **losses.outputs())
-        return batch._replace(teacher=jax.device_get(teacher_targets(out, losses)))
+        return batch._replace(teacher=jax.device_get(losses.teacher_targets(out)))
 
     def run(steps, cached=False):
         state, t = steps.place_state(fresh_state()), None if cached else steps.place_state(teacher)

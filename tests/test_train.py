@@ -12,10 +12,9 @@ import transformers
 
 import distilbert_eqx as de
 from distilbert_eqx import hf
-from distilbert_eqx.data import Batch
+from distilbert_eqx.batch import Batch
 from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.train import (
-    LossConfig,
     clip_by_global_norm,
     decay_mask,
     eval_step,
@@ -23,9 +22,21 @@ from distilbert_eqx.train import (
     make_optimizer,
     train_step,
 )
-from helpers import VOCAB, copy_tree, max_diff, random_batch, tiny_student, tiny_teacher
+from helpers import (
+    ALPHA_CE,
+    ALPHA_COS,
+    ALPHA_KL,
+    TEMPERATURE,
+    VOCAB,
+    copy_tree,
+    max_diff,
+    original_objective,
+    random_batch,
+    tiny_student,
+    tiny_teacher,
+)
 
-LOSSES = LossConfig(temperature=2.0, alpha_ce=1.0, alpha_kl=0.45, alpha_cos=0.1)
+LOSSES = original_objective()
 # Every other layer of a 4-layer teacher, as DistilBERT is made: the student is not a copy of the teacher.
 TEACHER_LAYERS = 4
 STUDENT_LAYERS = (0, 2)
@@ -158,14 +169,14 @@ def _torch_loss(teacher: torch.nn.Module, student: torch.nn.Module, batch: Batch
     s_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     s_logits, t_logits = s_out.logits[real], t_out.logits[real]
     labels = torch.from_numpy(batch.labels.astype(np.int64))[real]
-    T = LOSSES.temperature
+    T = TEMPERATURE
     ce = -torch.log_softmax(s_logits, -1).gather(1, labels[:, None]).mean()
     t_log_probs = torch.log_softmax(t_logits / T, -1)
     kl = T**2 * (t_log_probs.exp() * (t_log_probs - torch.log_softmax(s_logits / T, -1))).sum(-1).mean()
     tokens = mask.bool() & real[:, None]
     s_h, t_h = s_out.hidden_states[-1][tokens], t_out.hidden_states[-1][tokens]
     cos = (1 - (s_h * t_h).sum(-1) / (s_h.norm(dim=-1) * t_h.norm(dim=-1))).mean()
-    return LOSSES.alpha_ce * ce + LOSSES.alpha_kl * kl + LOSSES.alpha_cos * cos
+    return ALPHA_CE * ce + ALPHA_KL * kl + ALPHA_COS * cos
 
 
 # Tolerances of the PyTorch comparison, float32 on both sides; the worst the test measured in brackets.
