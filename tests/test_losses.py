@@ -356,7 +356,8 @@ def test_non_positive_temperature_is_rejected_by_the_term(temperature):
     ("alphas", "message"),
     [
         ({"alpha_ce": 0.0, "alpha_kl": 0.0, "alpha_cos": 0.0}, "at least one loss weight must be positive"),
-        ({"alpha_ce": -1.0, "alpha_kl": 1.0, "alpha_cos": 0.0}, r"ce: weight=-1.0 is invalid; expected a float >= 0"),
+        ({"alpha_ce": -1.0, "alpha_kl": 1.0, "alpha_cos": 0.0}, 
+         r"ce: weight=-1.0 is invalid; expected a float >= 0"),
     ],
 )
 def test_bad_loss_weights_are_rejected(alphas, message):
@@ -365,8 +366,8 @@ def test_bad_loss_weights_are_rejected(alphas, message):
 
 
 def test_missing_inputs_for_a_weighted_term_are_rejected():
-    """A term that reads the teacher gets no teacher outputs, or targets kept for other terms: an error, never a
-    loss computed without them."""
+    """A term that reads the teacher gets no teacher outputs, or targets kept for other terms: an error, never
+    a loss computed without them."""
     x = _inputs(0)
     ids = jnp.zeros((BATCH, SEQ), jnp.int32)
     batch = Batch(ids, _j(x["attention_mask"]), ids, _j(x["labels"]), _ones())
@@ -394,8 +395,8 @@ def _padded_weights(real_rows: int) -> jax.Array:
 def test_summed_terms_on_a_mesh_equal_the_global_batch_loss(real_rows):
     """The step body's recipe, on 4 devices of 2 rows each: ``psum`` of every device's ``objective(...)``
     sums, then ``objective.total``, gives the single-device ``objective.total(objective(...))`` of the whole
-    batch, its parts and its gradient. With 5 real rows the last device holds padding only, with 1 real row the
-    last three do.
+    batch, its parts and its gradient. With 5 real rows the last device holds padding only, with 1 real row
+    the last three do.
 
     Under ``check_vma=True``, ``out_specs=P()`` accepts only values that cannot differ between devices, so
     every device has this loss."""
