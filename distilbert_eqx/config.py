@@ -201,7 +201,7 @@ def _coerce_term(where: str, entry: object) -> AbstractTerm:
 
 def _coerce_to(key: str, value: object, annotation: Any) -> object:
     """:func:`_coerce` for a value of any annotated type (``key`` names it in errors)."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
     literals = [a for a in options if typing.get_origin(a) is typing.Literal]
     if literals and isinstance(value, str):
         # A setting that is either a word or a value (layer_map: uniform, or a list of pairs).
@@ -214,6 +214,9 @@ def _coerce_to(key: str, value: object, annotation: Any) -> object:
     base, nullable = _unwrap(annotation)
     if value is None and nullable:
         return None
+    words = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+    if words and key != "dtype" and value not in words:
+        raise ConfigError(f"{key}={value!r} is invalid; expected one of {list(words)}")
     if typing.get_origin(base) is tuple and typing.get_origin(typing.get_args(base)[0]) is tuple:
         # layer_map: a list of [student, teacher] pairs.
         if isinstance(value, (list, tuple)) and all(
@@ -302,6 +305,8 @@ def _validate(c: ExperimentConfig) -> None:
         _require(not flat, "loss", "[...]", f"the only spelling of the loss: {flat} would be ignored; put them in "
                  "the loss list's terms, or drop the loss list")
     else:
+        weights = tuple(getattr(c, key) for key in weight_keys)
+        _require(any(w > 0 for w in weights), "/".join(weight_keys), weights, "at least one weight > 0")
         readers = [t for t in TERMS.values() if "layer_map" in t.shorthand and getattr(c, next(iter(t.shorthand))) > 0]
         _require(c.layer_map is None or bool(readers), "layer_map", c.layer_map and [list(p) for p in c.layer_map],
                  "null: no term reads it (" + ", ".join(

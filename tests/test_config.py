@@ -84,6 +84,7 @@ ADDITIONS = {
     "teacher_cache_dtype": "float32",
     "teacher_cache_max_gb": 8.0,
     "compilation_cache_dir": None,
+    "loss": None,
 }
 
 
@@ -281,7 +282,7 @@ def test_bad_value_message_in_full():
 
 
 def test_all_alphas_zero_rejected():
-    with pytest.raises(ConfigError, match=r"alpha_kl/alpha_ce/alpha_cos/alpha_hidden/.*=\(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0\).*at least one"):
+    with pytest.raises(ConfigError, match=r"alpha_ce/alpha_kl/alpha_cos/alpha_hidden/.*=\(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0\).*at least one"):
         load_config(None, ["alpha_kl=0", "alpha_ce=0", "alpha_cos=0"])
 
 
@@ -374,8 +375,8 @@ def test_layer_map_is_pairs_and_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["intermediate_steps=10", "alpha_cos=0"], "layer loss weight .* > 0 for the first stage"),
-        (["intermediate_steps=10", "alpha_ce=0", "alpha_kl=0"], "alpha_ce or alpha_kl > 0 for the second stage"),
+        (["intermediate_steps=10", "alpha_cos=0"], r"a term other than \['ce', 'kl'\] for the first stage"),
+        (["intermediate_steps=10", "alpha_ce=0", "alpha_kl=0"], r"one of the terms \['ce', 'kl'\] for the second stage"),
         (["intermediate_steps=10", "max_steps=10"], "fewer than max_steps=10"),
         (["student_init_layers=[0, 2]", "student_hidden_size=192"], "one way to make the student"),
     ],
@@ -383,3 +384,55 @@ def test_layer_map_is_pairs_and_round_trips(tmp_path):
 def test_inconsistent_layer_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_a_loss_list_spells_the_same_terms_as_the_flat_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "loss:\n  - {type: ce, weight: 1}\n  - {type: kl, weight: 0.45, temperature: 2}\n  - {type: cos, weight: 0.1}\n"
+    )
+    config = load_config(path)
+    assert config.terms == ExperimentConfig().terms
+    assert [type(t).__name__ for t in config.terms] == ["CE", "KL", "Cos"]
+    # Written to config.json and read back unchanged, the settings of every term included.
+    layers = load_config(None, ["loss=[{type: hidden, weight: 1, layer_map: [[0, 0], [1, 2]], reduction: sum}, "
+                                "{type: attention_scores, weight: 0.5}]"])
+    path.write_text(yaml.safe_dump(config_to_dict(layers)))
+    assert load_config(path) == layers
+    assert config_to_dict(layers)["loss"][0] == {
+        "type": "hidden", "weight": 1.0, "distance": "mse", "layer_map": [[0, 0], [1, 2]], "reduction": "sum"
+    }
+    assert layers.terms[1].layer_map == "uniform"
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        ("[{type: kll, weight: 1}]", r"^loss\[0\]: unknown term type 'kll'. Did you mean 'kl'\? Types: ce, kl, "),
+        ("[{type: kl, wieght: 1}]", r"^unknown key 'wieght' in loss\[0\] \(kl\). Did you mean 'weight'\?"),
+        ("[{type: kl, temperature: hot}]", r"^loss\[0\].temperature='hot' has type str; expected float"),
+        ("[{type: kl, temperature: -1}]", r"^loss\[0\] \(kl\): temperature must be positive, got -1.0"),
+        ("[{type: ce, weight: -1}]", r"^loss\[0\] \(ce\): ce: weight=-1.0 is invalid; expected a float >= 0"),
+        ("[{type: hidden, layer_map: everything}]", r"layer_map='everything' is invalid; expected one of \['uniform'\]"),
+        ("[{type: hidden, distance: l1}]", r"distance='l1'"),
+        ("[{weight: 1}]", r"^loss\[0\]=\{'weight': 1\} is invalid; expected a mapping with a type"),
+        ("[]", r"^loss=\[\] is invalid; expected null or a non-empty list of terms"),
+        ("[{type: ce}, {type: ce}]", r"lists \['ce'\] more than once"),
+        ("[{type: ce, weight: 0}]", "at least one loss weight must be positive"),
+    ],
+)
+def test_a_bad_loss_list_names_the_entry_and_what_is_allowed(loss, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"loss={loss}"])
+
+
+def test_a_loss_list_and_changed_flat_loss_keys_are_one_spelling_too_many():
+    with pytest.raises(ConfigError, match=r"^loss=.*\{'alpha_kl': 0.9\} would be ignored"):
+        load_config(None, ["loss=[{type: ce}]", "alpha_kl=0.9"])
+
+
+def test_a_layer_map_no_term_reads_is_refused():
+    with pytest.raises(ConfigError, match=r"^layer_map=\[\[0, 0\]\] is invalid; expected null: no term reads it "
+                                          r"\(alpha_hidden=0, alpha_attention_scores=0\)"):
+        load_config(None, ["layer_map=[[0, 0]]"])
+    assert load_config(None, ["layer_map=[[0, 0]]", "alpha_hidden=1"]).terms[-1].layer_map == ((0, 0),)
