@@ -9,6 +9,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 import torch
@@ -16,17 +17,21 @@ import transformers
 
 import distilbert_eqx as de
 from distilbert_eqx import hf
-from distilbert_eqx.data import Batch
-from distilbert_eqx.init import student_from_teacher
-from distilbert_eqx.layer_losses import (
-    attention_kl_loss,
-    attention_score_loss,
-    hidden_cosine_loss,
-    hidden_mse_loss,
-    value_relation_loss,
+from distilbert_eqx.batch import Batch
+from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.layer_map import (
+    LayerMapError,
+    attention_pairs,
+    check_layer_map,
+    uniform_layer_map,
 )
-from distilbert_eqx.layer_map import LayerMapError, attention_pairs, check_layer_map, uniform_layer_map
-from distilbert_eqx.objective import TERM_WEIGHTS, LossConfig, loss_terms, teacher_targets
+from distilbert_eqx.distill.terms import AttentionKL, AttentionScores, Hidden, ValueRelation
+from distilbert_eqx.distill.terms.attention_kl import attention_kl_loss
+from distilbert_eqx.distill.terms.attention_scores import attention_score_loss
+from distilbert_eqx.distill.terms.hidden import hidden_cosine_loss, hidden_mse_loss
+from distilbert_eqx.distill.terms.value_relation import value_relation_loss
+from distilbert_eqx.errors import ConfigError
+from distilbert_eqx.init import student_from_teacher
 from distilbert_eqx.train import forward
 from helpers import VOCAB, max_diff, tiny_hf
 
@@ -225,12 +230,17 @@ def test_reference_scores_give_transformers_attention(models):
 # Our side.
 
 
-def _losses(term: str, hidden_loss: str = "mse", relation_heads: int | None = None) -> LossConfig:
-    """Only ``term`` on, with the uniform map of a 2-layer student and 4-layer teacher."""
-    return LossConfig(
-        alpha_ce=0.0, alpha_kl=0.0, alpha_cos=0.0, **{TERM_WEIGHTS[term]: 1.0}, hidden_loss=hidden_loss,
-        layer_map=uniform_layer_map(STUDENT_LAYERS, TEACHER_LAYERS), relation_heads=relation_heads,
-    )
+def _losses(term: str, hidden_loss: str = "mse", relation_heads: int | None = None) -> Objective:
+    """Only ``term`` (its metrics name) on, with weight 1 and the uniform map of a 2-layer student and 4-layer
+    teacher, written out."""
+    layer_map = uniform_layer_map(STUDENT_LAYERS, TEACHER_LAYERS)
+    build = {
+        "loss_hidden": lambda: Hidden(1.0, distance=hidden_loss, layer_map=layer_map),
+        "loss_attention_scores": lambda: AttentionScores(1.0, layer_map=layer_map),
+        "loss_attention_kl": lambda: AttentionKL(1.0),
+        "loss_value_relation": lambda: ValueRelation(1.0, relation_heads=relation_heads),
+    }
+    return Objective([build[term]()])
 
 
 @eqx.filter_jit
@@ -240,22 +250,22 @@ def _teacher_outputs(teacher, batch: Batch) -> de.ClassifierOutput:
 
 
 @eqx.filter_jit
-def _our_losses_and_grads(student, projection, teacher_out, batch: Batch, terms: tuple[tuple[str, LossConfig], ...]):
-    """For each ``(term, losses)``: ``loss_terms(...)[term].mean()`` through our student, and its gradients
+def _our_losses_and_grads(student, projection, teacher_out, batch: Batch, terms: tuple[tuple[str, Objective], ...]):
+    """For each ``(term, objective)``: ``objective(...)[term].mean()`` through our student, and its gradients
     w.r.t. the student and the projection, as the train step computes them. One program (one student forward,
     one backward per term) for all of them: compiling is most of this file's time.
 
     Returns the losses ``(terms,)`` and the gradients of ``(student, projection)`` with a leading ``terms`` axis.
     """
-    outputs = {flag: any(losses.outputs()[flag] for _, losses in terms) for flag in terms[0][1].outputs()}
+    outputs = {flag: True for _, objective in terms for flag in objective.outputs()}
     params, static = eqx.partition((student, projection), eqx.is_inexact_array)
 
     def means(params):
         student, projection = eqx.combine(params, static)
         out = forward(student, batch, key=None, **outputs)
         values = jnp.stack([
-            loss_terms(out, teacher_targets(teacher_out, losses), projection, batch, losses)[term].mean()
-            for term, losses in terms
+            objective(out, objective.teacher_targets(teacher_out), projection, batch)[term].mean()
+            for term, objective in terms
         ])
         return values, values
 
@@ -292,7 +302,7 @@ CASES = {
 }
 
 
-def _cases_of(student_name: str) -> tuple[list[str], tuple[tuple[str, LossConfig], ...]]:
+def _cases_of(student_name: str) -> tuple[list[str], tuple[tuple[str, Objective], ...]]:
     cases = [case for case, (_, name, _, _) in CASES.items() if name == student_name]
     return cases, tuple((CASES[c][0], _losses(CASES[c][0], CASES[c][2], CASES[c][3])) for c in cases)
 
@@ -379,21 +389,21 @@ def test_layer_loss_and_gradients_equal_pytorch(models, torch_teacher, ours, cas
 
 @eqx.filter_jit
 def _layer_terms(student, teacher, batch: Batch) -> dict[str, jax.Array]:
-    """Every layer term's mean, with the hidden MSE and with the cosine, for a student as deep as its teacher."""
-    configs = [
-        LossConfig(
-            alpha_ce=0.0, alpha_kl=0.0, alpha_cos=0.0, alpha_hidden=1.0, hidden_loss=hidden_loss,
-            alpha_attention_scores=1.0, alpha_attention_kl=1.0, alpha_value_relation=1.0,
-            layer_map=uniform_layer_map(student.num_layers, teacher.num_layers), relation_heads=teacher.num_heads,
-        )
-        for hidden_loss in ("mse", "cosine")
-    ]
-    outputs = configs[0].outputs()
+    """Every layer term's mean, with the hidden MSE and with the cosine, for a student as deep as its teacher:
+    the terms' defaults bound to the two models (the uniform map, the teacher's head count as relation
+    heads)."""
+    objectives = {
+        distance: Objective(
+            [Hidden(1.0, distance=distance), AttentionScores(1.0), AttentionKL(1.0), ValueRelation(1.0)]
+        ).bind(student, teacher)
+        for distance in ("mse", "cosine")
+    }
+    outputs = objectives["mse"].outputs()
     student_out, teacher_out = (forward(m, batch, key=None, **outputs) for m in (student, teacher))
     means = {}
-    for losses in configs:
-        terms = loss_terms(student_out, teacher_targets(teacher_out, losses), None, batch, losses)
-        means |= {f"{name}_{losses.hidden_loss}" if name == "loss_hidden" else name: sums.mean()
+    for distance, objective in objectives.items():
+        terms = objective(student_out, objective.teacher_targets(teacher_out), None, batch)
+        means |= {f"{name}_{distance}" if name == "loss_hidden" else name: sums.mean()
                   for name, sums in terms.items()}
     return means
 
@@ -469,10 +479,19 @@ def _mask_and_weights(batch: int = 2, seq: int = 5) -> tuple[jax.Array, jax.Arra
     return jnp.ones((batch, seq), bool), jnp.ones(batch, jnp.float32)
 
 
-@pytest.mark.parametrize("loss", [attention_score_loss, attention_kl_loss])
-def test_attention_losses_need_equal_head_counts(loss):
+@pytest.mark.parametrize("term", [AttentionScores(1.0), AttentionKL(1.0)])
+def test_attention_losses_need_equal_head_counts(models, term):
+    """Binding the term to a 2-head student of a 4-head teacher names both counts; the loss itself refuses
+    scores of different head counts (its annotation gives both one ``heads`` axis)."""
+    message = (
+        f"the {term.name} term compares attention heads one to one, but the student has 2 heads and the teacher 4"
+    )
+    with pytest.raises(ConfigError, match=message):
+        term.bind(models.students["narrow"], models.teacher)
+    term.bind(models.students["wide"], models.teacher)
+    loss = attention_score_loss if isinstance(term, AttentionScores) else attention_kl_loss
     student, teacher = jnp.zeros((2, 1, 2, 5, 5)), jnp.zeros((2, 1, 4, 5, 5))
-    with pytest.raises(ValueError, match="got 2 student heads and 4 teacher heads"):
+    with pytest.raises(jaxtyping.TypeCheckError):
         loss(student, teacher, *_mask_and_weights())
 
 
