@@ -94,3 +94,8 @@ def resolved(setting: LayerMapSetting, term: str) -> LayerMap:
     if setting == "uniform":
         raise ValueError(f"the {term} term's layer map is still 'uniform': bind the term to the two models first")
     return setting
+
+
+def describe_layer_map(setting: LayerMapSetting) -> str:
+    """A map as the model card and config.json write it: ``uniform`` or ``[[s, t], ...]``."""
+    return setting if isinstance(setting, str) else str([list(pair) for pair in setting])

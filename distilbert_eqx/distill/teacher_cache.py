@@ -70,7 +70,7 @@ def _split_key(key: str) -> tuple[str, str]:
 def fields(teacher: AbstractSequenceClassifier, objective: Objective) -> dict[str, Field]:
     """Every stored field (``"<term>.<field>"``) and its layout, from the terms' ``keep`` under ``eval_shape``."""
 
-    def shapes(seq: int) -> TeacherTargets:
+    def shapes(seq: int) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
         ids = jax.ShapeDtypeStruct((1, seq), jnp.int32)
         batch = Batch(ids, jax.ShapeDtypeStruct((1, seq), jnp.bool_), ids, jax.ShapeDtypeStruct((1,), jnp.int32),
                       jax.ShapeDtypeStruct((1,), jnp.float32))

@@ -11,7 +11,14 @@ from ..._types import BatchTokenMask, BatchWeights
 from ...batch import Batch
 from ...errors import ConfigError
 from ...models import AbstractSequenceClassifier, ClassifierOutput
-from ..layer_map import LayerMap, LayerMapSetting, attention_pairs, resolve_layer_map, resolved
+from ..layer_map import (
+    LayerMap,
+    LayerMapSetting,
+    attention_pairs,
+    describe_layer_map,
+    resolve_layer_map,
+    resolved,
+)
 from ..losses import WeightedSum, weighted_sum
 from ..term import AbstractTerm, Kept, Projection
 
@@ -102,5 +109,4 @@ class AttentionScores(AbstractTerm):
 
     def describe(self) -> str:
         reduction = "" if self.reduction == "mean" else ", summed over layers"
-        layers = self.layer_map if isinstance(self.layer_map, str) else [list(p) for p in self.layer_map]
-        return f"{self.title} {self.weight} (layers {layers}{reduction})"
+        return f"{self.title} {self.weight} (layers {describe_layer_map(self.layer_map)}{reduction})"

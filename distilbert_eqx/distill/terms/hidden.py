@@ -12,7 +12,7 @@ from ..._types import BatchTokenMask, BatchWeights
 from ...batch import Batch
 from ...errors import ConfigError
 from ...models import AbstractSequenceClassifier, ClassifierOutput
-from ..layer_map import LayerMapSetting, resolve_layer_map, resolved
+from ..layer_map import LayerMapSetting, describe_layer_map, resolve_layer_map, resolved
 from ..losses import WeightedSum, check_widths, cosine_distance, token_weights, weighted_sum
 from ..term import AbstractTerm, Kept, Projection
 
@@ -64,10 +64,6 @@ def hidden_cosine_loss(
     return weighted_sum(per_token, _token_weights(attention_mask, weights, per_token.shape))
 
 
-def _pairs(layer_map: LayerMapSetting) -> object:
-    return layer_map if isinstance(layer_map, str) else [list(pair) for pair in layer_map]
-
-
 class Hidden(AbstractTerm):
     """``weight * distance(h_S W_h, h_T)`` over the layer map's pairs of hidden states (index 0: embeddings).
 
@@ -112,4 +108,4 @@ class Hidden(AbstractTerm):
 
     def describe(self) -> str:
         reduction = "" if self.reduction == "mean" else ", summed over layers"
-        return f"{self.title} {self.distance} {self.weight} (layers {_pairs(self.layer_map)}{reduction})"
+        return f"{self.title} {self.distance} {self.weight} (layers {describe_layer_map(self.layer_map)}{reduction})"
