@@ -11,10 +11,11 @@ from .ce import CE
 from .cos import Cos
 from .hidden import Hidden
 from .kl import KL
+from .pkd import PKD
 from .value_relation import ValueRelation
 
 TERMS: dict[str, type[AbstractTerm]] = {
-    term.name: term for term in (CE, KL, Cos, Hidden, AttentionScores, AttentionKL, ValueRelation)
+    term.name: term for term in (CE, KL, Cos, Hidden, AttentionScores, AttentionKL, ValueRelation, PKD)
 }
 
 __all__ = ["CE", "KL", "TERMS", "AttentionKL", "AttentionScores", "Cos", "Hidden", "ValueRelation"]
