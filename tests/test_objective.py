@@ -4,23 +4,28 @@ checkpointed, never saved with the student), random-init students, the two-stage
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 import transformers
 
 import distilbert_eqx as de
 from distilbert_eqx.checkpoint import CheckpointManager
+from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.layer_map import uniform_layer_map
+from distilbert_eqx.distill.objective import project
+from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
+from distilbert_eqx.errors import ConfigError
 from distilbert_eqx.init import random_student
-from distilbert_eqx.layer_map import uniform_layer_map
 from distilbert_eqx.models.layers import linear
-from distilbert_eqx.objective import LossConfig, loss_terms, project, teacher_targets
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
-from helpers import flat_weights, random_batch, tiny_bert_config, tiny_teacher
+from helpers import flat_weights, original_objective, random_batch, tiny_bert_config, tiny_teacher
 
-EVERY_TERM = LossConfig(
-    alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.1, alpha_hidden=1.0, alpha_attention_scores=0.1,
-    alpha_attention_kl=1.0, alpha_value_relation=1.0, layer_map=uniform_layer_map(2, 4), relation_heads=4,
-)
+# Every term on, resolved for a 2-layer student of a 4-layer teacher (the map and head count written out).
+EVERY_TERM = Objective([
+    CE(1.0), KL(0.5), Cos(0.1), Hidden(1.0, layer_map=uniform_layer_map(2, 4)),
+    AttentionScores(0.1, layer_map=uniform_layer_map(2, 4)), AttentionKL(1.0), ValueRelation(1.0, relation_heads=4),
+])
 
 
 def _batch(seed: int, **kwargs):
@@ -38,10 +43,8 @@ def _narrow_student(width: int = 16, layers: int = 2) -> de.DistilBertForSequenc
 
 def test_plain_recipe_asks_the_models_for_no_stacks():
     """The original recipe's step calls both models exactly as before the layer losses: no stack is built."""
-    assert LossConfig().outputs() == {
-        "output_hidden_states": False, "output_attention_scores": False, "output_values": False
-    }
-    out = forward(tiny_teacher(), _batch(0), key=None, **LossConfig().outputs())
+    assert original_objective().outputs() == {}
+    out = forward(tiny_teacher(), _batch(0), key=None, **original_objective().outputs())
     assert out.hidden_states is None and out.attention_scores is None and out.values is None
     assert EVERY_TERM.outputs() == {"output_hidden_states": True, "output_attention_scores": True, "output_values": True}
 
@@ -63,28 +66,41 @@ def test_model_stacks_have_transformers_shapes():
     np.testing.assert_allclose(out.attention_scores[0, 1], expected, rtol=1e-5, atol=1e-5)
 
 
+# What the terms check when built (settings alone), when bound to a narrow 2-layer student of a 4-layer teacher
+# (settings against the models), and what the objective checks of its terms.
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("build", "message"),
     [
-        ({"alpha_hidden": 1.0}, "layer map is empty"),
-        ({"alpha_attention_scores": 1.0, "layer_map": ((0, 0),)}, "pairs no layers"),
-        ({"alpha_value_relation": 1.0}, "relation_heads"),
-        ({"hidden_loss": "l1"}, "hidden_loss='l1'"),
-        ({"alpha_ce": 0.0, "alpha_kl": 0.0, "alpha_cos": 0.0}, "at least one loss weight"),
-        ({"alpha_hidden": -1.0}, "non-negative"),
+        (lambda s, t: Hidden(1.0, layer_map=()).bind(s, t), "layer map is empty"),
+        (lambda s, t: AttentionScores(1.0, layer_map=((0, 0),)).bind(s, t), "pairs no layers"),
+        (lambda s, t: ValueRelation(1.0, relation_heads=0), "relation_heads=0 is invalid"),
+        (lambda s, t: ValueRelation(1.0, relation_heads=3).bind(s, t),
+         "relation_heads=3 does not divide the student's hidden size 16"),
+        (lambda s, t: Objective([CE(0.0), KL(0.0), Cos(0.0)]), "at least one loss weight"),
+        (lambda s, t: Hidden(-1.0), r"hidden: weight=-1.0 is invalid; expected a float >= 0"),
+        (lambda s, t: KL(0.5, temperature=0.0), "temperature must be positive"),
+        (lambda s, t: Objective([CE(1.0), KL(0.5), CE(0.5)]), r"the loss lists \['ce'\] more than once"),
     ],
 )
-def test_loss_config_errors_name_the_problem(change, message):
-    with pytest.raises(ValueError, match=message):
-        LossConfig(**change)
+def test_loss_config_errors_name_the_problem(build, message):
+    teacher = tiny_teacher(num_hidden_layers=4)
+    with pytest.raises(ConfigError, match=message):
+        build(_narrow_student(), teacher)
+
+
+def test_unknown_hidden_distance_is_rejected():
+    """Outside the tests the term's own check says ``hidden_loss='l1' is invalid`` (and config.py refuses the word
+    before); under this suite's jaxtyping hook the ``Literal`` annotation of ``distance`` refuses it first."""
+    with pytest.raises((ConfigError, jaxtyping.TypeCheckError), match="'l1'"):
+        Hidden(1.0, distance="l1")
 
 
 def test_stages_split_the_terms():
-    first, second = EVERY_TERM.intermediate_stage(), EVERY_TERM.prediction_stage()
-    assert set(first.terms) == {"loss_cos", "loss_hidden", "loss_attention_scores", "loss_attention_kl",
-                                "loss_value_relation"}
-    assert set(second.terms) == {"loss_ce", "loss_kl"}
-    assert not second.outputs()["output_hidden_states"]
+    first, second = EVERY_TERM.stage(prediction_layer=False), EVERY_TERM.stage(prediction_layer=True)
+    assert set(first.weights) == {"loss_cos", "loss_hidden", "loss_attention_scores", "loss_attention_kl",
+                                  "loss_value_relation"}
+    assert set(second.weights) == {"loss_ce", "loss_kl"}
+    assert "output_hidden_states" not in second.outputs()
 
 
 def test_every_term_is_computed_and_finite_for_a_narrow_student():
@@ -94,8 +110,8 @@ def test_every_term_is_computed_and_finite_for_a_narrow_student():
     projection = linear(16, 32, 0.02, key=jax.random.key(4))
     s = forward(student, batch, key=None, **EVERY_TERM.outputs())
     t = forward(teacher, batch, key=None, **EVERY_TERM.outputs())
-    terms = loss_terms(s, teacher_targets(t, EVERY_TERM), projection, batch, EVERY_TERM)
-    assert set(terms) == set(EVERY_TERM.terms)
+    terms = EVERY_TERM(s, EVERY_TERM.teacher_targets(t), projection, batch)
+    assert set(terms) == set(EVERY_TERM.weights)
     for name, sums in terms.items():
         assert np.isfinite(float(sums.mean())) and float(sums.mean()) > 0, name
 
@@ -103,9 +119,9 @@ def test_every_term_is_computed_and_finite_for_a_narrow_student():
 @pytest.mark.parametrize(
     ("losses", "message"),
     [
-        (LossConfig(alpha_cos=0.0, alpha_hidden=1.0, layer_map=uniform_layer_map(2, 4)),
+        (Objective([CE(1.0), KL(0.45), Hidden(1.0, layer_map=uniform_layer_map(2, 4))]),
          "student width 16 and teacher width 32.*hidden_projection"),
-        (LossConfig(alpha_cos=0.1), "student hidden size 16 and teacher hidden size 32.*hidden_projection"),
+        (original_objective(), "student hidden size 16 and teacher hidden size 32.*hidden_projection"),
     ],
 )
 def test_hidden_losses_across_widths_without_a_projection_are_a_clear_error(losses, message):
@@ -114,7 +130,7 @@ def test_hidden_losses_across_widths_without_a_projection_are_a_clear_error(loss
     s = forward(_narrow_student(), batch, key=None, **losses.outputs())
     t = forward(teacher, batch, key=None, **losses.outputs())
     with pytest.raises(ValueError, match=message):
-        loss_terms(s, teacher_targets(t, losses), None, batch, losses)
+        losses(s, losses.teacher_targets(t), None, batch)
 
 
 def test_projection_maps_every_position():
@@ -147,7 +163,7 @@ def test_projection_is_trained_checkpointed_and_left_out_of_the_saved_student(tm
     before_student, before_projection = flat_weights(state.student), flat_weights(state.projection)
     for step in range(2):
         state, metrics = train_step(teacher, state, random_batch(step), optimizer, EVERY_TERM)
-        assert set(metrics.terms) == set(EVERY_TERM.terms)
+        assert set(metrics.terms) == set(EVERY_TERM.weights)
     assert not np.array_equal(flat_weights(state.projection), before_projection)
     assert not np.array_equal(flat_weights(state.student), before_student)
 
@@ -168,22 +184,31 @@ def test_projection_is_trained_checkpointed_and_left_out_of_the_saved_student(tm
     assert hf_model.config.dim == 16
 
 
+def _kept(objective: Objective, teacher_out: de.ClassifierOutput) -> dict[str, tuple[str, ...]]:
+    """The fields each term keeps of the teacher, by term name."""
+    return {term: tuple(fields) for term, fields in objective.teacher_targets(teacher_out).items()}
+
+
 def test_teacher_targets_hold_exactly_what_the_terms_read():
-    assert LossConfig(alpha_kl=0.0, alpha_cos=0.0).teacher_fields == ()
-    assert LossConfig().teacher_fields == ("logits", "last_hidden_state")
-    assert LossConfig(alpha_cos=0.0).teacher_fields == ("logits",)
     teacher = tiny_teacher(num_hidden_layers=4)
     batch = _batch(1)
     t = forward(teacher, batch, key=None, **EVERY_TERM.outputs())
-    targets = teacher_targets(t, EVERY_TERM)
-    assert EVERY_TERM.teacher_fields == targets._fields
+    ce_only = Objective([CE(1.0)])
+    assert not ce_only.needs_teacher and _kept(ce_only, t) == {}
+    assert _kept(original_objective(), t) == {"kl": ("logits",), "cos": ("last_hidden_state",)}
+    assert _kept(Objective([CE(1.0), KL(0.45)]), t) == {"kl": ("logits",)}
+    targets = EVERY_TERM.teacher_targets(t)
+    assert _kept(EVERY_TERM, t) == {
+        "kl": ("logits",), "cos": ("last_hidden_state",), "hidden": ("hidden_states",),
+        "attention_scores": ("attention_scores",), "attention_kl": ("last_attention_scores",),
+        "value_relation": ("last_values",),
+    }
     rows, seq = batch.input_ids.shape
     # uniform_layer_map(2, 4) = (0, 0), (1, 2), (2, 4): three hidden states, two attention layers (2 and 4).
-    np.testing.assert_array_equal(targets.hidden_states, t.hidden_states[:, [0, 2, 4]])
-    np.testing.assert_array_equal(targets.attention_scores, t.attention_scores[:, [1, 3]])
-    np.testing.assert_array_equal(targets.last_attention_scores, t.attention_scores[:, 3:])
-    np.testing.assert_array_equal(targets.last_values, t.values[:, 3:])
-    assert targets.last_values.shape == (rows, 1, seq, 32)
-    np.testing.assert_array_equal(targets.logits, t.logits)
-    plain = teacher_targets(t, LossConfig())
-    assert plain.hidden_states is plain.attention_scores is plain.last_values is None
+    np.testing.assert_array_equal(targets["hidden"]["hidden_states"], t.hidden_states[:, [0, 2, 4]])
+    np.testing.assert_array_equal(targets["attention_scores"]["attention_scores"], t.attention_scores[:, [1, 3]])
+    np.testing.assert_array_equal(targets["attention_kl"]["last_attention_scores"], t.attention_scores[:, 3:])
+    np.testing.assert_array_equal(targets["value_relation"]["last_values"], t.values[:, 3:])
+    assert targets["value_relation"]["last_values"].shape == (rows, 1, seq, 32)
+    np.testing.assert_array_equal(targets["kl"]["logits"], t.logits)
+    np.testing.assert_array_equal(targets["cos"]["last_hidden_state"], t.last_hidden_state)
