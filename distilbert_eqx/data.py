@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -319,33 +319,17 @@ def indexed_train_batches(
     group_by_length: bool = False,
     start: int = 0,
 ) -> Iterator[IndexedBatch]:
-    """:func:`train_batches`, each with the split indices of its rows."""
-    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
-    if not 0 <= start <= len(batches):
-        raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
-    return ((indices, make_batch(split, indices, batch_size, buckets)) for indices in batches[start:])
-
-
-def train_batches(
-    split: TokenizedSplit,
-    batch_size: int,
-    buckets: Sequence[int],
-    *,
-    seed: int,
-    epoch: int,
-    group_by_length: bool = False,
-    start: int = 0,
-) -> Iterator[Batch]:
-    """Batches of one training epoch in a shuffled order fixed by ``(seed, epoch)``, skipping the first
-    ``start`` (for exact resume). Every example appears exactly once; each batch is ``(batch_size, bucket)``.
+    """Batches of one training epoch, each with the split indices of its rows, in a shuffled order fixed by
+    ``(seed, epoch)``, skipping the first ``start`` (for exact resume). Every example appears exactly once; each
+    batch is ``(batch_size, bucket)``.
 
     ``group_by_length`` sorts by length within chunks of ``GROUP_CHUNK_BATCHES`` batches (of the shuffled
     examples) before shuffling the batches, so most batches land in a short bucket.
     """
-    stream = indexed_train_batches(
-        split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=start
-    )
-    return (batch for _, batch in stream)
+    batches = _train_order(split.lengths, batch_size, seed, epoch, group_by_length)
+    if not 0 <= start <= len(batches):
+        raise ValueError(f"start={start}; expected 0 <= start <= {len(batches)} (batches in this epoch)")
+    return ((indices, make_batch(split, indices, batch_size, buckets)) for indices in batches[start:])
 
 
 def indexed_epoch_batches(
@@ -357,7 +341,8 @@ def indexed_epoch_batches(
     group_by_length: bool,
     start_step: int = 0,
 ) -> Iterator[IndexedBatch]:
-    """:func:`epoch_batches`, each with the split indices of its rows."""
+    """Training batches (with their indices) from ``start_step`` on, epoch after epoch, without end: what a run
+    of any length (``max_steps``, several epochs, a resumed run) draws from."""
     epoch, position = divmod(start_step, num_batches(split, batch_size))
     while True:
         yield from indexed_train_batches(
@@ -366,21 +351,18 @@ def indexed_epoch_batches(
         epoch, position = epoch + 1, 0
 
 
-def epoch_batches(
-    split: TokenizedSplit,
-    batch_size: int,
-    buckets: Sequence[int],
-    *,
-    seed: int,
-    group_by_length: bool,
-    start_step: int = 0,
+def train_batches(
+    split: TokenizedSplit, batch_size: int, buckets: Sequence[int], **order: Any
 ) -> Iterator[Batch]:
-    """Training batches from ``start_step`` on, epoch after epoch, without end: what a run of any length
-    (``max_steps``, several epochs, a resumed run) draws from."""
-    stream = indexed_epoch_batches(
-        split, batch_size, buckets, seed=seed, group_by_length=group_by_length, start_step=start_step
-    )
-    return (batch for _, batch in stream)
+    """:func:`indexed_train_batches` without the indices."""
+    return (batch for _, batch in indexed_train_batches(split, batch_size, buckets, **order))
+
+
+def epoch_batches(
+    split: TokenizedSplit, batch_size: int, buckets: Sequence[int], **order: Any
+) -> Iterator[Batch]:
+    """:func:`indexed_epoch_batches` without the indices."""
+    return (batch for _, batch in indexed_epoch_batches(split, batch_size, buckets, **order))
 
 
 def eval_batches(split: TokenizedSplit, batch_size: int, buckets: Sequence[int]) -> Iterator[Batch]:

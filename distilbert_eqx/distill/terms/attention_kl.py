@@ -19,14 +19,9 @@ def attention_kl_loss(
     attention_mask: BatchTokenMask,
     weights: BatchWeights,
 ) -> WeightedSum:
-    """MiniLM's self-attention distribution transfer: ``KL(A_T || A_S)`` per head and real query.
-
-    Arguments:
-        student_scores: ``(batch, pairs, heads, seq, seq)`` pre-softmax scores (query, key), unmasked; the
-            distributions are their softmax over the real keys.
-        teacher_scores: the same shape.
-        attention_mask: ``(batch, seq)``, ``True`` for real tokens.
-        weights: ``(batch,)``, 1 for real rows and 0 for padding rows.
+    """MiniLM's self-attention distribution transfer: ``KL(A_T || A_S)`` per head and real query, the
+    distributions being the softmax over the real keys of the unmasked pre-softmax ``(batch, pairs, heads, seq,
+    seq)`` scores (arguments as :func:`.attention_scores.attention_score_loss`).
 
     Returns:
         float32 sum of the KL over the selected (pair, head, query) entries, and their count.
