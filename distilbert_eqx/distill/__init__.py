@@ -2,8 +2,8 @@
 sums them, the layer maps they read, and the teacher-output cache derived from them."""
 
 from .losses import WeightedSum
-from .objective import Objective, shorthand_terms, term_from_settings
+from .objective import Objective, shorthand_terms
 from .term import AbstractTerm
 from .terms import TERMS
 
-__all__ = ["TERMS", "AbstractTerm", "Objective", "WeightedSum", "shorthand_terms", "term_from_settings"]
+__all__ = ["TERMS", "AbstractTerm", "Objective", "WeightedSum", "shorthand_terms"]

@@ -115,14 +115,6 @@ class Objective(eqx.Module):
         return " + ".join(term.describe() for term in self.terms)
 
 
-def term_from_settings(settings: Mapping[str, object]) -> AbstractTerm:
-    """A term from its ``type`` and field values (already of the fields' types; ``config.py`` coerces YAML)."""
-    kind = settings.get("type")
-    if kind not in TERMS:
-        raise ConfigError(f"loss term type {kind!r} is unknown; expected one of {', '.join(TERMS)}")
-    return TERMS[kind](**{k: v for k, v in settings.items() if k != "type"})
-
-
 def shorthand_terms(flat: Mapping[str, object]) -> tuple[AbstractTerm, ...]:
     """The terms that the original experiment's flat keys spell (``alpha_ce``, ``alpha_kl`` with
     ``temperature``, ``alpha_cos``, the ``alpha_*`` layer losses with their settings), in registry order."""
