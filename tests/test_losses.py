@@ -377,7 +377,7 @@ def test_missing_inputs_for_a_weighted_term_are_rejected():
     with pytest.raises(ValueError, match=r"the terms \('ce', 'kl'\) need the teacher's outputs"):
         with_kl(student, None, None, batch)
     with_cos = _objective(temperature=2.0, alpha_ce=1.0, alpha_kl=0.5, alpha_cos=0.1)
-    with pytest.raises(KeyError, match="cos"):
+    with pytest.raises(ValueError, match=r"hold \['kl'\] but not what \['cos'\] keep"):
         with_cos(student, with_kl.teacher_targets(teacher), None, batch)
 
 

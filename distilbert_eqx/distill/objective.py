@@ -93,6 +93,12 @@ class Objective(eqx.Module):
         """
         if self.needs_teacher and teacher is None:
             raise ValueError(f"the terms {self.names} need the teacher's outputs, but none were given")
+        missing = [term.name for term in self.terms if term.reads_teacher and term.name not in teacher]
+        if missing:
+            raise ValueError(
+                f"the teacher targets hold {sorted(teacher)} but not what {missing} keep: they were made for "
+                "another objective (a teacher-output cache must be built with the run's terms)"
+            )
 
         def projected(states):
             return project(projection, states)
