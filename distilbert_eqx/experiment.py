@@ -116,7 +116,7 @@ def _recipe(config: ExperimentConfig, objective: Objective) -> str:
         return "trained on the labels alone (cross-entropy)"
     recipe = f"distilled from `{config.teacher_model}`: {objective.describe()}"
     if config.intermediate_steps:
-        prediction = [term.name for term in objective.terms if term.prediction_layer]
+        prediction = [term.title for term in objective.terms if term.prediction_layer]
         recipe += f"; two stages, the first {config.intermediate_steps} steps without {' and '.join(prediction)}"
     return recipe
 
