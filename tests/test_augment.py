@@ -11,6 +11,7 @@ from tokenizers import models, normalizers, pre_tokenizers, processors
 
 from distilbert_eqx.data import SentenceTokenizer, TextSplit, tokenize_split
 from distilbert_eqx.distill.augment import AugmentError, AugmentSettings, augmented_pool, load_pool, pool
+from distilbert_eqx.distill.augment.mlm import load_masked_lm, masked_lm_candidates
 from distilbert_eqx.distill.augment.neighbours import vocabulary_neighbours, word_candidates
 from distilbert_eqx.distill.augment.words import split_words, vocabulary
 from helpers import tiny_teacher
@@ -218,6 +219,8 @@ def test_settings_are_validated():
         AugmentSettings(replace_prob=0.95, mask_prob=0.1)
     with pytest.raises(AugmentError, match="expected one of"):
         AugmentSettings(candidates="glove")
+    with pytest.raises(AugmentError, match="needs masked_lm"):
+        AugmentSettings(candidates="mlm")
 
 
 def test_the_key_names_the_folder_and_a_pool_is_reused(teacher, tmp_path):
@@ -275,3 +278,104 @@ def test_a_crash_mid_write_leaves_nothing_a_later_run_reads(teacher, tmp_path, m
     reread = load_pool(next(p for p in tmp_path.iterdir() if p.is_dir()))
     np.testing.assert_array_equal(made.split.token_ids, reread.split.token_ids)
     assert table_path.is_file()
+
+
+# The masked-LM candidates, on a tiny random BertForMaskedLM saved by transformers.
+
+
+@pytest.fixture(scope="module")
+def masked_lm_dir(tmp_path_factory):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=160,
+    )
+    model = transformers.BertForMaskedLM(config).eval()
+    with torch.no_grad():
+        model.cls.predictions.bias.normal_()
+    folder = tmp_path_factory.mktemp("tiny_mlm")
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_masked_lm_logits_match_transformers(masked_lm_dir):
+    import jax.numpy as jnp
+    import torch
+    import transformers
+
+    reference = transformers.BertForMaskedLM.from_pretrained(masked_lm_dir).eval()
+    ours = load_masked_lm(masked_lm_dir)
+    ids = np.array([2, 9, 20, 4, 31, 3, 20, 25, 31, 3], np.int32)
+    types = np.array([0] * 6 + [1] * 4, np.int32)
+    with torch.no_grad():
+        expected = reference(
+            torch.tensor(ids[None]).long(), token_type_ids=torch.tensor(types[None]).long()
+        ).logits[0]
+    for position in (3, 7):
+        got = ours(jnp.asarray(ids), jnp.ones(10, bool), jnp.asarray(types), jnp.asarray(position, jnp.int32))
+        np.testing.assert_allclose(np.asarray(got), expected[position].numpy(), atol=1e-4)
+
+
+def test_masked_lm_candidates_are_transformers_top_m_in_context_whatever_the_batch(masked_lm_dir):
+    import torch
+    import transformers
+
+    tokenizer = tiny_tokenizer()
+    split = tokenize_split(train_split(6), tokenizer)
+    vocab = vocabulary(tokenizer)
+    words = split_words(split, vocab)
+    empty = (np.full(len(words), -1, np.int64), np.zeros((0, 4), np.int32))
+
+    def candidates(batch_size):
+        settings = AugmentSettings(
+            neighbours=4, candidates="mlm", masked_lm=str(masked_lm_dir), mlm_batch_size=batch_size
+        )
+        return masked_lm_candidates(split, words, vocab, empty, settings, lambda _: None)
+
+    row, table = candidates(3)
+    np.testing.assert_array_equal(table, candidates(64)[1])
+    reference = transformers.BertForMaskedLM.from_pretrained(masked_lm_dir).eval()
+    single = np.flatnonzero(words.eligible & (words.pieces == 1))
+    assert len(single) > 10 and (row[single] >= 0).all() and (row[words.pieces > 1] == -1).all()
+    for w in single:
+        example = int(np.searchsorted(words.offsets, w, side="right") - 1)
+        ids = np.asarray(split.token_ids[split.offsets[example] : split.offsets[example + 1]])
+        position = int(words.starts[w] - split.offsets[example])
+        masked = ids.copy()
+        masked[position] = vocab.mask_id
+        pair = np.concatenate([masked, ids[1:]])
+        types = np.r_[np.zeros(len(ids)), np.ones(len(ids) - 1)]
+        with torch.no_grad():
+            logits = reference(
+                torch.tensor(pair[None]).long(), token_type_ids=torch.tensor(types[None]).long()
+            )
+        scores = logits.logits[0, position].numpy()
+        allowed = vocab.replaceable.copy()
+        allowed[ids[position]] = False
+        expected = np.flatnonzero(allowed)[np.argsort(-scores[allowed], kind="stable")[:4]]
+        np.testing.assert_array_equal(table[row[w]], expected)
+
+
+def test_the_mlm_source_makes_a_pool(teacher, masked_lm_dir, tmp_path):
+    settings = AugmentSettings(copies=4, neighbours=4, candidates="mlm", masked_lm=str(masked_lm_dir))
+    made = augmented_pool(
+        train_split(8), tiny_tokenizer(), teacher, settings, tmp_path, 0, log=lambda _: None
+    )
+    plain = augmented_pool(
+        train_split(8),
+        tiny_tokenizer(),
+        teacher,
+        dataclasses.replace(settings, candidates="neighbours", masked_lm=None),
+        tmp_path,
+        0,
+        log=lambda _: None,
+    )
+    assert len(made.sources) > 0
+    assert not np.array_equal(made.split.token_ids, plain.split.token_ids)

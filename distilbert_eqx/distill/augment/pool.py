@@ -41,6 +41,7 @@ from ...checkpoint import atomic_replace_dir, temp_sibling
 from ...data import SentenceTokenizer, TextSplit, TokenizedSplit, tokenize_split
 from ...errors import UserError
 from ...models import AbstractSequenceClassifier
+from . import mlm
 from .neighbours import vocabulary_neighbours, word_candidates
 from .words import STOP_WORDS, Vocabulary, Words, split_words, vocabulary
 
@@ -66,6 +67,7 @@ def _neighbour_candidates(split, words, vocab, neighbours: Candidates, settings,
 # returns each word's candidate row (-1: not eligible) and the rows.
 CANDIDATES: dict[str, Callable[..., Candidates]] = {
     "neighbours": _neighbour_candidates,
+    "mlm": mlm.masked_lm_candidates,
 }
 
 
