@@ -172,7 +172,7 @@ def teacher_pca_embeddings(
     Raises:
         ValueError: ``hidden_size`` is larger than the teacher's width (PCA can only reduce it).
     """
-    vocab, width = word_embeddings.shape
+    width = word_embeddings.shape[1]
     if not 1 <= hidden_size <= width:
         raise ValueError(
             f"PCA reduces the teacher's {width}-wide word embeddings; the student's hidden size {hidden_size} must "
