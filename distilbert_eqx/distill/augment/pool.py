@@ -40,6 +40,7 @@ from tqdm import tqdm
 from ...checkpoint import atomic_replace_dir, temp_sibling
 from ...data import SentenceTokenizer, TextSplit, TokenizedSplit, tokenize_split
 from ...errors import UserError
+from ...hf import load_config
 from ...models import AbstractSequenceClassifier
 from . import mlm
 from .neighbours import vocabulary_neighbours, word_candidates
@@ -159,7 +160,7 @@ def pool_key(
     _sha(digest, train.labels)
     _sha(digest, table)
     if settings.masked_lm is not None:
-        folder = Path(settings.masked_lm)
+        folder, _ = load_config(settings.masked_lm)
         for name in sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin")):
             digest.update(name.encode())
             digest.update((folder / name).read_bytes())
