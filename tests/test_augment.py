@@ -379,3 +379,14 @@ def test_the_mlm_source_makes_a_pool(teacher, masked_lm_dir, tmp_path):
     )
     assert len(made.sources) > 0
     assert not np.array_equal(made.split.token_ids, plain.split.token_ids)
+
+
+def test_a_read_pool_batches_like_any_split(teacher, tmp_path):
+    from distilbert_eqx.data import default_length_buckets, train_batches
+
+    settings = AugmentSettings(copies=3)
+    augmented_pool(train_split(), tiny_tokenizer(), teacher, settings, tmp_path, 0, log=lambda _: None)
+    made = augmented_pool(train_split(), tiny_tokenizer(), teacher, settings, tmp_path, 0, log=lambda _: None)
+    batches = list(train_batches(made.split, 8, default_length_buckets(MAX_LENGTH), seed=0, epoch=0))
+    assert sum(int(b.weights.sum()) for b in batches) == len(made.sources)
+    assert all(b.input_ids.dtype == np.int32 and b.attention_mask[:, 0].all() for b in batches)
