@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -122,6 +122,8 @@ class AugmentedPool(NamedTuple):
 
 
 class Summary(NamedTuple):
+    """What a pool's making did: variants kept of those tried, words replaced and masked in the kept ones."""
+
     variants: int
     tried: int
     replaced: int
@@ -372,7 +374,7 @@ def load_pool(folder: Path) -> AugmentedPool:
     return AugmentedPool(split, arrays["sources"])
 
 
-def pool_text(pool: AugmentedPool, tokenizer: SentenceTokenizer, indices) -> list[str]:
+def pool_text(pool: AugmentedPool, tokenizer: SentenceTokenizer, indices: Iterable[int]) -> list[str]:
     """The variants at ``indices`` as text (decoded on demand: a whole pool's text is not stored)."""
     split = pool.split
     rows = [split.token_ids[split.offsets[i] : split.offsets[i + 1]].tolist() for i in indices]
