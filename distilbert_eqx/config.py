@@ -31,6 +31,7 @@ DATASETS = ("glue/sst2",)
 HIDDEN_LOSSES = ("mse", "cosine")
 TEACHER_CACHES = ("off", "memory", "disk")
 STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
+STUDENT_EMBEDDING_INITS = ("random", "teacher_pca")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("float32", "bfloat16")
 
@@ -107,6 +108,8 @@ class ExperimentConfig:
     student_hidden_size: int | None = None
     student_num_heads: int | None = None
     student_intermediate_size: int | None = None
+    # A random-init student's word embeddings: random, or the teacher's table reduced to its width by PCA
+    student_embedding_init: str = "random"
     # The teacher's outputs over the train split computed once (teacher_cache.py): off, memory or disk
     teacher_cache: str = "off"
     teacher_cache_dir: str = "runs/teacher_cache"
@@ -332,6 +335,12 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.teacher_cache_max_gb > 0, "teacher_cache_max_gb", c.teacher_cache_max_gb, "a size in GiB > 0")
     for key in STUDENT_SHAPE:
         _require(getattr(c, key) is None or getattr(c, key) >= 1, key, getattr(c, key), "null or an int >= 1")
+    _require(c.student_embedding_init in STUDENT_EMBEDDING_INITS, "student_embedding_init",
+             c.student_embedding_init, f"one of {', '.join(STUDENT_EMBEDDING_INITS)}")
+    _require(c.student_embedding_init == "random" or any(getattr(c, key) is not None for key in STUDENT_SHAPE),
+             "student_embedding_init", c.student_embedding_init,
+             f"random unless the student is built at random (a {'/'.join(STUDENT_SHAPE)} key set): the other "
+             "students start from the teacher's or their own embeddings")
     if c.student_init_layers is not None:
         shape = {key: getattr(c, key) for key in STUDENT_SHAPE if getattr(c, key) is not None}
         _require(not shape, "student_init_layers", c.student_init_layers,

@@ -348,7 +348,8 @@ def random_student_from_config(
     config: ExperimentConfig, teacher: AbstractSequenceClassifier, *, key: jax.Array
 ) -> AbstractSequenceClassifier:
     """A random-init DistilBERT of the config's ``student_*`` shape; an unset key takes the teacher's value
-    (layers: half the teacher's, rounded up)."""
+    (layers: half the teacher's, rounded up). ``student_embedding_init: teacher_pca`` starts its word embeddings
+    from the teacher's table reduced to its width by PCA."""
     t = teacher.config
     num_heads = config.student_num_heads or t.num_attention_heads
     hidden = config.student_hidden_size or t.hidden_size
@@ -356,6 +357,12 @@ def random_student_from_config(
         raise ConfigError(
             f"student_hidden_size={hidden} is not divisible by student_num_heads={num_heads}; the heads split the "
             "hidden size evenly"
+        )
+    pca = config.student_embedding_init == "teacher_pca"
+    if pca and hidden > t.hidden_size:
+        raise ConfigError(
+            f"student_embedding_init=teacher_pca reduces the teacher's {t.hidden_size}-wide embeddings by PCA; "
+            f"student_hidden_size={hidden} is wider (use random, or a student at most {t.hidden_size} wide)"
         )
     return random_student(
         t,
@@ -366,6 +373,7 @@ def random_student_from_config(
         num_labels=t.num_labels,
         key=key,
         compute_dtype=config.dtype,
+        teacher_word_embeddings=teacher.encoder.embeddings.word.weight if pca else None,
     )
 
 

@@ -1,5 +1,5 @@
 """Students for a BERT teacher: initialised from its layers (the DistilBERT recipe, Sanh et al., 2019), or at
-random in any shape.
+random in any shape, optionally with the teacher's word embeddings reduced to the student's width by PCA.
 
 A student from teacher layers keeps the teacher's width and takes one layer out of two, so every copied layer
 starts from weights that already work together with the embeddings the student inherits.
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import PyTree
+from jaxtyping import Array, Float, PyTree
 
 from ._types import ComputeDtype, Key
 from .models.bert import BertConfig, BertForSequenceClassification
@@ -156,6 +156,35 @@ def student_from_teacher(
     return eqx.tree_at(lambda s: s.encoder, student, Encoder(embeddings, student_layers))
 
 
+def teacher_pca_embeddings(
+    word_embeddings: Float[Array, "vocab teacher_hidden"], hidden_size: int, std: float
+) -> Float[Array, "vocab {hidden_size}"]:
+    """The teacher's word-embedding table reduced to ``hidden_size`` columns by PCA, as Model2Vec builds small
+    embeddings: the table less its mean row, projected onto its top ``hidden_size`` right singular vectors
+    (an SVD of the centred table, in float32 on the default device), largest component first.
+
+    The projection is then scaled by one number so that its entries' standard deviation is ``std`` (the
+    student's ``initializer_range``): the student adds its random position embeddings, drawn at that std, before
+    the LayerNorm, and a table much larger would drown them. One number, not one per column, keeps the
+    spectrum PCA found (the first components vary most); a per-column scale would whiten it away. Singular
+    vectors are defined up to sign, so a column may come out negated relative to another SVD routine.
+
+    Raises:
+        ValueError: ``hidden_size`` is larger than the teacher's width (PCA can only reduce it).
+    """
+    width = word_embeddings.shape[1]
+    if not 1 <= hidden_size <= width:
+        raise ValueError(
+            f"PCA reduces the teacher's {width}-wide word embeddings; the student's hidden size {hidden_size} must "
+            f"be between 1 and {width}"
+        )
+    table = word_embeddings.astype(jnp.float32)
+    centred = table - table.mean(axis=0, keepdims=True)
+    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
+    projected = centred @ vt[:hidden_size].T
+    return projected * (std / jnp.maximum(projected.std(), 1e-12))
+
+
 def random_student(
     teacher_config: BertConfig,
     *,
@@ -166,14 +195,19 @@ def random_student(
     num_labels: int,
     key: Key,
     compute_dtype: ComputeDtype = "float32",
+    teacher_word_embeddings: Float[Array, "vocab teacher_hidden"] | None = None,
 ) -> DistilBertForSequenceClassification:
     """A DistilBERT student of any shape, initialised at random as ``transformers`` does (TinyBERT's general
     students; the layer-matching losses and a width projection make up for starting from nothing).
 
     It shares the teacher's vocabulary, positions, activation and dropout, so the two read the same inputs.
+    Given ``teacher_word_embeddings`` (the teacher's table), its word embeddings start from that table reduced
+    to ``hidden_size`` by ``teacher_pca_embeddings`` instead, so a narrow student starts from the teacher's
+    vocabulary; everything else stays random.
 
     Raises:
-        ValueError: ``hidden_size`` is not divisible by ``num_heads``.
+        ValueError: ``hidden_size`` is not divisible by ``num_heads``, or (with ``teacher_word_embeddings``)
+            larger than the teacher's width, or the table's rows are not the teacher's vocabulary.
     """
     if hidden_size % num_heads != 0:
         raise ValueError(f"the student's hidden size {hidden_size} is not divisible by its {num_heads} heads")
@@ -183,4 +217,13 @@ def random_student(
         n_heads=num_heads,
         hidden_dim=intermediate_size,
     )
-    return DistilBertForSequenceClassification(config, key=key, compute_dtype=compute_dtype)
+    student = DistilBertForSequenceClassification(config, key=key, compute_dtype=compute_dtype)
+    if teacher_word_embeddings is None:
+        return student
+    if teacher_word_embeddings.shape[0] != config.vocab_size:
+        raise ValueError(
+            f"the teacher's word-embedding table has {teacher_word_embeddings.shape[0]} rows but its vocabulary "
+            f"{config.vocab_size} entries"
+        )
+    table = teacher_pca_embeddings(teacher_word_embeddings, hidden_size, config.initializer_range)
+    return eqx.tree_at(lambda s: s.encoder.embeddings.word.weight, student, table)

@@ -79,6 +79,7 @@ ADDITIONS = {
     "student_hidden_size": None,
     "student_num_heads": None,
     "student_intermediate_size": None,
+    "student_embedding_init": "random",
     "teacher_cache": "off",
     "teacher_cache_dir": "runs/teacher_cache",
     "teacher_cache_dtype": "float32",
@@ -379,6 +380,8 @@ def test_layer_map_is_pairs_and_round_trips(tmp_path):
         (["intermediate_steps=10", "alpha_ce=0", "alpha_kl=0"], r"one of the terms \['ce', 'kl'\] for the second stage"),
         (["intermediate_steps=10", "max_steps=10"], "fewer than max_steps=10"),
         (["student_init_layers=[0, 2]", "student_hidden_size=192"], "one way to make the student"),
+        (["student_embedding_init=teacher_pca"], "random unless the student is built at random"),
+        (["student_embedding_init=pca", "student_hidden_size=192"], "one of random, teacher_pca"),
     ],
 )
 def test_inconsistent_layer_settings_are_refused(overrides, message):

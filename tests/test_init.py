@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distilbert_eqx.init import default_student_layers, student_config, student_from_teacher
+from distilbert_eqx.init import (
+    default_student_layers,
+    random_student,
+    student_config,
+    student_from_teacher,
+    teacher_pca_embeddings,
+)
 from distilbert_eqx.models import BertForSequenceClassification, DistilBertConfig
 from helpers import max_diff, random_batch, tiny_bert_config, tiny_student, tiny_teacher
 
@@ -172,3 +178,60 @@ def test_teacher_with_another_layer_norm_eps_is_rejected():
     teacher = tiny_teacher(**OVERRIDES, layer_norm_eps=1e-5)
     with pytest.raises(ValueError, match=r"layer_norm_eps is 1e-05"):
         student_from_teacher(teacher, LAYERS, key=jax.random.key(1))
+
+
+# Random students whose word embeddings start from the teacher's, reduced by PCA.
+
+
+def _aligned(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``ours`` with each column's sign flipped to agree with ``reference``'s (singular vectors have no sign)."""
+    return ours * np.sign(np.sum(ours * reference, axis=0, keepdims=True))
+
+
+@pytest.mark.parametrize("width", [8, 32])
+def test_teacher_pca_embeddings_equal_a_numpy_svd(width):
+    table = np.asarray(jax.random.normal(jax.random.key(3), (100, 32))) * np.linspace(0.2, 2.0, 32)
+    got = np.asarray(teacher_pca_embeddings(jnp.asarray(table, jnp.float32), width, 0.02))
+    centred = table.astype(np.float64) - table.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    reference = u[:, :width] * s[:width]
+    reference *= 0.02 / reference.std()
+    assert got.shape == (100, width)
+    np.testing.assert_allclose(_aligned(got, reference), reference, atol=1e-5)
+    assert abs(got.std() - 0.02) < 1e-6
+    # The first components carry the most variance: one scale for all columns keeps their order.
+    assert np.all(np.diff(got.var(axis=0)) <= 1e-9)
+
+
+def test_teacher_pca_cannot_widen():
+    with pytest.raises(ValueError, match="must be between 1 and 32"):
+        teacher_pca_embeddings(jnp.zeros((10, 32)), 48, 0.02)
+
+
+def test_random_student_with_teacher_pca_embeddings(teacher):
+    table = teacher.encoder.embeddings.word.weight
+    shape = {"num_layers": 1, "hidden_size": 16, "num_heads": 4, "intermediate_size": 24, "num_labels": 2}
+    shape["key"] = jax.random.key(5)
+    student = random_student(CONFIG, **shape, teacher_word_embeddings=table)
+    plain = random_student(CONFIG, **shape)
+    words = student.encoder.embeddings.word.weight
+    assert words.shape == (CONFIG.vocab_size, 16)
+    np.testing.assert_array_equal(words, teacher_pca_embeddings(table, 16, plain.config.initializer_range))
+    # Everything else is the plain random student's.
+    same = eqx.tree_at(lambda s: s.encoder.embeddings.word.weight, student, plain.encoder.embeddings.word.weight)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), eqx.filter(same, eqx.is_array),
+                                     eqx.filter(plain, eqx.is_array)))
+
+
+def test_the_config_key_builds_a_pca_student_and_refuses_a_wider_one(teacher):
+    from distilbert_eqx.config import load_config
+    from distilbert_eqx.errors import ConfigError
+    from distilbert_eqx.experiment import random_student_from_config
+
+    shape = ["student_num_layers=1", "student_num_heads=4", "student_embedding_init=teacher_pca"]
+    config = load_config(None, [*shape, "student_hidden_size=16"])
+    student = random_student_from_config(config, teacher, key=jax.random.key(0))
+    expected = teacher_pca_embeddings(teacher.encoder.embeddings.word.weight, 16, 0.02)
+    np.testing.assert_array_equal(student.encoder.embeddings.word.weight, expected)
+    with pytest.raises(ConfigError, match="student_hidden_size=48 is wider"):
+        random_student_from_config(load_config(None, [*shape, "student_hidden_size=48"]), teacher, key=jax.random.key(0))

@@ -1,5 +1,6 @@
 """The distillation method family: loss terms (one module each, registered in ``terms``), the objective that
-sums them, the layer maps they read, and the teacher-output cache derived from them."""
+sums them, the layer maps they read, the teacher-output cache derived from them, and the augmented transfer sets
+the teacher labels (``augment/``)."""
 
 from .losses import WeightedSum
 from .objective import Objective, shorthand_terms
