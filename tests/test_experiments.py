@@ -183,7 +183,7 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     stopped, _ = run("cached_teacher", "teacher_cache=disk", interrupt_after=3)
     assert stopped == {"interrupted": True, "steps": 3}
     first = capsys.readouterr().out
-    assert "teacher cache (float32, 40 examples): logits" in first and "teacher cache: saved" in first
+    assert "teacher cache (float32, 40 examples): cos.last_hidden_state" in first and "teacher cache: saved" in first
     _, cached = run("cached_teacher", "teacher_cache=disk", "resume_from_checkpoint=true")
     assert "teacher cache: reading" in capsys.readouterr().out
     assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5
