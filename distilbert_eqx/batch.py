@@ -20,7 +20,9 @@ class Batch(NamedTuple):
     attention mask keeps only the first token so that no softmax sees an all-masked row.
 
     ``teacher`` holds the rows' cached teacher targets (padded like the batch) when the run has a teacher-output
-    cache, else ``None`` (no leaves: the step's program is unchanged).
+    cache, else ``None`` (no leaves: the step's program is unchanged). ``labelled`` is 1 for the rows whose label
+    is real and 0 for a transfer set's variants (and padding) when the run trains on one, else ``None``: the
+    label terms, and the terms that skip variants, weigh the rows by it.
     """
 
     input_ids: Int32[np.ndarray, "batch seq"]
@@ -29,3 +31,4 @@ class Batch(NamedTuple):
     labels: Int32[np.ndarray, " batch"]
     weights: Float32[np.ndarray, " batch"]
     teacher: TeacherTargets | None = None
+    labelled: Float32[np.ndarray, " batch"] | None = None

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from ._types import ComputeDtype
+from .distill.augment import AugmentSettings
 from .distill.objective import Objective, shorthand_keys, shorthand_terms
 from .distill.term import AbstractTerm
 from .distill.terms import TERMS
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
@@ -115,6 +116,11 @@ class ExperimentConfig:
     teacher_cache_dir: str = "runs/teacher_cache"
     teacher_cache_dtype: str = "float32"
     teacher_cache_max_gb: float = 8.0
+    # A transfer set (distill/augment): `augment: {copies: 20, replace_prob: 0.4, ...}` trains on the train split
+    # and its word-level variants, which the teacher labels; null: the train split alone
+    augment: AugmentSettings | None = None
+    augment_seed: int = 0
+    augment_dir: str = "runs/augment"
     # JAX's persistent compilation cache (null: off)
     compilation_cache_dir: str | None = None
     # The loss as a list of terms (`{type: kl, weight: 0.45, temperature: 2.0}`, ...); null: the terms the flat
@@ -159,6 +165,8 @@ def _coerce(key: str, value: object) -> object:
     fields, list -> tuple, ``jax.bfloat16`` -> ``bfloat16``, a ``loss`` list -> terms."""
     if key == "loss" and value is not None:
         return _coerce_loss(value)
+    if key == "augment" and value is not None:
+        return _coerce_dataclass(key, value, AugmentSettings)
     return _coerce_to(key, value, typing.get_type_hints(ExperimentConfig)[key])
 
 
@@ -200,6 +208,27 @@ def _coerce_term(where: str, entry: object) -> AbstractTerm:
         return term(**values)
     except ConfigError as e:
         raise ConfigError(f"{where} ({kind}): {e}") from e
+
+
+def _coerce_dataclass(key: str, value: object, cls: type) -> object:
+    """A mapping of ``cls``'s fields (each coerced to its type), or an instance of it."""
+    if isinstance(value, cls):
+        return value
+    valid = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}={value!r} is invalid; expected null or a mapping of {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, item in value.items():
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {name!r} in {key}.{hint} Valid keys: {', '.join(valid)}")
+        values[name] = _coerce_to(f"{key}.{name}", item, hints[name])
+    try:
+        return cls(**values)
+    except UserError as e:
+        raise ConfigError(f"{key}: {e}") from e
 
 
 def _coerce_to(key: str, value: object, annotation: Any) -> object:
@@ -333,6 +362,11 @@ def _validate(c: ExperimentConfig) -> None:
     _require(c.teacher_cache == "off" or c.num_processes == 1, "teacher_cache", c.teacher_cache,
              f"off with num_processes={c.num_processes}: the cache is built and read by one process")
     _require(c.teacher_cache_max_gb > 0, "teacher_cache_max_gb", c.teacher_cache_max_gb, "a size in GiB > 0")
+    if c.augment is not None:
+        _require(any(term.on_variants for term in terms), "augment", config_to_dict(c)["augment"],
+                 f"null, or a loss with a term computed on the variants (of the loss {[t.name for t in terms]}, "
+                 f"only {[n for n, t in TERMS.items() if t.on_variants]} would be)")
+    _require(c.augment_seed >= 0, "augment_seed", c.augment_seed, "an int >= 0")
     for key in STUDENT_SHAPE:
         _require(getattr(c, key) is None or getattr(c, key) >= 1, key, getattr(c, key), "null or an int >= 1")
     _require(c.student_embedding_init in STUDENT_EMBEDDING_INITS, "student_embedding_init",
@@ -454,6 +488,8 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, object]:
     def plain(v: object) -> object:
         if isinstance(v, AbstractTerm):
             return {"type": v.name, **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+        if isinstance(v, AugmentSettings):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         return [plain(x) for x in v] if isinstance(v, tuple) else v
 
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}

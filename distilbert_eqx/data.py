@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import tokenizers
-from jaxtyping import Int32, Int64
+from jaxtyping import Bool, Int32, Int64
 
 from .batch import Batch
 from .errors import UserError
@@ -52,7 +52,8 @@ class TokenizedSplit:
     """One tokenised split, stored ragged: example ``i`` is ``token_ids[offsets[i]:offsets[i + 1]]``.
 
     Token ids include ``[CLS]``/``[SEP]`` and are truncated to the tokenizer's ``max_length``, never padded;
-    ``pad_id`` is the tokenizer's padding id, used when batching.
+    ``pad_id`` is the tokenizer's padding id, used when batching. ``labelled`` marks the examples whose label is
+    real in a split joined with a transfer set (:func:`with_transfer_set`); ``None``: every label is real.
     """
 
     name: str
@@ -61,6 +62,7 @@ class TokenizedSplit:
     token_ids: Int32[np.ndarray, " tokens"]
     token_type_ids: Int32[np.ndarray, " tokens"]
     pad_id: int
+    labelled: Bool[np.ndarray, " examples"] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -81,7 +83,27 @@ class TokenizedSplit:
             offsets=self.offsets[: n + 1],
             token_ids=self.token_ids[:end],
             token_type_ids=self.token_type_ids[:end],
+            labelled=None if self.labelled is None else self.labelled[:n],
         )
+
+
+def with_transfer_set(train: TokenizedSplit, variants: TokenizedSplit) -> TokenizedSplit:
+    """``train`` followed by a transfer set's ``variants``, one split, with ``labelled`` marking the originals:
+    the variants' labels are not real (the teacher labels them), and batches weigh label terms by ``labelled``."""
+    if train.pad_id != variants.pad_id:
+        raise DataError(f"the transfer set pads with {variants.pad_id}, the train split with {train.pad_id}")
+    labelled = np.concatenate([
+        np.ones(len(train), np.bool_) if train.labelled is None else train.labelled, np.zeros(len(variants), np.bool_)
+    ])
+    return TokenizedSplit(
+        name=train.name,
+        labels=np.concatenate([train.labels, variants.labels]).astype(np.int32),
+        offsets=np.concatenate([train.offsets, variants.offsets[1:] + train.offsets[-1]]).astype(np.int64),
+        token_ids=np.concatenate([train.token_ids, variants.token_ids]).astype(np.int32),
+        token_type_ids=np.concatenate([train.token_type_ids, variants.token_type_ids]).astype(np.int32),
+        pad_id=train.pad_id,
+        labelled=labelled,
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -301,7 +323,11 @@ def make_batch(
     labels[:rows] = split.labels[indices]
     weights = np.zeros(batch_size, np.float32)
     weights[:rows] = 1.0
-    return Batch(input_ids, attention_mask, token_type_ids, labels, weights)
+    labelled = None
+    if split.labelled is not None:
+        labelled = np.zeros(batch_size, np.float32)
+        labelled[:rows] = split.labelled[indices]
+    return Batch(input_ids, attention_mask, token_type_ids, labels, weights, labelled=labelled)
 
 
 # A batch and the split indices of its real rows: what a transform of the stream (the teacher-output cache)

@@ -32,7 +32,9 @@ from .data import (
     load_tokenizer,
     num_batches,
     tokenize_split,
+    with_transfer_set,
 )
+from .distill.augment import augmented_pool
 from .distill.objective import Objective
 from .distill.teacher_cache import TeacherCache, teacher_cache
 from .hf import from_pretrained, load_config, save_pretrained
@@ -401,14 +403,29 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
         started_from = f"layers {list(config.student_init_layers)} of `{config.teacher_model}`"
     else:
         started_from = f"`{config.student_model}`"
+    if config.augment is not None:
+        splits["train"] = _with_augmented_pool(config, splits["train"], tokenizer, teacher)
     return train_model(
         config, student, teacher, splits, key=train_key, make_steps=make_steps, final_name="student",
         started_from=started_from,
     )
 
 
+def _with_augmented_pool(
+    config: ExperimentConfig, train: TokenizedSplit, tokenizer: SentenceTokenizer, teacher: AbstractSequenceClassifier
+) -> TokenizedSplit:
+    """The train split followed by its transfer set (``augment``), made or read from ``augment_dir``."""
+    text = load_text_split("train", data_dir=config.data_dir, dataset_id=config.dataset_id)
+    pool = augmented_pool(text, tokenizer, teacher, config.augment, config.augment_dir, config.augment_seed)
+    joined = with_transfer_set(train, pool.split)
+    print(f"augment: training on {len(train)} labelled examples and {len(pool.split)} variants")
+    return joined
+
+
 def finetune(config: ExperimentConfig) -> dict[str, Any]:
     """Fine-tune ``teacher_model`` on SST-2 with the hard-label loss alone (how a teacher is made)."""
+    if config.augment is not None:
+        raise ConfigError("augment: a transfer set is labelled by a teacher, and fine-tuning has none; set it to null")
     objective = Objective(config.terms)
     if objective.needs_teacher:
         readers = {term.name: term.weight for term in objective.terms if term.reads_teacher}

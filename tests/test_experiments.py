@@ -362,3 +362,39 @@ def test_layer_loss_settings_that_cannot_work_fail_before_training(workspace, se
     with pytest.raises(ConfigError, match=message):
         experiment.train_model(config, student, teacher, _splits(workspace), key=jax.random.key(0))
     assert not (workspace / "never").exists()
+
+
+def test_a_transfer_set_run_resumed_after_ctrl_c_equals_the_live_teacher_run(workspace, capsys):
+    """The train split and its variants (augment), the teacher's logits and last states read from the disk cache
+    (KL on every row, the cosine on the labelled rows only), stopped by SIGINT and resumed: the student equals
+    the one trained with the live teacher, uninterrupted, over the same pool."""
+    overrides = [
+        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", "batch_size=8", "max_steps=8",
+        "log_every=1", "log_val_every=4", "do_checkpoint=true", "checkpoint_every=4", "dtype=float32",
+        "max_length=64", "learning_rate=1e-3", "augment={copies: 2}", f"augment_dir={workspace / 'augment'}",
+        f"teacher_cache_dir={workspace / 'pool_cache'}",
+    ]
+    tokenizer = load_tokenizer(str(workspace / "teacher"), 64)
+
+    def run(out: str, *extra: str, interrupt_after: int | None = None):
+        config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
+        student, teacher = _student_and_teacher(workspace)
+        splits = _splits(workspace)
+        splits["train"] = experiment._with_augmented_pool(config, splits["train"], tokenizer, teacher)
+        summary = experiment.train_model(
+            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+        )
+        saved = workspace / out / "student"
+        return summary, splits["train"], de.from_pretrained(saved) if saved.is_dir() else None
+
+    _, pool, live = run("pool_live")
+    assert int(pool.labelled.sum()) == 40 and len(pool) > 40  # the originals, then their variants
+    assert "augment: training on 40 labelled examples and" in capsys.readouterr().out
+    stopped, _, _ = run("pool_cached", "teacher_cache=disk", interrupt_after=3)
+    assert stopped == {"interrupted": True, "steps": 3}
+    out = capsys.readouterr().out
+    assert "augment: read" in out  # the pool made by the first run, reused
+    cached_line = next(line for line in out.splitlines() if line.startswith("teacher cache (float32"))
+    assert f"{len(pool)} examples" in cached_line
+    _, _, cached = run("pool_cached", "teacher_cache=disk", "resume_from_checkpoint=true")
+    assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5

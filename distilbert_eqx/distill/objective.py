@@ -103,8 +103,13 @@ class Objective(eqx.Module):
         def projected(states):
             return project(projection, states)
 
+        # On a transfer set, a term that skips the variants sees them (and padding) as weight-0 rows.
+        labelled = batch if batch.labelled is None else batch._replace(weights=batch.weights * batch.labelled)
         return {
-            term.metric: term(student, teacher[term.name] if term.reads_teacher else {}, batch, projected)
+            term.metric: term(
+                student, teacher[term.name] if term.reads_teacher else {}, batch if term.on_variants else labelled,
+                projected,
+            )
             for term in self.terms
         }
 

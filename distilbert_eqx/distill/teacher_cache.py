@@ -6,7 +6,9 @@ tokens only): per kept field one flat array whose rows are the examples (logits)
 values) or their token pairs (attention scores), with per-example row offsets. Which axes of a field run over
 tokens, and what one row holds, is read off the terms with ``jax.eval_shape`` at two lengths: no table here
 names a term. `TeacherCache.attach` is a transform on the batch stream: it pads each batch's rows back to the
-batch's shape as ``Batch.teacher``, which the train step takes in place of the teacher's forward.
+batch's shape as ``Batch.teacher``, which the train step takes in place of the teacher's forward. On a split
+joined with a transfer set, a term that skips the variants (``AbstractTerm.on_variants`` false) has only the
+labelled examples stored; the variants' rows of its fields are zeros that weigh 0.
 
 On disk (``save`` / ``load``) a cache is a folder of ``.npy`` files, read memory-mapped, named by a key: a sha256
 of the teacher's weights and config, the tokenized split (so the tokenizer, ``max_length`` and the data file's
@@ -29,7 +31,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Int64
+from jaxtyping import Bool, Int64
 from tqdm import tqdm
 
 from ..batch import Batch, TeacherTargets
@@ -51,11 +53,13 @@ class TeacherCacheError(UserError):
 
 
 class Field(NamedTuple):
-    """One kept target of one term, as stored: the axes of an example's target that run over its tokens, and
-    the shape of one stored row (the target with those axes taken out)."""
+    """One kept target of one term, as stored: the axes of an example's target that run over its tokens, the
+    shape of one stored row (the target with those axes taken out), and whether a transfer set's variants are
+    stored too (``AbstractTerm.on_variants``) or only the labelled examples."""
 
     token_axes: tuple[int, ...]
     row_shape: tuple[int, ...]
+    on_variants: bool = True
 
 
 def _key(term: str, field: str) -> str:
@@ -77,6 +81,7 @@ def fields(teacher: AbstractSequenceClassifier, objective: Objective) -> dict[st
         return eqx.filter_eval_shape(_kept, teacher, batch, objective)
 
     short, long = (shapes(seq) for seq in _PROBE_LENGTHS)
+    terms = {term.name: term for term in objective.terms}
     layout = {}
     for term, kept in short.items():
         for field, value in kept.items():
@@ -85,12 +90,16 @@ def fields(teacher: AbstractSequenceClassifier, objective: Objective) -> dict[st
             if any(example[i] != _PROBE_LENGTHS[0] for i in axes):
                 raise ValueError(f"term {term!r} keeps {field!r} with an axis that grows with the length but is not "
                                  f"a token axis: shapes {example} and {other}")
-            layout[_key(term, field)] = Field(axes, tuple(d for i, d in enumerate(example) if i not in axes))
+            row_shape = tuple(d for i, d in enumerate(example) if i not in axes)
+            layout[_key(term, field)] = Field(axes, row_shape, terms[term].on_variants)
     return layout
 
 
-def _rows_per_example(field: Field, lengths: Int64[np.ndarray, " examples"]) -> Int64[np.ndarray, " examples"]:
-    return lengths ** len(field.token_axes)
+def _rows_per_example(
+    field: Field, lengths: Int64[np.ndarray, " examples"], labelled: Bool[np.ndarray, " examples"] | None
+) -> Int64[np.ndarray, " examples"]:
+    rows = lengths ** len(field.token_axes)
+    return rows if field.on_variants or labelled is None else rows * labelled
 
 
 def _to_rows(field: Field, target: np.ndarray, n: int) -> np.ndarray:
@@ -101,20 +110,27 @@ def _to_rows(field: Field, target: np.ndarray, n: int) -> np.ndarray:
 
 
 def _from_rows(field: Field, rows: np.ndarray, n: int, seq: int) -> np.ndarray:
-    """The inverse of `_to_rows`: the example's target, float32, zero-padded to ``seq`` tokens."""
+    """The inverse of `_to_rows`: the example's target, float32, zero-padded to ``seq`` tokens (all zeros for a
+    variant the field does not store)."""
     k = len(field.token_axes)
-    padded = np.zeros((seq,) * k + rows.shape[1:], np.float32)
-    padded[(slice(0, n),) * k] = rows.reshape((n,) * k + rows.shape[1:])
+    padded = np.zeros((seq,) * k + tuple(field.row_shape), np.float32)
+    if len(rows):
+        padded[(slice(0, n),) * k] = rows.reshape((n,) * k + rows.shape[1:])
     return np.moveaxis(padded, tuple(range(k)), field.token_axes)
 
 
 def field_bytes(
-    teacher: AbstractSequenceClassifier, objective: Objective, lengths: Int64[np.ndarray, " examples"], dtype: str
+    teacher: AbstractSequenceClassifier,
+    objective: Objective,
+    lengths: Int64[np.ndarray, " examples"],
+    dtype: str,
+    labelled: Bool[np.ndarray, " examples"] | None = None,
 ) -> dict[str, int]:
-    """The bytes each stored field takes for examples of these token ``lengths``, before building anything."""
+    """The bytes each stored field takes for examples of these token ``lengths`` (``labelled``: of a split
+    joined with a transfer set), before building anything."""
     itemsize = DTYPES[dtype].itemsize
     return {
-        name: int(_rows_per_example(field, lengths).sum()) * int(np.prod(field.row_shape)) * itemsize
+        name: int(_rows_per_example(field, lengths, labelled).sum()) * int(np.prod(field.row_shape)) * itemsize
         for name, field in fields(teacher, objective).items()
     }
 
@@ -144,6 +160,8 @@ def cache_key(teacher: AbstractSequenceClassifier, split: TokenizedSplit, object
         digest.update(np.ascontiguousarray(array).tobytes())
     for array in (split.token_ids, split.token_type_ids, split.offsets):
         digest.update(np.ascontiguousarray(array).tobytes())
+    if split.labelled is not None:
+        digest.update(np.ascontiguousarray(split.labelled).tobytes())
     return digest.hexdigest()
 
 
@@ -152,14 +170,20 @@ class TeacherCache:
     a flat ``(rows, *row_shape)`` array, its layout, and per-example row offsets ``(examples + 1,)``."""
 
     def __init__(
-        self, lengths: np.ndarray, arrays: Mapping[str, np.ndarray], layout: Mapping[str, Field], key: str = ""
+        self,
+        lengths: np.ndarray,
+        arrays: Mapping[str, np.ndarray],
+        layout: Mapping[str, Field],
+        key: str = "",
+        labelled: np.ndarray | None = None,
     ) -> None:
         self.lengths = np.asarray(lengths, np.int64)
+        self.labelled = None if labelled is None else np.asarray(labelled, np.bool_)
         self.arrays = dict(arrays)
         self.layout = dict(layout)
         self.key = key
         self.offsets = {
-            name: np.concatenate([[0], np.cumsum(_rows_per_example(self.layout[name], self.lengths))])
+            name: np.concatenate([[0], np.cumsum(_rows_per_example(self.layout[name], self.lengths, self.labelled))])
             for name in self.arrays
         }
         for name, array in self.arrays.items():
@@ -210,6 +234,8 @@ class TeacherCache:
                     f.flush()
                     os.fsync(f.fileno())
             np.save(partial / "lengths.npy", self.lengths)
+            if self.labelled is not None:
+                np.save(partial / "labelled.npy", self.labelled)
             meta = {
                 "key": self.key,
                 "fields": {name: self.layout[name]._asdict() for name in self.arrays},
@@ -230,8 +256,9 @@ class TeacherCache:
             if meta["dtypes"][name] == "bfloat16":
                 array = array.view(DTYPES["bfloat16"])
             arrays[name] = array
-            layout[name] = Field(tuple(field["token_axes"]), tuple(field["row_shape"]))
-        return cls(np.load(folder / "lengths.npy"), arrays, layout, meta["key"])
+            layout[name] = Field(tuple(field["token_axes"]), tuple(field["row_shape"]), field["on_variants"])
+        labelled = np.load(folder / "labelled.npy") if (folder / "labelled.npy").exists() else None
+        return cls(np.load(folder / "lengths.npy"), arrays, layout, meta["key"], labelled)
 
 
 def _kept(teacher: AbstractSequenceClassifier, batch: Batch, objective: Objective) -> TeacherTargets:
@@ -276,7 +303,7 @@ def teacher_cache(
             f"the loss terms {objective.names} read nothing of the teacher; there is nothing to cache"
         )
     layout = fields(teacher, objective)
-    sizes = field_bytes(teacher, objective, split.lengths, dtype)
+    sizes = field_bytes(teacher, objective, split.lengths, dtype, split.labelled)
     total = sum(sizes.values())
     log(f"teacher cache ({dtype}, {len(split)} examples): "
         + ", ".join(f"{name} {_gib(n)}" for name, n in sizes.items()) + f"; total {_gib(total)}")
@@ -293,10 +320,11 @@ def teacher_cache(
         return TeacherCache.load(target)
     # One inference pass in length-sorted batches, each padded to its bucket, on the run's devices (``place``).
     arrays = {
-        name: np.zeros((int(_rows_per_example(field, split.lengths).sum()), *field.row_shape), DTYPES[dtype])
+        name: np.zeros((int(_rows_per_example(field, split.lengths, split.labelled).sum()), *field.row_shape),
+                       DTYPES[dtype])
         for name, field in layout.items()
     }
-    cache = TeacherCache(split.lengths, arrays, layout, key)
+    cache = TeacherCache(split.lengths, arrays, layout, key, split.labelled)
     started = time.perf_counter()
     # The pass costs about the teacher's share of one epoch (minutes on a CPU), so it shows progress.
     batches = tqdm(_length_sorted_batches(split, batch_size, buckets), total=-(-len(split) // batch_size),
@@ -307,7 +335,8 @@ def teacher_cache(
             term, kept = _split_key(name)
             field, offsets, value = layout[name], cache.offsets[name], np.asarray(targets[term][kept])
             for row, i in enumerate(indices):
-                store[offsets[i] : offsets[i + 1]] = _to_rows(field, value[row], int(cache.lengths[i]))
+                if offsets[i + 1] > offsets[i]:
+                    store[offsets[i] : offsets[i + 1]] = _to_rows(field, value[row], int(cache.lengths[i]))
     seconds = time.perf_counter() - started
     log(f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s, compiling included)")
     if target is not None:

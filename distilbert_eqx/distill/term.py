@@ -42,6 +42,10 @@ class AbstractTerm(eqx.Module):
     projects_student: ClassVar[bool] = False
     # TinyBERT's second stage trains the prediction layer's terms alone.
     prediction_layer: ClassVar[bool] = False
+    # Whether it is computed on a transfer set's variants too (Batch.labelled 0), not only on the labelled rows:
+    # a term that reads the labels cannot be, and one whose teacher targets are per token would multiply the
+    # teacher-output cache by the pool's size, so only the per-example ones are (KL's logits, PKD's [CLS]).
+    on_variants: ClassVar[bool] = False
     # The flat config keys that spell this term in the original experiment's style, mapped to its fields; the
     # first is its weight (`alpha_kl: weight`). Empty for a term only a `loss:` list can name.
     shorthand: ClassVar[Mapping[str, str]] = {}

@@ -76,6 +76,7 @@ class KL(AbstractTerm):
     title: ClassVar[str] = "KL"
     prediction_layer: ClassVar[bool] = True
     shorthand: ClassVar[dict[str, str]] = {"alpha_kl": "weight", "temperature": "temperature"}
+    on_variants: ClassVar[bool] = True
 
     weight: float = eqx.field(static=True, default=0.45)
     temperature: float = eqx.field(static=True, default=2.0)

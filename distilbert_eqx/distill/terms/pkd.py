@@ -39,6 +39,7 @@ class PKD(AbstractTerm):
     title: ClassVar[str] = "PKD [CLS] MSE"
     outputs: ClassVar[tuple[str, ...]] = ("output_hidden_states",)
     projects_student: ClassVar[bool] = True
+    on_variants: ClassVar[bool] = True
 
     weight: float = eqx.field(static=True, default=100.0)
     layer_map: LayerMapSetting = eqx.field(static=True, default="uniform")
