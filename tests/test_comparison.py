@@ -488,6 +488,9 @@ time.sleep(60)
 
 def test_ctrl_c_passes_one_sigint_to_the_run_and_waits_for_it(tmp_path, capsys):
     saved, ready = tmp_path / "saved", tmp_path / "ready"
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: install the
+    # default handler (KeyboardInterrupt) so the test does not depend on how pytest was started.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def press_ctrl_c():
         while not ready.exists():
@@ -495,8 +498,11 @@ def test_ctrl_c_passes_one_sigint_to_the_run_and_waits_for_it(tmp_path, capsys):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        compare.launch([sys.executable, "-c", CHILD, str(saved), str(ready)])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compare.launch([sys.executable, "-c", CHILD, str(saved), str(ready)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert saved.read_text() == "checkpoint saved"
     assert "rerun this command to continue" in capsys.readouterr().err
 
