@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ._types import ComputeDtype
-from .errors import UserError
+from .errors import UserError, decode_utf8
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
@@ -275,7 +275,19 @@ def _increasing(values: tuple[int, ...]) -> bool:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but reading ``1e-5`` as a float (YAML 1.2) rather than the string ``"1e-5"``."""
+    """PyYAML's safe loader, but reading ``1e-5`` as a float (YAML 1.2) rather than the string ``"1e-5"``, and
+    refusing a key given twice, which PyYAML would silently resolve to the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in lines:
+                raise ConfigError(f"key {key!r} appears twice, on lines {lines[key]} and {line}; keep one")
+            if isinstance(key, typing.Hashable):
+                lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -331,14 +343,21 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     """Read a flat YAML mapping of config keys (or start from defaults when ``path`` is None), then apply
     ``key=value`` overrides in order.
 
-    Raises ``ConfigError`` for an unreadable file, a non-mapping document, an unknown key (listing the valid
-    ones), a malformed override, or an invalid value.
+    Raises ``ConfigError`` for an unreadable or non-UTF-8 file, a non-mapping document, a key given twice, an
+    unknown key (listing the valid ones), a malformed override, or an invalid value.
     """
     values: dict[str, object] = {}
     if path is not None:
         try:
-            document = _parse_yaml(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
+        text = decode_utf8(data, str(path), ConfigError)
+        try:
+            document = _parse_yaml(text)
+        except ConfigError as e:  # a key given twice
+            raise ConfigError(f"config file {str(path)!r}: {e}") from None
+        except yaml.YAMLError as e:
             raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
         if document is not None and not isinstance(document, Mapping):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {document!r}")

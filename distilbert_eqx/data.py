@@ -18,7 +18,7 @@ import numpy as np
 import tokenizers
 from jaxtyping import Bool, Float32, Int32, Int64
 
-from .errors import UserError
+from .errors import UserError, decode_utf8
 
 if TYPE_CHECKING:
     from .teacher_cache import TeacherCache
@@ -131,15 +131,14 @@ def read_glue_tsv(path: str | Path, name: str) -> TextSplit:
     """Read a GLUE SST-2 TSV file (header ``sentence<TAB>label``, labels 0/1) as split ``name``.
 
     Raises ``DataError`` naming the file and line for a missing or empty file, a wrong header, a wrong column
-    count or a label outside {0, 1}.
+    count, a label outside {0, 1}, an empty sentence or a byte that is not UTF-8.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError as e:
         raise DataError(f"{path} not found; expected a GLUE TSV with header 'sentence<TAB>label'") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: {e}") from e
+    text = decode_utf8(data, str(path), DataError)
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -161,6 +160,9 @@ def read_glue_tsv(path: str | Path, name: str) -> TextSplit:
         sentence, label = fields
         if label.strip() not in ("0", "1"):
             raise DataError(f"{path}:{line_number}: label {label!r} is not 0 or 1")
+        # An empty sentence would train on [CLS] [SEP] alone with a label it cannot support.
+        if not sentence.strip():
+            raise DataError(f"{path}:{line_number}: the sentence is empty")
         sentences.append(sentence)
         labels.append(int(label))
     if not sentences:

@@ -7,3 +7,15 @@ traceback. Each subclasses ``ValueError`` too, so callers that caught ``ValueErr
 
 class UserError(ValueError):
     """Base of every error whose message tells the user what to change."""
+
+
+def decode_utf8(data: bytes, where: str, error_cls: type[UserError]) -> str:
+    """``data`` as UTF-8 text (a leading BOM dropped), or ``error_cls`` naming the line of the first bad byte:
+    a user finds a line in an editor, not a byte offset."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        byte = data[e.start : e.start + 1]
+        message = f"{where}:{line}: not UTF-8 text (byte {byte!r} on line {line}); save it as UTF-8"
+        raise error_cls(message) from None

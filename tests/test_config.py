@@ -178,6 +178,20 @@ def test_non_mapping_file(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 16\nseed: 1\nbatch_size: 32\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml'.*key 'batch_size' appears twice, on lines 1 and 3"):
+        load_config(path)
+
+
+def test_a_non_utf8_byte_names_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\njob_name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: not UTF-8 text"):
+        load_config(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.yaml")

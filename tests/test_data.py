@@ -126,6 +126,8 @@ def test_unknown_split(tmp_path):
         ("sentence\tlabel\na\t2\n", r"dev\.tsv:2: label '2' is not 0 or 1"),
         ("sentence\tlabel\na\tpositive\n", r"dev\.tsv:2: label 'positive' is not 0 or 1"),
         ("sentence\tlabel\na\t\n", r"dev\.tsv:2: label '' is not 0 or 1"),
+        ("sentence\tlabel\na\t0\n\t1\n", r"dev\.tsv:3: the sentence is empty"),
+        ("sentence\tlabel\na\t0\n  \t1\n", r"dev\.tsv:3: the sentence is empty"),
     ],
 )
 def test_bad_tsv_names_file_and_line(tmp_path, content, expected):
@@ -138,8 +140,8 @@ def test_bad_tsv_names_file_and_line(tmp_path, content, expected):
 
 def test_non_utf8_file(tmp_path):
     path = tmp_path / "dev.tsv"
-    path.write_bytes(b"sentence\tlabel\n\xff\t0\n")
-    with pytest.raises(DataError, match=r"dev\.tsv is not UTF-8"):
+    path.write_bytes(b"sentence\tlabel\ngood\t1\nbad \xff\t0\n")
+    with pytest.raises(DataError, match=r"dev\.tsv:3: not UTF-8 text \(byte b'\\xff' on line 3\)"):
         read_glue_tsv(path, "dev")
 
 
