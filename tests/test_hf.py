@@ -80,6 +80,21 @@ def test_base_model_checkpoint_gets_fresh_head(tmp_path, caplog):
     assert ours.classifier.weight.shape == (3, 32)
 
 
+def test_a_missing_head_is_refused_where_it_would_make_the_outputs_meaningless(tmp_path):
+    tiny_hf("bert").bert.save_pretrained(tmp_path)
+    message = r"no classification head \(classifier\.weight, classifier\.bias are missing\), and a fresh"
+    with pytest.raises(de.CheckpointError, match=message + r" random head would make the teacher's logits"):
+        de.from_pretrained(tmp_path, refuse_fresh_head="the teacher's logits noise")
+
+
+def test_a_truncated_safetensors_file_is_a_checkpoint_error(tmp_path):
+    tiny_hf("distilbert").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(de.CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
+        de.from_pretrained(tmp_path)
+
+
 def test_masked_lm_distilbert_loads_for_classification(tmp_path):
     """distilbert-base-uncased is a masked-LM checkpoint: its vocab_* head is skipped, the classifier is new."""
     torch.manual_seed(0)
