@@ -18,6 +18,7 @@ import numpy as np
 import tokenizers
 from jaxtyping import Bool, Float32, Int32, Int64
 
+from . import hub
 from .errors import UserError, decode_utf8
 
 if TYPE_CHECKING:
@@ -177,7 +178,22 @@ def _load_hub_split(dataset_id: str, split: str) -> TextSplit:
 
     path, _, config_name = dataset_id.rpartition("/")
     hub_split = _HUB_SPLITS[split]
-    rows = datasets.load_dataset(path, config_name, split=hub_split)
+
+    def unavailable(why: str) -> DataError:
+        return DataError(
+            f"data_dir is null, so SST-2 comes from the hub ({dataset_id!r}), which cannot be reached "
+            f"({why}): set data_dir to a folder of GLUE SST-2 TSVs (train.tsv, dev.tsv, test.tsv)"
+        )
+
+    why = hub.unreachable()
+    if why is not None and not hub.offline():
+        raise unavailable(why)
+    try:
+        rows = datasets.load_dataset(path, config_name, split=hub_split)
+    except Exception as e:  # offline, `datasets` reads its cache; a miss has no common error class
+        if why is None:
+            raise
+        raise unavailable(f"{why}, and it is not in the cache") from e
     sentences = tuple(rows["sentence"])
     labels = np.asarray(list(rows["label"]), np.int64)
     where = f"hub dataset {dataset_id!r} split {hub_split!r}"
@@ -220,12 +236,22 @@ def load_tokenizer(name_or_path: str, max_length: int) -> SentenceTokenizer:
     # Imported here: transformers takes seconds to import and only tokenisation needs it.
     import transformers
 
+    why = hub.unreachable() if hub.is_hub_id(name_or_path) else None
     try:
-        wrapper = transformers.AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+        wrapper = transformers.AutoTokenizer.from_pretrained(
+            name_or_path, use_fast=True, local_files_only=why is not None
+        )
     except OSError as e:
+        if why is not None:
+            raise DataError(
+                f"tokenizer_name={name_or_path!r} is neither a local folder nor in the hub cache, and the "
+                f"hub cannot be reached ({why}): set tokenizer_name to a local folder holding tokenizer.json"
+            ) from e
+        # One line: the scripts print a user error as one line, and transformers' messages run to several.
+        reason = " ".join(str(e).split())
         raise DataError(
-            f"cannot load tokenizer {name_or_path!r}: {e}\nWithout hub access, set tokenizer_name to a local "
-            "folder holding tokenizer.json"
+            f"cannot load tokenizer {name_or_path!r}: {reason} (without hub access, set tokenizer_name to a "
+            "local folder holding tokenizer.json)"
         ) from e
     if wrapper.pad_token_id is None:
         raise DataError(f"tokenizer {name_or_path!r} has no pad token")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from . import hub
 from ._types import ComputeDtype
 from .checkpoint import atomic_replace_dir, temp_sibling
 from .errors import UserError
@@ -49,6 +50,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 class CheckpointError(UserError):
     """A checkpoint folder or its tensors do not match what the model expects."""
+
+
+class HubUnavailable(CheckpointError):
+    """A hub id was given, but the hub cannot be reached and the id is not in the local cache."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +210,14 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         raise CheckpointError(f"checkpoint path {text!r} is not a folder (expected a folder with config.json)")
     from huggingface_hub import list_repo_files, snapshot_download
 
+    if (why := hub.unreachable()) is not None:
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except Exception as e:  # the hub client's "not in the cache" errors have no common base
+            raise HubUnavailable(
+                f"{text!r} is neither a local folder nor in the hub cache, and the hub cannot be reached "
+                f"({why})"
+            ) from e
     files = list_repo_files(text)
     patterns = ["*.json", "*.txt"]
     patterns += ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model.bin"]
