@@ -80,6 +80,7 @@ class ExperimentConfig:
     keep_top_k_checkpoints: int = 2
     output_dir: str = "runs/distill_sst2"
     # Additions of this codebase
+    overwrite_output_dir: bool = False
     data_dir: str | None = None
     max_steps: int = 0
     num_devices: int = 1

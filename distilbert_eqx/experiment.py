@@ -8,6 +8,7 @@ before anything is written to ``output_dir``.
 
 import contextlib
 import functools
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,7 @@ from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
 from .objective import LossConfig
-from .run_lock import OutputDirLock
+from .run_lock import LOCK_FILE, OutputDirLock, check_free
 from .teacher_cache import TeacherCache, teacher_cache
 from .train import Steps, init_state, make_optimizer, single_device_steps
 
@@ -73,6 +74,36 @@ def _check_vocabularies(tokenizer_vocab: int, **models: AbstractSequenceClassifi
     for name, size in sizes.items():
         if tokenizer_vocab > size:
             raise DataError(f"the tokenizer has {tokenizer_vocab} tokens but the {name} embeds only {size}")
+
+
+def check_before_writing(config: ExperimentConfig) -> None:
+    """What would destroy work in ``output_dir``, mix two runs, or fail after files were written, refused
+    before anything is: an ``output_dir`` that is a file or in use, one that holds a run neither resumed nor
+    overwritten (``overwrite_output_dir``, as in Hugging Face Trainer), a resume without a checkpoint, and
+    ``use_wandb`` without wandb."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={config.output_dir!r} is a file; expected a folder or a new path")
+    check_free(out)
+    if config.use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            'use_wandb=true, but wandb is not installed: pip install -e ".[wandb]", or set use_wandb=false'
+        )
+    checkpoints = out / "checkpoints"
+    if config.resume_from_checkpoint:
+        if CheckpointManager(checkpoints, 1, is_writer=False).latest() is None:
+            raise ConfigError(
+                f"resume_from_checkpoint=true, but no valid checkpoint found in {checkpoints}; check "
+                "output_dir, or set resume_from_checkpoint=false to start a new run"
+            )
+        return
+    found = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
+    if found and not config.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {out} already holds a run ({', '.join(found)}); starting again would delete its "
+            "checkpoints and metrics: set resume_from_checkpoint=true to continue it, or "
+            "overwrite_output_dir=true to replace it"
+        )
 
 
 def _start_devices(config: ExperimentConfig):
@@ -356,14 +387,15 @@ def train_model(
     if config.use_wandb:
         wandb = {"project": config.project_name, "name": config.job_name, "group": config.experiment_name,
                  "config": config_to_dict(config)}
+    # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
+    cache = _teacher_cache(config, teacher, train_split, losses, steps, buckets)
+    if cache is not None:
+        teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
     # Only the writing process holds the folder: the others write nothing into it.
     lock = OutputDirLock(out) if steps.is_writer else contextlib.nullcontext()
     with lock:
         if steps.is_writer:
             atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
-        cache = _teacher_cache(config, teacher, train_split, losses, steps, buckets)
-        if cache is not None:
-            teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
         return fit(
             init_state(
                 model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection
@@ -391,8 +423,10 @@ def train_model(
 def _prepare(
     config: ExperimentConfig,
 ) -> tuple[Any, SentenceTokenizer, dict[str, TokenizedSplit], jax.Array, jax.Array]:
-    """What every training run starts with: the devices (first of all), the tokenizer, the train and dev
-    splits, and the initialisation and training keys drawn from ``seed``."""
+    """What every training run starts with: the checks that need no model, the devices (first of everything
+    that touches JAX), the tokenizer, the train and dev splits, and the initialisation and training keys drawn
+    from ``seed``."""
+    check_before_writing(config)
     make_steps = _start_devices(config)
     tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
     splits = load_splits(config, ("train", "dev"), tokenizer)

@@ -280,6 +280,9 @@ def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume
 def run_command(comparison: Comparison, run: Run, extra: Sequence[str], status: str) -> list[str]:
     script = EXPERIMENTS / SCRIPTS[comparison.script][0]
     overrides = run_overrides(comparison, run, extra, resume=status == RESUMABLE)
+    if status == NEW and run.output_dir.exists():
+        # A new run starts afresh: what an earlier try left without a checkpoint is replaced, not refused.
+        overrides.append("overwrite_output_dir=true")
     return [sys.executable, str(script), "--config", comparison.config, "--set", *overrides]
 
 

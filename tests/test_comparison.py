@@ -259,6 +259,11 @@ def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
         "alpha_kl=0", "alpha_cos=0", "data_dir=/data", "seed=2", f"output_dir={root / 'labels_only/seed2'}",
         "job_name=labels_only-seed2",
     ]
+    # A new run whose folder an earlier try left without a checkpoint starts afresh over it.
+    (root / "original/seed2").mkdir(parents=True)
+    (root / "original/seed2/metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    plan = compare.main([str(path), "--dry-run", "--seeds", "2", "--only", "original"])
+    assert (plan["runs"][0]["status"], plan["runs"][0]["command"][-1]) == ("new", "overwrite_output_dir=true")
     out = capsys.readouterr().out
     assert "labels_only seed 1: finished\noriginal seed 1: resumable\n" in out
     only = compare.main([str(path), "--dry-run", "--only", "original"])

@@ -53,6 +53,7 @@ ORIGINAL = {
 }
 
 ADDITIONS = {
+    "overwrite_output_dir": False,
     "data_dir": None,
     "max_steps": 0,
     "num_devices": 1,

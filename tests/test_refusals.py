@@ -1,0 +1,100 @@
+"""What the scripts refuse before writing anything: each case is one ``error:`` line on stderr, exit status 2, and
+an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from distilbert_eqx.cli import run_script
+from helpers import REPO, make_workspace
+
+sys.path.insert(0, str(REPO / "experiments"))
+import distill_sst2
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("refusals"), {"train": 16, "dev": 8})
+
+
+def settings(workspace: Path, out: Path, **overrides) -> list[str]:
+    values = {
+        "data_dir": workspace / "data", "tokenizer_name": workspace / "teacher",
+        "teacher_model": workspace / "teacher", "student_init_layers": "[0]", "max_steps": 2, "batch_size": 8,
+        "dtype": "float32", "max_length": 64, "output_dir": out, **overrides,
+    }
+    return ["--set", *(f"{k}={v}" for k, v in values.items())]
+
+
+def refused(main, args: list[str], capsys) -> str:
+    """The one line a script prints for a refusal, after checking its exit status."""
+    capsys.readouterr()
+    status = run_script(main, args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (status, lines)
+    return lines[0]
+
+
+def test_an_output_dir_that_is_a_file(workspace, tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    message = refused(distill_sst2.main, settings(workspace, out), capsys)
+    assert f"output_dir={str(out)!r} is a file" in message
+    assert out.read_text() == "mine"
+
+
+def fake_run(out: Path) -> dict[str, bytes]:
+    """A folder as an interrupted run leaves it: a checkpoint, a log, a config. Returns its files' contents."""
+    (out / "checkpoints/step_00000002").mkdir(parents=True)
+    (out / "checkpoints/step_00000002/meta.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 2, "loss": 0.69}\n')
+    (out / "config.json").write_text("{}")
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def contents(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_neither_deleted_nor_mixed_into(workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    before = fake_run(out)
+    message = refused(distill_sst2.main, settings(workspace, out), capsys)
+    assert f"output_dir {out} already holds a run (checkpoints, config.json, metrics.jsonl)" in message
+    assert "resume_from_checkpoint=true" in message and "overwrite_output_dir=true" in message
+    assert contents(out) == before
+
+
+def test_overwrite_output_dir_replaces_the_run(workspace, tmp_path):
+    out = tmp_path / "run"
+    fake_run(out)
+    summary = distill_sst2.main(settings(workspace, out, overwrite_output_dir="true", log_every=1))
+    assert summary["steps"] == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert not (out / "checkpoints/step_00000002/meta.json").exists()
+
+
+def test_resuming_without_a_checkpoint(workspace, tmp_path, capsys):
+    out = tmp_path / "mistyped"
+    message = refused(distill_sst2.main, settings(workspace, out, resume_from_checkpoint="true"), capsys)
+    assert f"no valid checkpoint found in {out / 'checkpoints'}" in message
+    assert not out.exists()
+
+
+def test_use_wandb_without_wandb(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # importlib then finds no wandb, installed or not
+    out = tmp_path / "out"
+    message = refused(distill_sst2.main, settings(workspace, out, use_wandb="true"), capsys)
+    assert "use_wandb=true, but wandb is not installed" in message
+    assert not out.exists()
+
+
+def test_a_teacher_cache_over_its_limit_writes_nothing(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = settings(workspace, out, teacher_cache="memory", teacher_cache_max_gb=1e-9)
+    assert "over the limit" in refused(distill_sst2.main, args, capsys)
+    assert not out.exists()
