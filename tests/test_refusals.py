@@ -1,5 +1,5 @@
 """What the scripts refuse before writing anything: each case is one ``error:`` line on stderr, exit status 2, and
-an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows."""
+an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows; no training."""
 
 import json
 import shutil
@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 
 from distilbert_eqx.cli import run_script
 from helpers import REPO, make_workspace
 
 sys.path.insert(0, str(REPO / "experiments"))
 import distill_sst2
+import evaluate as evaluate_script
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +100,86 @@ def test_a_teacher_cache_over_its_limit_writes_nothing(workspace, tmp_path, caps
     args = settings(workspace, out, teacher_cache="memory", teacher_cache_max_gb=1e-9)
     assert "over the limit" in refused(distill_sst2.main, args, capsys)
     assert not out.exists()
+
+
+def test_student_init_layers_beyond_the_teacher(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    message = refused(distill_sst2.main, settings(workspace, out, student_init_layers="[0,5]"), capsys)
+    assert "student_init_layers=[0, 5] names teacher layer 5, but the teacher has 2 layers (0 to 1)" in message
+    assert not out.exists()
+
+
+def test_max_length_beyond_the_position_table(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    message = refused(distill_sst2.main, settings(workspace, out, max_length=256), capsys)
+    assert "max_length=256 is longer than the teacher's position table (max_position_embeddings=128)" in message
+    assert not out.exists()
+
+
+def test_a_teacher_without_its_head(workspace, tmp_path, capsys):
+    teacher = tmp_path / "base_model"
+    transformers.BertForSequenceClassification.from_pretrained(workspace / "teacher").bert.save_pretrained(teacher)
+    out = tmp_path / "out"
+    message = refused(distill_sst2.main, settings(workspace, out, teacher_model=teacher), capsys)
+    assert "has no classification head (classifier.weight, classifier.bias are missing)" in message
+    assert not out.exists()
+
+
+def test_a_tokenizer_of_the_same_size_with_other_tokens(workspace, tmp_path, capsys):
+    """Two ids swapped: the sizes agree, the vocabularies do not."""
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(workspace / "teacher", tokenizer)
+    document = json.loads((tokenizer / "tokenizer.json").read_text())
+    vocab = document["model"]["vocab"]
+    vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+    (tokenizer / "tokenizer.json").write_text(json.dumps(document))
+    out = tmp_path / "out"
+    message = refused(distill_sst2.main, settings(workspace, out, tokenizer_name=tokenizer), capsys)
+    assert f"tokenizer_name={str(tokenizer)!r} maps tokens to other ids than the tokenizer saved with" in message
+    assert "2 differ, e.g. 'bad'" in message and f"set tokenizer_name={str(workspace / 'teacher')!r}" in message
+    assert not out.exists()
+
+
+def test_a_hub_name_while_offline_names_the_key(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    message = refused(distill_sst2.main, settings(workspace, out, teacher_model="nobody/no-such-teacher"), capsys)
+    assert "teacher_model: 'nobody/no-such-teacher' is neither a local folder nor in the hub cache" in message
+    assert "set teacher_model to a local folder" in message
+    message = refused(distill_sst2.main, settings(workspace, out, tokenizer_name="nobody/no-such-tokenizer"), capsys)
+    assert "set tokenizer_name to a local folder holding tokenizer.json" in message
+    assert not out.exists()
+
+
+def test_the_offline_config_without_its_teacher_says_which_command_makes_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = REPO / "experiments/configs/sst2_minilm_offline.yaml"
+    message = refused(distill_sst2.main, ["--config", str(config)], capsys)
+    assert f"teacher_model='runs/minilm_teacher/best' is not a folder (relative paths are read from {tmp_path})" in message
+    assert "python experiments/finetune_teacher.py --config experiments/configs/finetune_minilm_sst2.yaml" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def evaluate_args(model: Path, workspace: Path) -> list[str]:
+    return ["--model", str(model), "--data-dir", str(workspace / "data"), "--max-length", "64"]
+
+
+def test_evaluate_on_a_run_folder_names_its_models(workspace, tmp_path, capsys):
+    run = tmp_path / "run"
+    fake_run(run)
+    shutil.copytree(workspace / "teacher", run / "best")
+    message = refused(evaluate_script.main, evaluate_args(run, workspace), capsys)
+    assert f"{run} is a training run's folder, not a model (it holds best/): pass its best/" in message
+
+
+def test_evaluate_refuses_a_truncated_checkpoint_and_a_missing_head(workspace, tmp_path, capsys):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(workspace / "teacher", truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    message = refused(evaluate_script.main, evaluate_args(truncated, workspace), capsys)
+    assert f"{weights} is not a readable safetensors file" in message
+    headless = tmp_path / "headless"
+    transformers.BertForSequenceClassification.from_pretrained(workspace / "teacher").bert.save_pretrained(headless)
+    message = refused(evaluate_script.main, evaluate_args(headless, workspace), capsys)
+    assert "has no classification head" in message and "a random classifier's" in message
