@@ -1,8 +1,8 @@
 """Whether the Hugging Face hub can be reached, decided at once.
 
-Without a network the hub clients retry for most of a minute before they fail (``transformers`` takes 46 s to
-give up on a tokenizer); a run that names a hub id where it meant a local folder should hear so at once, with the
-key to change.
+Without a network the hub clients retry for most of a minute before they fail (``transformers`` takes 46 s
+to give up on a tokenizer); a run that names a hub id where it meant a local folder should hear so at once,
+with the key to change.
 """
 
 import os
@@ -28,7 +28,7 @@ def offline() -> bool:
 
 def unreachable(timeout: float = 5.0) -> str | None:
     """Why the hub cannot be reached (``HF_HUB_OFFLINE``, or no connection to its endpoint within ``timeout``
-    seconds), or ``None`` when it can. Behind a proxy only the hub client knows the way, so nothing is probed."""
+    seconds), or ``None`` when it can. Behind a proxy only the hub client knows the way: nothing is probed."""
     if offline():
         return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(name) for name in _PROXIES):

@@ -1,5 +1,5 @@
-"""What the scripts refuse before writing anything: each case is one ``error:`` line on stderr, exit status 2, and
-an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows; no training."""
+"""What the scripts refuse before writing anything: each case is one ``error:`` line on stderr, exit status 2,
+and an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows."""
 
 import json
 import shutil
@@ -49,7 +49,7 @@ def test_an_output_dir_that_is_a_file(workspace, tmp_path, capsys):
 
 
 def fake_run(out: Path) -> dict[str, bytes]:
-    """A folder as an interrupted run leaves it: a checkpoint, a log, a config. Returns its files' contents."""
+    """A folder as an interrupted run leaves it: a checkpoint, a log, a config; its files' contents."""
     (out / "checkpoints/step_00000002").mkdir(parents=True)
     (out / "checkpoints/step_00000002/meta.json").write_text("{}")
     (out / "metrics.jsonl").write_text('{"step": 2, "loss": 0.69}\n')
@@ -105,20 +105,29 @@ def test_a_teacher_cache_over_its_limit_writes_nothing(workspace, tmp_path, caps
 def test_student_init_layers_beyond_the_teacher(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     message = refused(distill_sst2.main, settings(workspace, out, student_init_layers="[0,5]"), capsys)
-    assert "student_init_layers=[0, 5] names teacher layer 5, but the teacher has 2 layers (0 to 1)" in message
+    assert "student_init_layers=[0, 5] names teacher layer 5, but the teacher has 2 layers (0 to 1)" in (
+        message
+    )
     assert not out.exists()
 
 
 def test_max_length_beyond_the_position_table(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     message = refused(distill_sst2.main, settings(workspace, out, max_length=256), capsys)
-    assert "max_length=256 is longer than the teacher's position table (max_position_embeddings=128)" in message
+    assert "max_length=256 is longer than the teacher's position table (max_position_embeddings=128)" in (
+        message
+    )
     assert not out.exists()
+
+
+def base_model(workspace: Path) -> transformers.BertModel:
+    """The workspace teacher without its classification head (pooler kept), as a plain BertModel."""
+    return transformers.BertForSequenceClassification.from_pretrained(workspace / "teacher").bert
 
 
 def test_a_teacher_without_its_head(workspace, tmp_path, capsys):
     teacher = tmp_path / "base_model"
-    transformers.BertForSequenceClassification.from_pretrained(workspace / "teacher").bert.save_pretrained(teacher)
+    base_model(workspace).save_pretrained(teacher)
     out = tmp_path / "out"
     message = refused(distill_sst2.main, settings(workspace, out, teacher_model=teacher), capsys)
     assert "has no classification head (classifier.weight, classifier.bias are missing)" in message
@@ -135,18 +144,23 @@ def test_a_tokenizer_of_the_same_size_with_other_tokens(workspace, tmp_path, cap
     (tokenizer / "tokenizer.json").write_text(json.dumps(document))
     out = tmp_path / "out"
     message = refused(distill_sst2.main, settings(workspace, out, tokenizer_name=tokenizer), capsys)
-    assert f"tokenizer_name={str(tokenizer)!r} maps tokens to other ids than the tokenizer saved with" in message
-    assert "2 differ, e.g. 'bad'" in message and f"set tokenizer_name={str(workspace / 'teacher')!r}" in message
+    assert f"tokenizer_name={str(tokenizer)!r} maps tokens to other ids than the tokenizer saved with" in (
+        message
+    )
+    assert "2 differ, e.g. 'bad'" in message
+    assert f"set tokenizer_name={str(workspace / 'teacher')!r}" in message
     assert not out.exists()
 
 
 def test_a_hub_name_while_offline_names_the_key(workspace, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"
-    message = refused(distill_sst2.main, settings(workspace, out, teacher_model="nobody/no-such-teacher"), capsys)
+    args = settings(workspace, out, teacher_model="nobody/no-such-teacher")
+    message = refused(distill_sst2.main, args, capsys)
     assert "teacher_model: 'nobody/no-such-teacher' is neither a local folder nor in the hub cache" in message
     assert "set teacher_model to a local folder" in message
-    message = refused(distill_sst2.main, settings(workspace, out, tokenizer_name="nobody/no-such-tokenizer"), capsys)
+    args = settings(workspace, out, tokenizer_name="nobody/no-such-tokenizer")
+    message = refused(distill_sst2.main, args, capsys)
     assert "set tokenizer_name to a local folder holding tokenizer.json" in message
     assert not out.exists()
 
@@ -155,8 +169,10 @@ def test_the_offline_config_without_its_teacher_says_which_command_makes_it(tmp_
     monkeypatch.chdir(tmp_path)
     config = REPO / "experiments/configs/sst2_minilm_offline.yaml"
     message = refused(distill_sst2.main, ["--config", str(config)], capsys)
-    assert f"teacher_model='runs/minilm_teacher/best' is not a folder (relative paths are read from {tmp_path})" in message
-    assert "python experiments/finetune_teacher.py --config experiments/configs/finetune_minilm_sst2.yaml" in message
+    where = f"(relative paths are read from {tmp_path})"
+    assert f"teacher_model='runs/minilm_teacher/best' is not a folder {where}" in message
+    command = "python experiments/finetune_teacher.py --config experiments/configs/finetune_minilm_sst2.yaml"
+    assert command in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -180,6 +196,6 @@ def test_evaluate_refuses_a_truncated_checkpoint_and_a_missing_head(workspace, t
     message = refused(evaluate_script.main, evaluate_args(truncated, workspace), capsys)
     assert f"{weights} is not a readable safetensors file" in message
     headless = tmp_path / "headless"
-    transformers.BertForSequenceClassification.from_pretrained(workspace / "teacher").bert.save_pretrained(headless)
+    base_model(workspace).save_pretrained(headless)
     message = refused(evaluate_script.main, evaluate_args(headless, workspace), capsys)
     assert "has no classification head" in message and "a random classifier's" in message
