@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from ._types import ComputeDtype
 from .errors import UserError, decode_utf8
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
@@ -28,7 +27,9 @@ LAYER_ALPHAS = ("alpha_hidden", "alpha_attention_scores", "alpha_attention_kl", 
 TEACHER_CACHES = ("off", "memory", "disk")
 STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
-_DTYPES = ("float32", "bfloat16")
+_DTYPES = ("auto", "float32", "bfloat16")
+# "auto": the experiment picks float32 on a CPU, bfloat16 on an accelerator.
+ConfigDtype = typing.Literal["auto", "float32", "bfloat16"]
 
 
 class ConfigError(UserError):
@@ -39,11 +40,11 @@ class ConfigError(UserError):
 class ExperimentConfig:
     """Every parameter of a distillation run, type-checked and validated on construction.
 
-    Fields hold canonical values (``dtype`` is ``"float32"`` or ``"bfloat16"``, sequences are tuples, floats are
-    floats); :func:`config_from_dict` and :func:`load_config` also accept the YAML spellings (the original's
-    ``"jax.bfloat16"``, lists, ints for floats). ``length_buckets``, when given, must be strictly increasing and
-    end exactly at ``max_length``: every truncated example then fits the last bucket, and no bucket is longer
-    than an example can be.
+    Fields hold canonical values (``dtype`` is ``"auto"``, ``"float32"`` or ``"bfloat16"``, sequences are
+    tuples, floats are floats); :func:`config_from_dict` and :func:`load_config` also accept the YAML
+    spellings (the original's ``"jax.bfloat16"``, lists, ints for floats). ``length_buckets``, when given,
+    must be strictly increasing and end exactly at ``max_length``: every truncated example then fits the last
+    bucket, and no bucket is longer than an example can be.
     """
 
     # Dataset
@@ -53,7 +54,7 @@ class ExperimentConfig:
     # Model
     teacher_model: str = "textattack/bert-base-uncased-SST-2"
     student_model: str = "distilbert-base-uncased"
-    dtype: ComputeDtype = "bfloat16"
+    dtype: ConfigDtype = "auto"
     # Training
     learning_rate: float = 1e-5
     batch_size: int = 32
@@ -172,8 +173,10 @@ def _is_instance(value: object, cls: type) -> bool:
     return isinstance(value, cls) and (cls is bool or not isinstance(value, bool))
 
 
-def _normalise_dtype(dtype: str) -> ComputeDtype:
-    """Accept ``float32``/``bfloat16`` and the original's ``jax.bfloat16``/``jnp.bfloat16`` spellings."""
+def _normalise_dtype(dtype: str) -> ConfigDtype:
+    """Accept ``auto``, ``float32``, ``bfloat16`` and the original's ``jax.bfloat16``/``jnp.bfloat16``."""
+    if dtype == "auto":
+        return "auto"
     name = dtype
     for prefix in _DTYPE_PREFIXES:
         name = name.removeprefix(prefix)

@@ -7,6 +7,7 @@ before anything is written to ``output_dir``.
 """
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from . import host_memory, hub
+from ._types import ComputeDtype
 from .checkpoint import CheckpointManager, atomic_write_text
 from .config import LAYER_ALPHAS, STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
 from .data import (
@@ -509,6 +511,22 @@ def train_model(
         )
 
 
+def compute_dtype(dtype: str, backend: str) -> ComputeDtype:
+    """The config's ``dtype``, with ``auto`` resolved for ``backend``: float32 on a CPU, where XLA's bfloat16
+    is slower than its float32 (docs/performance.md), bfloat16 on an accelerator."""
+    if dtype == "auto":
+        return "float32" if backend == "cpu" else "bfloat16"
+    return "bfloat16" if dtype == "bfloat16" else "float32"
+
+
+def _resolve_dtype(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with ``dtype`` resolved for the run's backend (config.json records it), said at start-up."""
+    backend = config.platform or jax.default_backend()
+    dtype = compute_dtype(config.dtype, backend)
+    print(f"dtype: {dtype}" + (f" (auto on {backend})" if config.dtype == "auto" else ""))
+    return dataclasses.replace(config, dtype=dtype)
+
+
 def _prepare(
     config: ExperimentConfig, *, teacher: bool
 ) -> tuple[Any, SentenceTokenizer, dict[str, TokenizedSplit], jax.Array, jax.Array]:
@@ -545,7 +563,7 @@ def random_student_from_config(
         intermediate_size=config.student_intermediate_size or t.intermediate_size,
         num_labels=t.num_labels,
         key=key,
-        compute_dtype=config.dtype,
+        compute_dtype=compute_dtype(config.dtype, config.platform or jax.default_backend()),
     )
 
 
@@ -553,6 +571,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
     """Distil ``teacher_model`` into a student (built at random from the ``student_*`` shape keys, built from
     the teacher's ``student_init_layers``, or loaded from ``student_model``) on SST-2, as ``config`` says."""
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config, teacher=True)
+    config = _resolve_dtype(config)
     with _hub_key("teacher_model", config.teacher_model):
         teacher = from_pretrained(
             config.teacher_model, dtype=config.dtype,
@@ -603,6 +622,7 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
             f"(got alpha_ce={config.alpha_ce}, {others or 'no other weight'})"
         )
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config, teacher=False)
+    config = _resolve_dtype(config)
     with _hub_key("teacher_model", config.teacher_model):
         model = from_pretrained(
             config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key

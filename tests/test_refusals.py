@@ -70,11 +70,15 @@ def test_a_folder_holding_a_run_is_neither_deleted_nor_mixed_into(workspace, tmp
     assert contents(out) == before
 
 
-def test_overwrite_output_dir_replaces_the_run(workspace, tmp_path):
+def test_overwrite_output_dir_replaces_the_run(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     fake_run(out)
-    summary = distill_sst2.main(settings(workspace, out, overwrite_output_dir="true", log_every=1))
+    args = settings(workspace, out, overwrite_output_dir="true", log_every=1, dtype="auto")
+    summary = distill_sst2.main(args)
     assert summary["steps"] == 2
+    # dtype auto: float32 on this CPU, said at start-up and recorded.
+    assert "dtype: float32 (auto on cpu)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
     assert not (out / "checkpoints/step_00000002/meta.json").exists()
