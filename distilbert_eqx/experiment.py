@@ -133,7 +133,7 @@ def check_max_length(max_length: int, **models: AbstractSequenceClassifier) -> N
 
 
 @contextlib.contextmanager
-def _hub_key(key: str, value: str):
+def _hub_key(key: str):
     """A hub id that cannot be downloaded names the config key to point at a local folder."""
     try:
         yield
@@ -572,7 +572,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
     the teacher's ``student_init_layers``, or loaded from ``student_model``) on SST-2, as ``config`` says."""
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config, teacher=True)
     config = _resolve_dtype(config)
-    with _hub_key("teacher_model", config.teacher_model):
+    with _hub_key("teacher_model"):
         teacher = from_pretrained(
             config.teacher_model, dtype=config.dtype,
             refuse_fresh_head="the teacher's logits noise: distil from a fine-tuned classifier",
@@ -590,7 +590,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
             )
         student = student_from_teacher(teacher, layers, key=init_key, compute_dtype=config.dtype)
     else:
-        with _hub_key("student_model", config.student_model):
+        with _hub_key("student_model"):
             student = from_pretrained(
                 config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key
             )
@@ -623,7 +623,7 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
         )
     make_steps, tokenizer, splits, init_key, train_key = _prepare(config, teacher=False)
     config = _resolve_dtype(config)
-    with _hub_key("teacher_model", config.teacher_model):
+    with _hub_key("teacher_model"):
         model = from_pretrained(
             config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key
         )
@@ -667,7 +667,7 @@ def evaluate_checkpoint(
     ``predictions_out`` when given.
     """
     _check_not_a_run_folder(Path(model_path))
-    with _hub_key("--model", model_path):
+    with _hub_key("--model"):
         folder, _ = load_config(model_path)
     model = from_pretrained(folder, dtype="float32", refuse_fresh_head="its accuracy a random classifier's")
     check_max_length(max_length, model=model)
