@@ -533,6 +533,8 @@ def _prepare(
     """What every training run starts with: the checks that need no model, the devices (first of everything
     that touches JAX), the tokenizer, the train and dev splits, and the initialisation and training keys drawn
     from ``seed``. ``teacher``: the run distils from ``teacher_model`` (rather than fine-tuning it)."""
+    # Before the devices start: jax.distributed.initialize waits for every process, so each one has checked
+    # the shared output folder before process 0 can write to it.
     check_before_writing(config)
     _check_local_paths(config, teacher)
     make_steps = _start_devices(config)
