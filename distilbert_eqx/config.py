@@ -343,6 +343,23 @@ def config_from_dict(values: Mapping[str, object], where: str = "config") -> Exp
     return ExperimentConfig(**{str(k): _coerce(str(k), v) for k, v in values.items()})
 
 
+def read_yaml_file(path: str | Path, what: str) -> object:
+    """The YAML document in ``path``, read as config files are (``1e-5`` a float, a key given twice refused,
+    a byte that is not UTF-8 named by its line); any problem is a ``ConfigError`` naming ``what`` and the
+    file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
+    text = decode_utf8(data, str(path), ConfigError)
+    try:
+        return _parse_yaml(text)
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"{what} {str(path)!r}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a flat YAML mapping of config keys (or start from defaults when ``path`` is None), then apply
     ``key=value`` overrides in order.
@@ -352,17 +369,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
     """
     values: dict[str, object] = {}
     if path is not None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
-        text = decode_utf8(data, str(path), ConfigError)
-        try:
-            document = _parse_yaml(text)
-        except ConfigError as e:  # a key given twice
-            raise ConfigError(f"config file {str(path)!r}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
+        document = read_yaml_file(path, "config file")
         if document is not None and not isinstance(document, Mapping):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {document!r}")
         document = document or {}

@@ -196,6 +196,16 @@ def test_invalid_comparison_files_name_the_key(tmp_path, change, message):
         compare.read_comparison(write_comparison(tmp_path, values))
 
 
+def test_a_comparison_file_is_read_as_config_files_are(tmp_path):
+    path = write_comparison(tmp_path, document(tmp_path / "runs"))
+    path.write_text(path.read_text() + "control: original\n")
+    with pytest.raises(compare.ComparisonError, match=r"comparison file .*: key 'control' appears twice"):
+        compare.read_comparison(path)
+    path.write_bytes(b"script: distill\nconfig: caf\xe9.yaml\n")
+    with pytest.raises(compare.ComparisonError, match=r":2: not UTF-8 text"):
+        compare.read_comparison(path)
+
+
 def test_invalid_command_line_selections_and_config_typos_fail_before_any_run(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a run"))
     values = document(tmp_path / "runs")
