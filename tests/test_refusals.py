@@ -1,5 +1,6 @@
 """What the scripts refuse before writing anything: each case is one ``error:`` line on stderr, exit status 2,
-and an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows."""
+and an output folder left as it was (or never made). A tiny BERT teacher and a few real SST-2 rows; only the
+run that overwrites a folder trains (slow)."""
 
 import json
 import shutil
@@ -70,6 +71,7 @@ def test_a_folder_holding_a_run_is_neither_deleted_nor_mixed_into(workspace, tmp
     assert contents(out) == before
 
 
+@pytest.mark.slow  # it trains (and so compiles) two steps
 def test_overwrite_output_dir_replaces_the_run(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     fake_run(out)
