@@ -19,12 +19,11 @@ from typing import Any
 
 import yaml
 
-from ._types import ComputeDtype
 from .distill.augment import AugmentSettings
 from .distill.objective import Objective, shorthand_keys, shorthand_terms
 from .distill.term import AbstractTerm
 from .distill.terms import TERMS
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, decode_utf8
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
@@ -34,18 +33,20 @@ TEACHER_CACHES = ("off", "memory", "disk")
 STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
 STUDENT_EMBEDDING_INITS = ("random", "teacher_pca")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
-_DTYPES = ("float32", "bfloat16")
+_DTYPES = ("auto", "float32", "bfloat16")
+# "auto": the experiment picks float32 on a CPU, bfloat16 on an accelerator.
+ConfigDtype = typing.Literal["auto", "float32", "bfloat16"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Every parameter of a distillation run, type-checked and validated on construction.
 
-    Fields hold canonical values (``dtype`` is ``"float32"`` or ``"bfloat16"``, sequences are tuples, floats are
-    floats); :func:`config_from_dict` and :func:`load_config` also accept the YAML spellings (the original's
-    ``"jax.bfloat16"``, lists, ints for floats). ``length_buckets``, when given, must be strictly increasing and
-    end exactly at ``max_length``: every truncated example then fits the last bucket, and no bucket is longer
-    than an example can be.
+    Fields hold canonical values (``dtype`` is ``"auto"``, ``"float32"`` or ``"bfloat16"``, sequences are
+    tuples, floats are floats); :func:`config_from_dict` and :func:`load_config` also accept the YAML
+    spellings (the original's ``"jax.bfloat16"``, lists, ints for floats). ``length_buckets``, when given,
+    must be strictly increasing and end exactly at ``max_length``: every truncated example then fits the last
+    bucket, and no bucket is longer than an example can be.
     """
 
     # Dataset
@@ -55,7 +56,7 @@ class ExperimentConfig:
     # Model
     teacher_model: str = "textattack/bert-base-uncased-SST-2"
     student_model: str = "distilbert-base-uncased"
-    dtype: ComputeDtype = "bfloat16"
+    dtype: ConfigDtype = "auto"
     # Training
     learning_rate: float = 1e-5
     batch_size: int = 32
@@ -82,6 +83,7 @@ class ExperimentConfig:
     keep_top_k_checkpoints: int = 2
     output_dir: str = "runs/distill_sst2"
     # Additions of this codebase
+    overwrite_output_dir: bool = False
     data_dir: str | None = None
     max_steps: int = 0
     num_devices: int = 1
@@ -277,8 +279,10 @@ def _is_instance(value: object, cls: type) -> bool:
     return isinstance(value, cls) and (cls is bool or not isinstance(value, bool))
 
 
-def _normalise_dtype(dtype: str) -> ComputeDtype:
-    """Accept ``float32``/``bfloat16`` and the original's ``jax.bfloat16``/``jnp.bfloat16`` spellings."""
+def _normalise_dtype(dtype: str) -> ConfigDtype:
+    """Accept ``auto``, ``float32``, ``bfloat16`` and the original's ``jax.bfloat16``/``jnp.bfloat16``."""
+    if dtype == "auto":
+        return "auto"
     name = dtype
     for prefix in _DTYPE_PREFIXES:
         name = name.removeprefix(prefix)
@@ -406,7 +410,19 @@ def _increasing(values: tuple[int, ...]) -> bool:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but reading ``1e-5`` as a float (YAML 1.2) rather than the string ``"1e-5"``."""
+    """PyYAML's safe loader, but reading ``1e-5`` as a float (YAML 1.2) rather than the string ``"1e-5"``, and
+    refusing a key given twice, which PyYAML would silently resolve to the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in lines:
+                raise ConfigError(f"key {key!r} appears twice, on lines {lines[key]} and {line}; keep one")
+            if isinstance(key, typing.Hashable):
+                lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -458,19 +474,33 @@ def config_from_dict(values: Mapping[str, object], where: str = "config") -> Exp
     return ExperimentConfig(**{str(k): _coerce(str(k), v) for k, v in values.items()})
 
 
+def read_yaml_file(path: str | Path, what: str) -> object:
+    """The YAML document in ``path``, read as config files are (``1e-5`` a float, a key given twice refused,
+    a byte that is not UTF-8 named by its line); any problem is a ``ConfigError`` naming ``what`` and the
+    file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
+    text = decode_utf8(data, str(path), ConfigError)
+    try:
+        return _parse_yaml(text)
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"{what} {str(path)!r}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a flat YAML mapping of config keys (or start from defaults when ``path`` is None), then apply
     ``key=value`` overrides in order.
 
-    Raises ``ConfigError`` for an unreadable file, a non-mapping document, an unknown key (listing the valid
-    ones), a malformed override, or an invalid value.
+    Raises ``ConfigError`` for an unreadable or non-UTF-8 file, a non-mapping document, a key given twice, an
+    unknown key (listing the valid ones), a malformed override, or an invalid value.
     """
     values: dict[str, object] = {}
     if path is not None:
-        try:
-            document = _parse_yaml(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
+        document = read_yaml_file(path, "config file")
         if document is not None and not isinstance(document, Mapping):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {document!r}")
         document = document or {}

@@ -18,8 +18,9 @@ import numpy as np
 import tokenizers
 from jaxtyping import Bool, Int32, Int64
 
+from . import hub
 from .batch import Batch
-from .errors import UserError
+from .errors import UserError, decode_utf8
 
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
@@ -135,15 +136,14 @@ def read_glue_tsv(path: str | Path, name: str) -> TextSplit:
     """Read a GLUE SST-2 TSV file (header ``sentence<TAB>label``, labels 0/1) as split ``name``.
 
     Raises ``DataError`` naming the file and line for a missing or empty file, a wrong header, a wrong column
-    count or a label outside {0, 1}.
+    count, a label outside {0, 1}, an empty sentence or a byte that is not UTF-8.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError as e:
         raise DataError(f"{path} not found; expected a GLUE TSV with header 'sentence<TAB>label'") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text: {e}") from e
+    text = decode_utf8(data, str(path), DataError)
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -165,6 +165,9 @@ def read_glue_tsv(path: str | Path, name: str) -> TextSplit:
         sentence, label = fields
         if label.strip() not in ("0", "1"):
             raise DataError(f"{path}:{line_number}: label {label!r} is not 0 or 1")
+        # An empty sentence would train on [CLS] [SEP] alone with a label it cannot support.
+        if not sentence.strip():
+            raise DataError(f"{path}:{line_number}: the sentence is empty")
         sentences.append(sentence)
         labels.append(int(label))
     if not sentences:
@@ -179,7 +182,22 @@ def _load_hub_split(dataset_id: str, split: str) -> TextSplit:
 
     path, _, config_name = dataset_id.rpartition("/")
     hub_split = _HUB_SPLITS[split]
-    rows = datasets.load_dataset(path, config_name, split=hub_split)
+
+    def unavailable(why: str) -> DataError:
+        return DataError(
+            f"data_dir is null, so SST-2 comes from the hub ({dataset_id!r}), which cannot be reached "
+            f"({why}): set data_dir to a folder of GLUE SST-2 TSVs (train.tsv, dev.tsv, test.tsv)"
+        )
+
+    why = hub.unreachable()
+    if why is not None and not hub.offline():
+        raise unavailable(why)
+    try:
+        rows = datasets.load_dataset(path, config_name, split=hub_split)
+    except Exception as e:  # offline, `datasets` reads its cache; a miss has no common error class
+        if why is None:
+            raise
+        raise unavailable(f"{why}, and it is not in the cache") from e
     sentences = tuple(rows["sentence"])
     labels = np.asarray(list(rows["label"]), np.int64)
     where = f"hub dataset {dataset_id!r} split {hub_split!r}"
@@ -222,12 +240,22 @@ def load_tokenizer(name_or_path: str, max_length: int) -> SentenceTokenizer:
     # Imported here: transformers takes seconds to import and only tokenisation needs it.
     import transformers
 
+    why = hub.unreachable() if hub.is_hub_id(name_or_path) else None
     try:
-        wrapper = transformers.AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+        wrapper = transformers.AutoTokenizer.from_pretrained(
+            name_or_path, use_fast=True, local_files_only=why is not None
+        )
     except OSError as e:
+        if why is not None:
+            raise DataError(
+                f"tokenizer_name={name_or_path!r} is neither a local folder nor in the hub cache, and the "
+                f"hub cannot be reached ({why}): set tokenizer_name to a local folder holding tokenizer.json"
+            ) from e
+        # One line: the scripts print a user error as one line, and transformers' messages run to several.
+        reason = " ".join(str(e).split())
         raise DataError(
-            f"cannot load tokenizer {name_or_path!r}: {e}\nWithout hub access, set tokenizer_name to a local "
-            "folder holding tokenizer.json"
+            f"cannot load tokenizer {name_or_path!r}: {reason} (without hub access, set tokenizer_name to a "
+            "local folder holding tokenizer.json)"
         ) from e
     if wrapper.pad_token_id is None:
         raise DataError(f"tokenizer {name_or_path!r} has no pad token")

@@ -7,7 +7,10 @@ before anything is written to ``output_dir``.
 """
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from . import host_memory
+from . import host_memory, hub
+from ._types import ComputeDtype
 from .checkpoint import CheckpointManager, atomic_write_text
 from .config import STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
 from .data import (
@@ -37,13 +41,13 @@ from .data import (
 from .distill.augment import augmented_pool
 from .distill.objective import Objective
 from .distill.teacher_cache import TeacherCache, teacher_cache
-from .hf import from_pretrained, load_config, save_pretrained
+from .hf import CheckpointError, HubUnavailable, from_pretrained, load_config, save_pretrained
 from .init import random_student, student_from_teacher
 from .loop import FitPlan, evaluate, fit
 from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
-from .run_lock import OutputDirLock
+from .run_lock import LOCK_FILE, OutputDirLock, check_free
 from .train import Steps, init_state, make_optimizer, single_device_steps
 
 
@@ -74,6 +78,122 @@ def _check_vocabularies(tokenizer_vocab: int, **models: AbstractSequenceClassifi
     for name, size in sizes.items():
         if tokenizer_vocab > size:
             raise DataError(f"the tokenizer has {tokenizer_vocab} tokens but the {name} embeds only {size}")
+
+
+def saved_vocabulary(name_or_path: str) -> tuple[Path, dict[str, int]] | None:
+    """The token -> id map of the tokenizer saved beside a checkpoint (``tokenizer.json``, else
+    ``vocab.txt``), with its folder; ``None`` when the checkpoint has no tokenizer files."""
+    folder, _ = load_config(name_or_path)
+    if (folder / "tokenizer.json").is_file():
+        import tokenizers
+
+        backend = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return folder, backend.get_vocab(with_added_tokens=True)
+    if (folder / "vocab.txt").is_file():
+        lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        return folder, {token: i for i, token in enumerate(lines)}
+    return None
+
+
+def vocabulary_digest(vocab: dict[str, int]) -> str:
+    """A hash of the token -> id map: two tokenizers agree when their maps do, not when their sizes do."""
+    return hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+
+
+def check_tokenizer_matches(tokenizer: SentenceTokenizer, tokenizer_name: str, **checkpoints: str) -> None:
+    """Refuse a tokenizer whose token -> id map differs from the one saved beside a checkpoint (``key=folder``
+    or hub id): the model would read every token through another row of its embedding table. A checkpoint
+    without tokenizer files is checked by size only (``_check_vocabularies``)."""
+    ours = tokenizer.backend.get_vocab(with_added_tokens=True)
+    for key, name in checkpoints.items():
+        saved = saved_vocabulary(name)
+        if saved is None or saved[0].resolve() == Path(tokenizer_name).resolve():
+            continue
+        folder, theirs = saved
+        if vocabulary_digest(theirs) == vocabulary_digest(ours):
+            continue
+        differ = sorted(t for t in ours.keys() | theirs.keys() if ours.get(t) != theirs.get(t))
+        raise DataError(
+            f"tokenizer_name={tokenizer_name!r} maps tokens to other ids than the tokenizer saved with "
+            f"{key}={name!r} ({len(ours)} and {len(theirs)} tokens, {len(differ)} differ, e.g. "
+            f"{differ[0]!r}: {ours.get(differ[0])} against {theirs.get(differ[0])}); set "
+            f"tokenizer_name={str(folder)!r}"
+        )
+
+
+def check_max_length(max_length: int, **models: AbstractSequenceClassifier) -> None:
+    """Refuse a ``max_length`` beyond a model's position table: XLA clamps the out-of-range positions to the
+    last row, and the run would train on garbage positions."""
+    for name, model in models.items():
+        limit = model.config.max_position_embeddings
+        if max_length > limit:
+            raise ConfigError(
+                f"max_length={max_length} is longer than the {name}'s position table "
+                f"(max_position_embeddings={limit}); set max_length <= {limit}"
+            )
+
+
+@contextlib.contextmanager
+def _hub_key(key: str):
+    """A hub id that cannot be downloaded names the config key to point at a local folder."""
+    try:
+        yield
+    except HubUnavailable as e:
+        message = f"{key}: {e}; set {key} to a local folder (config.json, model.safetensors)"
+        raise HubUnavailable(message) from None
+
+
+_FINETUNE_COMMAND = (
+    "python experiments/finetune_teacher.py --config experiments/configs/finetune_minilm_sst2.yaml"
+)
+
+
+def _check_local_paths(config: ExperimentConfig, teacher: bool) -> None:
+    """A path that names no folder, said before any model or tokenizer is loaded: relative paths are read from
+    the working folder, and a missing teacher is made by fine-tuning, not found on the hub."""
+    keys = ("teacher_model", "tokenizer_name") if teacher else ("tokenizer_name",)
+    for key in keys:
+        value = getattr(config, key)
+        if hub.is_hub_id(value) or Path(value).is_dir():
+            continue
+        where = f"{value!r} is not a folder (relative paths are read from {Path.cwd()})"
+        if value == config.teacher_model and teacher:
+            raise ConfigError(
+                f"{key}={where}. A teacher is a fine-tuned classifier's folder, the best/ of a "
+                f"finetune_teacher.py run: `{_FINETUNE_COMMAND}` writes runs/minilm_teacher/best (run it "
+                "from the repository root, or set teacher_model and tokenizer_name to where it is)"
+            )
+        raise ConfigError(f"{key}={where}; expected a folder holding tokenizer.json (or a hub id)")
+
+
+def check_before_writing(config: ExperimentConfig) -> None:
+    """What would destroy work in ``output_dir``, mix two runs, or fail after files were written, refused
+    before anything is: an ``output_dir`` that is a file or in use, one that holds a run neither resumed nor
+    overwritten (``overwrite_output_dir``, as in Hugging Face Trainer), a resume without a checkpoint, and
+    ``use_wandb`` without wandb."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={config.output_dir!r} is a file; expected a folder or a new path")
+    check_free(out)
+    if config.use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            'use_wandb=true, but wandb is not installed: pip install -e ".[wandb]", or set use_wandb=false'
+        )
+    checkpoints = out / "checkpoints"
+    if config.resume_from_checkpoint:
+        if CheckpointManager(checkpoints, 1, is_writer=False).latest() is None:
+            raise ConfigError(
+                f"resume_from_checkpoint=true, but no valid checkpoint found in {checkpoints}; check "
+                "output_dir, or set resume_from_checkpoint=false to start a new run"
+            )
+        return
+    found = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
+    if found and not config.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {out} already holds a run ({', '.join(found)}); starting again would delete its "
+            "checkpoints and metrics: set resume_from_checkpoint=true to continue it, or "
+            "overwrite_output_dir=true to replace it"
+        )
 
 
 def _start_devices(config: ExperimentConfig):
@@ -109,7 +229,9 @@ def _tokenizer_to_save(config: ExperimentConfig) -> Any:
         return config.tokenizer_name
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(config.tokenizer_name)
+    # Without the hub, load_tokenizer read it from the hub cache: so does this, rather than retry.
+    offline = hub.unreachable() is not None
+    return transformers.AutoTokenizer.from_pretrained(config.tokenizer_name, local_files_only=offline)
 
 
 def _recipe(config: ExperimentConfig, objective: Objective) -> str:
@@ -297,22 +419,23 @@ def train_model(
     if config.use_wandb:
         wandb = {"project": config.project_name, "name": config.job_name, "group": config.experiment_name,
                  "config": config_to_dict(config)}
+    # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
+    cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
+    if cache is not None:
+        teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
+
+    def train_batches(start: int):
+        stream = indexed_epoch_batches(
+            train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
+            start_step=start,
+        )
+        return (batch for _, batch in stream) if cache is None else cache.attach(stream)
+
     # Only the writing process holds the folder: the others write nothing into it.
     lock = OutputDirLock(out) if steps.is_writer else contextlib.nullcontext()
     with lock:
         if steps.is_writer:
             atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
-        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
-        if cache is not None:
-            teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
-
-        def train_batches(start: int):
-            stream = indexed_epoch_batches(
-                train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
-                start_step=start,
-            )
-            return (batch for _, batch in stream) if cache is None else cache.attach(stream)
-
         return fit(
             init_state(
                 model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection
@@ -334,11 +457,32 @@ def train_model(
         )
 
 
+def compute_dtype(dtype: str, backend: str) -> ComputeDtype:
+    """The config's ``dtype``, with ``auto`` resolved for ``backend``: float32 on a CPU, where XLA's bfloat16
+    is slower than its float32 (docs/performance.md), bfloat16 on an accelerator."""
+    if dtype == "auto":
+        return "float32" if backend == "cpu" else "bfloat16"
+    return "bfloat16" if dtype == "bfloat16" else "float32"
+
+
+def _resolve_dtype(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with ``dtype`` resolved for the run's backend (config.json records it), said at start-up."""
+    backend = config.platform or jax.default_backend()
+    dtype = compute_dtype(config.dtype, backend)
+    print(f"dtype: {dtype}" + (f" (auto on {backend})" if config.dtype == "auto" else ""))
+    return dataclasses.replace(config, dtype=dtype)
+
+
 def _prepare(
-    config: ExperimentConfig,
+    config: ExperimentConfig, *, teacher: bool
 ) -> tuple[Any, SentenceTokenizer, dict[str, TokenizedSplit], jax.Array, jax.Array]:
-    """What every training run starts with: the devices (first of all), the tokenizer, the train and dev
-    splits, and the initialisation and training keys drawn from ``seed``."""
+    """What every training run starts with: the checks that need no model, the devices (first of everything
+    that touches JAX), the tokenizer, the train and dev splits, and the initialisation and training keys drawn
+    from ``seed``. ``teacher``: the run distils from ``teacher_model`` (rather than fine-tuning it)."""
+    # Before the devices start: jax.distributed.initialize waits for every process, so each one has checked
+    # the shared output folder before process 0 can write to it.
+    check_before_writing(config)
+    _check_local_paths(config, teacher)
     make_steps = _start_devices(config)
     tokenizer = load_tokenizer(config.tokenizer_name, config.max_length)
     splits = load_splits(config, ("train", "dev"), tokenizer)
@@ -374,7 +518,7 @@ def random_student_from_config(
         intermediate_size=config.student_intermediate_size or t.intermediate_size,
         num_labels=t.num_labels,
         key=key,
-        compute_dtype=config.dtype,
+        compute_dtype=compute_dtype(config.dtype, config.platform or jax.default_backend()),
         teacher_word_embeddings=teacher.encoder.embeddings.word.weight if pca else None,
     )
 
@@ -382,17 +526,33 @@ def random_student_from_config(
 def distill(config: ExperimentConfig) -> dict[str, Any]:
     """Distil ``teacher_model`` into a student (built at random from the ``student_*`` shape keys, built from
     the teacher's ``student_init_layers``, or loaded from ``student_model``) on SST-2, as ``config`` says."""
-    make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
-    teacher = from_pretrained(config.teacher_model, dtype=config.dtype)
+    make_steps, tokenizer, splits, init_key, train_key = _prepare(config, teacher=True)
+    config = _resolve_dtype(config)
+    with _hub_key("teacher_model"):
+        teacher = from_pretrained(
+            config.teacher_model, dtype=config.dtype,
+            refuse_fresh_head="the teacher's logits noise: distil from a fine-tuned classifier",
+        )
     shape = {key: getattr(config, key) for key in STUDENT_SHAPE}
+    checkpoints = {"teacher_model": config.teacher_model}
     if any(v is not None for v in shape.values()):
         student = random_student_from_config(config, teacher, key=init_key)
     elif config.student_init_layers is not None:
-        student = student_from_teacher(teacher, config.student_init_layers, key=init_key, compute_dtype=config.dtype)
+        layers = config.student_init_layers
+        if layers[-1] >= teacher.num_layers:
+            raise ConfigError(
+                f"student_init_layers={list(layers)} names teacher layer {layers[-1]}, but the teacher has "
+                f"{teacher.num_layers} layers (0 to {teacher.num_layers - 1})"
+            )
+        student = student_from_teacher(teacher, layers, key=init_key, compute_dtype=config.dtype)
     else:
-        student = from_pretrained(
-            config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key
-        )
+        with _hub_key("student_model"):
+            student = from_pretrained(
+                config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key
+            )
+        checkpoints["student_model"] = config.student_model
+    check_max_length(config.max_length, teacher=teacher, student=student)
+    check_tokenizer_matches(tokenizer, config.tokenizer_name, **checkpoints)
     _check_vocabularies(tokenizer.backend.get_vocab_size(), teacher=teacher, student=student)
     if any(v is not None for v in shape.values()):
         c = student.config
@@ -433,12 +593,30 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
             f"fine-tuning uses the label loss alone: drop every term that reads a teacher (got {readers}; with the "
             "flat keys, set alpha_ce > 0 and every other alpha_* to 0)"
         )
-    make_steps, tokenizer, splits, init_key, train_key = _prepare(config)
-    model = from_pretrained(config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key)
+    make_steps, tokenizer, splits, init_key, train_key = _prepare(config, teacher=False)
+    config = _resolve_dtype(config)
+    with _hub_key("teacher_model"):
+        model = from_pretrained(
+            config.teacher_model, num_labels=len(LABEL_NAMES), dtype=config.dtype, key=init_key
+        )
+    check_max_length(config.max_length, model=model)
+    check_tokenizer_matches(tokenizer, config.tokenizer_name, teacher_model=config.teacher_model)
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
     return train_model(
         config, model, None, splits, key=train_key, make_steps=make_steps, final_name="model",
         started_from=f"`{config.teacher_model}`",
+    )
+
+
+def _check_not_a_run_folder(path: Path) -> None:
+    """A training run's folder holds models; it is not one."""
+    if not (path / "metrics.jsonl").is_file() and not (path / "checkpoints").is_dir():
+        return
+    models = [name for name in ("best", "student", "model") if (path / name / "config.json").is_file()]
+    found = ", ".join(f"{name}/" for name in models) if models else "no saved model yet"
+    raise CheckpointError(
+        f"{path} is a training run's folder, not a model (it holds {found}): pass its best/ (the best "
+        "validation accuracy) or its final model, student/ (model/ after fine-tuning)"
     )
 
 
@@ -460,10 +638,13 @@ def evaluate_checkpoint(
     predictions (JSON lines, dataset order, with ``logits``, ``prediction`` and ``label``) to
     ``predictions_out`` when given.
     """
-    folder, _ = load_config(model_path)
+    _check_not_a_run_folder(Path(model_path))
+    with _hub_key("--model"):
+        folder, _ = load_config(model_path)
+    model = from_pretrained(folder, dtype="float32", refuse_fresh_head="its accuracy a random classifier's")
+    check_max_length(max_length, model=model)
     tokenizer = load_tokenizer(str(folder), max_length)
     data = tokenize_split(load_text_split(split, data_dir=data_dir, dataset_id=dataset_id), tokenizer)
-    model = from_pretrained(folder, dtype="float32")
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
     buckets = default_length_buckets(max_length) if buckets is None else buckets
     accuracy, n, logits = evaluate(model, eval_batches(data, batch_size, buckets))

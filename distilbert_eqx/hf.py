@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from . import hub
 from ._types import ComputeDtype
 from .checkpoint import atomic_replace_dir, temp_sibling
 from .errors import UserError
@@ -49,6 +50,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 class CheckpointError(UserError):
     """A checkpoint folder or its tensors do not match what the model expects."""
+
+
+class HubUnavailable(CheckpointError):
+    """A hub id was given, but the hub cannot be reached and the id is not in the local cache."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +210,14 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         raise CheckpointError(f"checkpoint path {text!r} is not a folder (expected a folder with config.json)")
     from huggingface_hub import list_repo_files, snapshot_download
 
+    if (why := hub.unreachable()) is not None:
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except Exception as e:  # the hub client's "not in the cache" errors have no common base
+            raise HubUnavailable(
+                f"{text!r} is neither a local folder nor in the hub cache, and the hub cannot be reached "
+                f"({why})"
+            ) from e
     files = list_repo_files(text)
     patterns = ["*.json", "*.txt"]
     patterns += ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model.bin"]
@@ -213,7 +226,7 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
 
 def _read_tensors(folder: Path) -> dict[str, Array]:
     """All tensors of a checkpoint folder: ``model.safetensors``, sharded safetensors, or ``pytorch_model.bin``."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -226,10 +239,16 @@ def _read_tensors(folder: Path) -> dict[str, Array]:
         raise CheckpointError(f"no model.safetensors (or sharded index, or pytorch_model.bin) in {folder}")
     tensors: dict[str, Array] = {}
     for file in files:
-        # framework="flax" reads bfloat16 tensors too, which numpy cannot represent.
-        with safe_open(folder / file, framework="flax") as f:
-            for name in f.keys():
-                tensors[name] = f.get_tensor(name)
+        try:
+            # framework="flax" reads bfloat16 tensors too, which numpy cannot represent.
+            with safe_open(folder / file, framework="flax") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"{folder / file} is not a readable safetensors file ({e}); it may be truncated by an "
+                "interrupted copy or download: copy or save it again"
+            ) from e
     return tensors
 
 
@@ -272,6 +291,7 @@ def from_pretrained(
     num_labels: int | None = None,
     dtype: ComputeDtype = "float32",
     key: jax.Array | None = None,
+    refuse_fresh_head: str | None = None,
 ) -> AbstractSequenceClassifier:
     """Load a BERT or DistilBERT sequence classifier from a Hugging Face folder or hub id.
 
@@ -281,6 +301,9 @@ def from_pretrained(
         num_labels: classes of the head; defaults to the checkpoint's.
         dtype: compute dtype, ``"float32"`` or ``"bfloat16"``; parameters always load as float32.
         key: PRNG key for a head the checkpoint lacks (a plain ``BertModel``), which is freshly initialised.
+        refuse_fresh_head: why a checkpoint without its head is an error here (a teacher, a model to score: a
+            random head makes their outputs meaningless). ``None``: the head is initialised with a warning, as
+            ``transformers`` does, where training will fit it (a student, a model to fine-tune).
 
     Returns:
         ``BertForSequenceClassification`` or ``DistilBertForSequenceClassification`` in training mode (dropout on);
@@ -311,6 +334,11 @@ def from_pretrained(
     problems += [f"unexpected tensor {n}" for n in tensors if n not in expected and n not in ignored]
     if problems:
         raise CheckpointError(f"cannot load {folder} as {arch.hf_class}:\n  " + "\n  ".join(problems))
+    if fresh and refuse_fresh_head is not None:
+        raise CheckpointError(
+            f"{folder} has no classification head ({', '.join(fresh)} are missing), and a fresh random head "
+            f"would make {refuse_fresh_head}"
+        )
 
     initialised = arch.model_cls(config, key=key, compute_dtype=dtype) if fresh else None
     names = list(expected)

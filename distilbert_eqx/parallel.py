@@ -9,8 +9,9 @@ parameters' gradients over devices itself). So no collective touches the gradien
 Differentiating each device's own mean instead would give ``num_devices`` times the gradient, and a ``pmean``
 of the result would not undo it.
 
-Every batch has exactly ``batch_size`` rows (the data pipeline pads the last one with weight-0 rows) and every
-loss is normalised by summed weights, so results do not depend on the number of devices.
+Every batch has exactly ``batch_size`` rows (the data pipeline pads the last one with weight-0 rows), every
+loss is normalised by summed weights, and the dropout keys are drawn per row of the global batch outside
+``shard_map`` and split like the batch, so results do not depend on the number of devices.
 """
 
 from typing import Any
@@ -26,7 +27,15 @@ from .batch import Batch
 from .data import slice_for_process
 from .distill.objective import Objective
 from .models import AbstractSequenceClassifier
-from .train import EvalCounts, StepMetrics, Steps, TrainState, eval_step_body, train_step_body
+from .train import (
+    EvalCounts,
+    StepMetrics,
+    Steps,
+    TrainState,
+    eval_step_body,
+    row_dropout_keys,
+    train_step_body,
+)
 
 DATA = "data"
 
@@ -120,16 +129,20 @@ def sharded_steps(mesh: Mesh, objective: Objective, optimizer: optax.GradientTra
         # recorded while tracing and put back afterwards.
         new_static = []
 
-        def local_step(arrays, batch):
+        def local_step(arrays, batch, row_keys):
             teacher, state = eqx.combine(arrays, static)
-            new_state, metrics = train_step_body(teacher, state, batch, optimizer, objective, axis_name=DATA)
+            new_state, metrics = train_step_body(
+                teacher, state, batch, optimizer, objective, axis_name=DATA, row_keys=row_keys
+            )
             new_arrays, new_state_static = eqx.partition(new_state, eqx.is_array)
             new_static.append(new_state_static)
             return new_arrays, metrics
 
+        # The keys the single-device step draws for the same global batch, each row's going with the row.
+        row_keys = row_dropout_keys(state.key, batch.labels.shape[0])
         new_arrays, metrics = jax.shard_map(
-            local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()), check_vma=True
-        )(arrays, batch)
+            local_step, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)), out_specs=(P(), P()), check_vma=True
+        )(arrays, batch, row_keys)
         return eqx.combine(new_arrays, new_static[0]), metrics
 
     @eqx.filter_jit

@@ -47,6 +47,31 @@ def _describe(record: dict[str, Any] | None) -> str:
     return f"{text}, command: {' '.join(map(str, argv))}" if isinstance(argv, list) and argv else text
 
 
+def _locked(output_dir: Path, holder: str) -> OutputDirLocked:
+    return OutputDirLocked(
+        f"output_dir {output_dir} is in use by another run ({holder}). Wait for that run to finish, or "
+        "choose another output_dir."
+    )
+
+
+def check_free(output_dir: str | os.PathLike[str]) -> None:
+    """Raise `OutputDirLocked`, naming the holder, when a live run holds ``output_dir``; create nothing.
+
+    For the checks that run before anything is written: a busy folder should fail as busy, not as a folder
+    holding a finished run. `OutputDirLock` still decides, later, under the lock."""
+    path = Path(output_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _locked(Path(output_dir), _describe(_read_record(fd))) from None
+    finally:
+        os.close(fd)  # closing drops a shared lock taken here
+
+
 class OutputDirLock:
     """An exclusive lock on ``output_dir``, held from ``acquire()`` (or ``with``) until ``release()``.
 
@@ -73,10 +98,7 @@ class OutputDirLock:
             os.close(fd)
             if not isinstance(error, BlockingIOError):
                 raise
-            raise OutputDirLocked(
-                f"output_dir {self.output_dir} is in use by another run ({holder}). Wait for that run to "
-                "finish, or choose another output_dir."
-            ) from None
+            raise _locked(self.output_dir, holder) from None
         # The lock is free, so whoever wrote a leftover record is gone. Its pid is not checked: flock is the
         # authority, and a pid means nothing on another host (over NFS, Linux emulates flock with fcntl byte-range
         # locks, which the server arbitrates) or after the pid has been reused.

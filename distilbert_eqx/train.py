@@ -17,7 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
 
 from .batch import Batch
 from .distill.objective import Objective
@@ -145,19 +145,30 @@ def forward(
     batch: Batch,
     *,
     key: PRNGKeyArray | None,
+    row_keys: Key[Array, " rows"] | None = None,
     **outputs: bool,
 ) -> ClassifierOutput:
     """Run a classifier over a batch; token types go only to a model that takes them (DistilBERT has none).
 
-    ``outputs`` are the model's ``output_*`` flags (``output_hidden_states=True``, ...).
+    ``key`` is split into one dropout key per row, unless ``row_keys`` gives them. ``outputs`` are the model's
+    ``output_*`` flags (``output_hidden_states=True``, ...).
     """
-    keys = None if key is None else jax.random.split(key, batch.input_ids.shape[0])
+    keys = row_keys
+    if keys is None and key is not None:
+        keys = jax.random.split(key, batch.input_ids.shape[0])
     types = batch.token_type_ids if model.takes_token_types else None
 
     def one(ids, mask, types, k):
         return model(ids, mask, types, key=k, **outputs)
 
     return jax.vmap(one)(batch.input_ids, batch.attention_mask, types, keys)
+
+
+def row_dropout_keys(state_key: PRNGKeyArray, rows: int) -> Key[Array, " rows"]:
+    """The step's dropout keys, one per row of the global batch. The sharded step draws them outside
+    ``shard_map`` and splits them like the batch, so a row's mask does not depend on the device count."""
+    _, step_key = jax.random.split(state_key)
+    return jax.random.split(step_key, rows)
 
 
 def train_step_body(
@@ -167,12 +178,15 @@ def train_step_body(
     optimizer: optax.GradientTransformation,
     objective: Objective,
     axis_name: str | None = None,
+    row_keys: Key[Array, " rows"] | None = None,
 ) -> tuple[TrainState, StepMetrics]:
-    """One optimizer step on one (local) batch. See ``train_step`` for the jitted single-device version."""
-    key, step_key = jax.random.split(state.key)
-    if axis_name is not None:
-        # Each device draws its own dropout masks.
-        step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
+    """One optimizer step on one (local) batch. See ``train_step`` for the jitted single-device version.
+
+    ``row_keys``: this batch's rows' dropout keys (``row_dropout_keys`` of the global batch, sharded);
+    ``None`` draws them here, for a batch that is the global batch."""
+    key = jax.random.split(state.key)[0]
+    if row_keys is None:
+        row_keys = row_dropout_keys(state.key, batch.input_ids.shape[0])
     outputs = objective.outputs()
     targets = batch.teacher  # the teacher-output cache's, if the run has one
     if objective.needs_teacher and targets is None:
@@ -182,7 +196,7 @@ def train_step_body(
 
     def loss_fn(params):
         student, projection = eqx.combine(params, static)
-        out = forward(student, batch, key=step_key, **outputs)
+        out = forward(student, batch, key=None, row_keys=row_keys, **outputs)
         terms = objective(out, targets, projection, batch)
         if axis_name is not None:
             # The global batch's sums, before any mean: each device's loss (and so its gradient) is the

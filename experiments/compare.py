@@ -52,12 +52,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-import yaml
 
 from distilbert_eqx.checkpoint import CheckpointManager, atomic_write_text, temp_sibling
 from distilbert_eqx.cli import run_script
 from distilbert_eqx.comparison import mean_accuracy, paired_difference, pool_splits
-from distilbert_eqx.config import ConfigError, ExperimentConfig, load_config
+from distilbert_eqx.config import ConfigError, ExperimentConfig, load_config, read_yaml_file
 from distilbert_eqx.errors import UserError
 from distilbert_eqx.experiment import evaluate_checkpoint
 
@@ -169,9 +168,9 @@ def read_comparison(path: str | Path) -> Comparison:
     """Read and validate a comparison file; every problem is a `ComparisonError` naming the key."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ComparisonError(f"cannot read comparison file {str(path)!r}: {e}") from e
+        document = read_yaml_file(path, "comparison file")
+    except ConfigError as e:
+        raise ComparisonError(str(e)) from e
     where = str(path)
     if not isinstance(document, Mapping):
         _fail(where, f"expected a mapping with keys {', '.join(FILE_KEYS)}, got {document!r}")
@@ -280,6 +279,9 @@ def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume
 def run_command(comparison: Comparison, run: Run, extra: Sequence[str], status: str) -> list[str]:
     script = EXPERIMENTS / SCRIPTS[comparison.script][0]
     overrides = run_overrides(comparison, run, extra, resume=status == RESUMABLE)
+    if status == NEW and run.output_dir.exists():
+        # A new run starts afresh: what an earlier try left without a checkpoint is replaced, not refused.
+        overrides.append("overwrite_output_dir=true")
     return [sys.executable, str(script), "--config", comparison.config, "--set", *overrides]
 
 

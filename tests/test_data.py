@@ -3,6 +3,7 @@ orders are deterministic, and the tokenizer's own padding is never applied."""
 
 import itertools
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from distilbert_eqx import hub
 from distilbert_eqx.data import (
     GROUP_CHUNK_BATCHES,
     Batch,
@@ -126,6 +128,8 @@ def test_unknown_split(tmp_path):
         ("sentence\tlabel\na\t2\n", r"dev\.tsv:2: label '2' is not 0 or 1"),
         ("sentence\tlabel\na\tpositive\n", r"dev\.tsv:2: label 'positive' is not 0 or 1"),
         ("sentence\tlabel\na\t\n", r"dev\.tsv:2: label '' is not 0 or 1"),
+        ("sentence\tlabel\na\t0\n\t1\n", r"dev\.tsv:3: the sentence is empty"),
+        ("sentence\tlabel\na\t0\n  \t1\n", r"dev\.tsv:3: the sentence is empty"),
     ],
 )
 def test_bad_tsv_names_file_and_line(tmp_path, content, expected):
@@ -138,8 +142,8 @@ def test_bad_tsv_names_file_and_line(tmp_path, content, expected):
 
 def test_non_utf8_file(tmp_path):
     path = tmp_path / "dev.tsv"
-    path.write_bytes(b"sentence\tlabel\n\xff\t0\n")
-    with pytest.raises(DataError, match=r"dev\.tsv is not UTF-8"):
+    path.write_bytes(b"sentence\tlabel\ngood\t1\nbad \xff\t0\n")
+    with pytest.raises(DataError, match=r"dev\.tsv:3: not UTF-8 text \(byte b'\\xff' on line 3\)"):
         read_glue_tsv(path, "dev")
 
 
@@ -160,6 +164,7 @@ def fake_hub(monkeypatch):
         return splits[split]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(hub, "unreachable", lambda: None)
     return calls, splits
 
 
@@ -174,6 +179,23 @@ def test_hub_split_names_are_mapped(fake_hub):
 def test_hub_test_split_is_unlabelled(fake_hub):
     with pytest.raises(DataError, match=r"'glue/sst2' split 'test' is unlabelled.*cannot be evaluated"):
         load_text_split("test", data_dir=None)
+
+
+def test_the_hub_split_fails_at_once_naming_data_dir_when_the_hub_cannot_be_reached(fake_hub, monkeypatch):
+    calls, _ = fake_hub
+    monkeypatch.setattr(hub, "unreachable", lambda: "no connection to the hub: test")
+    with pytest.raises(DataError, match=r"data_dir is null.*cannot be reached \(no connection.*set data_dir"):
+        load_text_split("train", data_dir=None)
+    assert calls == []
+
+
+def test_a_hub_tokenizer_fails_at_once_naming_tokenizer_name_when_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    message = r"tokenizer_name='nobody/no-such-tokenizer' is neither a local folder nor in the hub cache"
+    with pytest.raises(DataError, match=message + r".*HF_HUB_OFFLINE.*set tokenizer_name to a local folder"):
+        load_tokenizer("nobody/no-such-tokenizer", 128)
+    assert time.perf_counter() - started < 10
 
 
 def test_hub_bad_label(fake_hub):

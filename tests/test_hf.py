@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -14,6 +15,8 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import distilbert_eqx as de
+from distilbert_eqx import hub
+from distilbert_eqx.hf import HubUnavailable
 from helpers import (
     VOCAB,
     hf_forward,
@@ -78,6 +81,30 @@ def test_base_model_checkpoint_gets_fresh_head(tmp_path, caplog):
     expected = hf_forward(hf, inputs).hidden_states[-1].numpy()
     assert max_diff(our_forward(ours, inputs).hidden_states[:, -1], expected) <= MODEL_TOL
     assert ours.classifier.weight.shape == (3, 32)
+
+
+def test_a_missing_head_is_refused_where_it_would_make_the_outputs_meaningless(tmp_path):
+    tiny_hf("bert").bert.save_pretrained(tmp_path)
+    message = r"no classification head \(classifier\.weight, classifier\.bias are missing\), and a fresh"
+    with pytest.raises(de.CheckpointError, match=message + r" random head would make the teacher's logits"):
+        de.from_pretrained(tmp_path, refuse_fresh_head="the teacher's logits noise")
+
+
+def test_a_truncated_safetensors_file_is_a_checkpoint_error(tmp_path):
+    tiny_hf("distilbert").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(de.CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
+        de.from_pretrained(tmp_path)
+
+
+def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    monkeypatch.setattr(hub, "unreachable", lambda: "no connection to the hub: test")
+    started = time.perf_counter()
+    message = r"'nobody/no-such-model' is neither a local folder nor in the hub cache, and the hub cannot be"
+    with pytest.raises(HubUnavailable, match=message + r" reached \(no connection to the hub: test\)"):
+        de.from_pretrained("nobody/no-such-model")
+    assert time.perf_counter() - started < 5
 
 
 def test_masked_lm_distilbert_loads_for_classification(tmp_path):

@@ -174,7 +174,7 @@ def _torch_loss(
     Per sentence of ``l`` tokens (padding excluded: the formulas are over the sentence), one entry per token,
     (head, query, key), (head, query) or (relation head, query); the batch's loss is the mean over the entries of
     every sentence and every matched layer. (TinyBERT sums its layer losses over the matched layers; the layer
-    losses take their mean, layer_losses.py's documented choice, a factor 1 / pairs.)
+    losses take their mean, the hidden term's documented choice (reduction: mean), a factor 1 / pairs.)
 
     - TinyBERT eq. 8: ``MSE(H_S W_h, H_T)`` per token (mean over the hidden axis); DistilBERT: ``1 - cos``.
     - TinyBERT eq. 7: ``MSE(A_S, A_T)``, ``A = Q K^T / sqrt(d_k)`` of each head, over the ``l x l`` entries.

@@ -1,5 +1,5 @@
-"""Data parallelism on 8 CPU devices: sharded steps equal single-device steps, two processes equal one,
-dropout masks differ across devices, one compilation per bucket."""
+"""Data parallelism on 8 CPU devices: sharded steps equal single-device steps (dropout off and on), two
+processes equal one, dropout masks differ across rows, one compilation per bucket."""
 
 import contextlib
 import functools
@@ -27,6 +27,7 @@ from distilbert_eqx.train import (
     forward,
     init_state,
     make_optimizer,
+    row_dropout_keys,
     single_device_steps,
     train_step,
 )
@@ -143,14 +144,45 @@ def test_sharded_evaluation_equals_single_device():
     assert max_diff(logits, expected[2]) <= TOL
 
 
+def _dropout_run(steps, batches) -> np.ndarray:
+    """The tiny student, dropout on, after SGD steps on ``batches``: its flat weights."""
+    teacher = tiny_teacher()
+    state = steps.place_state(init_state(tiny_student(teacher, dropout=True), SGD, key=jax.random.key(2)))
+    teacher = steps.place_state(teacher)
+    for batch in batches:
+        state, _ = steps.train(teacher, state, steps.place(batch))
+    return flat_weights(state.student)
+
+
+@pytest.mark.slow
+def test_dropout_masks_do_not_depend_on_the_device_count():
+    """Dropout on, three steps: 4 devices train the student 1 device trains, to the tolerance of the
+    dropout-off comparison. Each row's key is drawn for the global batch and travels with the row; keys split
+    per device (or folded with its index) would give each row another mask on 4 devices, and the students
+    would differ by far more (0.15 at this SGD learning rate of 1)."""
+    one = _dropout_run(single_device_steps(LOSSES, SGD), training_batches())
+    four = _dropout_run(parallel.sharded_steps(parallel.make_mesh(4, "cpu"), LOSSES, SGD), training_batches())
+    assert max_diff(one, single_device_run()[1]) > 1e-3, "dropout had no effect, so this test shows nothing"
+    assert max_diff(four, one) <= TOL
+
+
+def test_the_single_device_step_draws_the_dropout_keys_it_always_drew():
+    """One key per row, split from the step's key: the scheme single-device runs (and their checkpoints and
+    recorded results) have always used, so they train as they did before the keys moved out of ``forward``."""
+    state_key = jax.random.key(7)
+    _, step_key = jax.random.split(state_key)
+    expected = jax.random.key_data(jax.random.split(step_key, 8))
+    np.testing.assert_array_equal(jax.random.key_data(row_dropout_keys(state_key, 8)), expected)
+
+
 @pytest.mark.slow
 def test_devices_draw_different_dropout_masks():
     """Label loss on 8 devices, one row each: one example copied to every row, against the same rows weighted
     1 on device 0 and 0 everywhere else (the same compiled step). One SGD step with learning rate 1 leaves the
     weights minus the gradient.
 
-    If the devices shared a dropout key, every copy would get device 0's mask and the two gradients would be
-    equal. They are with dropout off; with dropout on they are not, so the devices drew different masks.
+    If the rows shared a dropout key, every copy would get row 0's mask and the two gradients would be equal.
+    They are with dropout off; with dropout on they are not, so the rows (and devices) drew different masks.
     """
     copies = jax.tree.map(lambda x: np.repeat(x, 8, axis=0), random_batch(30, batch=1))
     alone = copies._replace(weights=(np.arange(8) == 0).astype(np.float32))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distilbert_eqx.errors import UserError
-from distilbert_eqx.run_lock import LOCK_FILE, OutputDirLock, OutputDirLocked, StaleLockWarning
+from distilbert_eqx.run_lock import LOCK_FILE, OutputDirLock, OutputDirLocked, StaleLockWarning, check_free
 
 _RIVAL = """
 import sys
@@ -67,6 +67,21 @@ def test_locked_error_is_a_user_error(tmp_path):
     # flock excludes a second open file even in the same process.
     with OutputDirLock(tmp_path), pytest.raises(UserError, match=f"pid {os.getpid()}"):
         OutputDirLock(tmp_path).acquire()
+
+
+def test_check_free_names_the_holder_and_creates_nothing(tmp_path):
+    """The check before anything is written: a busy folder is busy (not a folder holding a run), a free one
+    stays free (the probe's shared lock goes with it), and a missing one is not created."""
+    check_free(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    run = tmp_path / "run"
+    with OutputDirLock(run):
+        busy = f"output_dir {run} is in use by another run \\(pid {os.getpid()} "
+        with pytest.raises(OutputDirLocked, match=busy):
+            check_free(run)
+    check_free(run)
+    with OutputDirLock(run):
+        pass
 
 
 @pytest.mark.slow
