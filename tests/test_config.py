@@ -87,6 +87,9 @@ ADDITIONS = {
     "teacher_cache_max_gb": 8.0,
     "compilation_cache_dir": None,
     "loss": None,
+    "augment": None,
+    "augment_seed": 0,
+    "augment_dir": "runs/augment",
 }
 
 
