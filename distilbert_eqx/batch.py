@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float, Float32, Int32
 # What the objective's terms keep of the teacher for a batch: per term (its name), per kept field, an array with
 # the batch rows first. Computed from the teacher's forward (`Objective.teacher_targets`) or read from the
 # teacher-output cache; the terms cannot tell which.
-TeacherTargets = dict[str, dict[str, Float[Array, "batch ..."] | Float32[np.ndarray, "batch ..."]]]
+TeacherTargets = dict[str, dict[str, Float[Array, "batch ..."] | Float[np.ndarray, "batch ..."]]]
 
 
 class Batch(NamedTuple):

@@ -109,14 +109,34 @@ def _to_rows(field: Field, target: np.ndarray, n: int) -> np.ndarray:
     return moved[(slice(0, n),) * k].reshape(n**k, *moved.shape[k:])
 
 
-def _from_rows(field: Field, rows: np.ndarray, n: int, seq: int) -> np.ndarray:
-    """The inverse of `_to_rows`: the example's target, float32, zero-padded to ``seq`` tokens (all zeros for a
-    variant the field does not store)."""
+def _gather_rows(
+    field: Field,
+    array: np.ndarray,
+    offsets: Int64[np.ndarray, " offsets"],
+    lengths: Int64[np.ndarray, " examples"],
+    indices: Int64[np.ndarray, " rows"],
+    batch_size: int,
+    seq: int,
+) -> np.ndarray:
+    """The inverse of `_to_rows` for a whole batch in one gather: the examples' targets in the storage dtype,
+    zero-padded to ``seq`` tokens and ``batch_size`` rows (all zeros for a variant the field does not store).
+
+    Example ``i`` stores ``n ** k`` rows in C order over its ``k`` token axes, so local row ``j`` is the
+    position whose base-``n`` digits are ``j``'s."""
     k = len(field.token_axes)
-    padded = np.zeros((seq,) * k + tuple(field.row_shape), np.float32)
-    if len(rows):
-        padded[(slice(0, n),) * k] = rows.reshape((n,) * k + rows.shape[1:])
-    return np.moveaxis(padded, tuple(range(k)), field.token_axes)
+    starts = offsets[indices]
+    counts = offsets[indices + 1] - starts
+    row = np.repeat(np.arange(len(indices)), counts)
+    local = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    source = np.repeat(starts, counts) + local
+    width = np.repeat(lengths[indices], counts)
+    digits = []
+    for _ in range(k):
+        digits.append(local % width)
+        local = local // width
+    padded = np.zeros((batch_size, *(seq,) * k, *field.row_shape), array.dtype)
+    padded[(row, *reversed(digits))] = array[source]
+    return np.moveaxis(padded, tuple(range(1, k + 1)), tuple(axis + 1 for axis in field.token_axes))
 
 
 def field_bytes(
@@ -202,16 +222,15 @@ class TeacherCache:
         return {name: int(array.nbytes) for name, array in self.arrays.items()}
 
     def gather(self, indices: Int64[np.ndarray, " rows"], batch_size: int, seq: int) -> TeacherTargets:
-        """The float32 targets of the examples at ``indices``, padded to ``(batch_size, ..., seq, ...)`` like
-        their batch (zeros at padded positions and dummy rows, which no loss reads)."""
+        """The targets of the examples at ``indices`` in the storage dtype (the terms compute in float32 on the
+        device, so a bfloat16 cache also sends half the bytes), padded to ``(batch_size, ..., seq, ...)`` like
+        their batch (zeros at padded positions and dummy rows, which no loss reads). One vectorised gather per
+        field."""
         out: TeacherTargets = {}
         for name, array in self.arrays.items():
-            field, offsets = self.layout[name], self.offsets[name]
-            examples = [
-                _from_rows(field, array[offsets[i] : offsets[i + 1]], int(self.lengths[i]), seq) for i in indices
-            ]
-            padded = np.zeros((batch_size, *examples[0].shape), np.float32)
-            padded[: len(examples)] = examples
+            padded = _gather_rows(
+                self.layout[name], array, self.offsets[name], self.lengths, np.asarray(indices), batch_size, seq
+            )
             term, kept = _split_key(name)
             out.setdefault(term, {})[kept] = padded
         return out
