@@ -194,43 +194,36 @@ def _coerce_term(where: str, entry: object) -> AbstractTerm:
         close = difflib.get_close_matches(str(kind), list(TERMS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown term type {kind!r}.{hint} Types: {', '.join(TERMS)}")
-    term = TERMS[kind]
-    hints = typing.get_type_hints(term)
-    valid = [f.name for f in dataclasses.fields(term)]
-    values = {}
-    for key, value in entry.items():
-        if key == "type":
-            continue
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r} in {where} ({kind}).{hint} Valid keys: type, {', '.join(valid)}")
-        values[key] = _coerce_to(f"{where}.{key}", value, hints[key])
-    try:
-        return term(**values)
-    except ConfigError as e:
-        raise ConfigError(f"{where} ({kind}): {e}") from e
+    return _construct(TERMS[kind], {k: v for k, v in entry.items() if k != "type"}, where, f"{where} ({kind})",
+                      also_valid=("type",))
 
 
 def _coerce_dataclass(key: str, value: object, cls: type) -> object:
     """A mapping of ``cls``'s fields (each coerced to its type), or an instance of it."""
     if isinstance(value, cls):
         return value
-    valid = [f.name for f in dataclasses.fields(cls)]
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}={value!r} is invalid; expected null or a mapping of {', '.join(valid)}")
+        valid = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"{key}={value!r} is invalid; expected null or a mapping of {valid}")
+    return _construct(cls, value, key, key)
+
+
+def _construct(cls: type, values: Mapping, path: str, where: str, also_valid: tuple[str, ...] = ()) -> Any:
+    """``cls`` from a mapping of its fields, each coerced to its annotation; an error names ``where`` (or the
+    value's ``path.key``) and, for an unknown key, the closest valid one."""
+    valid = [f.name for f in dataclasses.fields(cls)]
     hints = typing.get_type_hints(cls)
-    values = {}
-    for name, item in value.items():
-        if name not in valid:
-            close = difflib.get_close_matches(str(name), valid, n=1)
+    coerced = {}
+    for key, value in values.items():
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {name!r} in {key}.{hint} Valid keys: {', '.join(valid)}")
-        values[name] = _coerce_to(f"{key}.{name}", item, hints[name])
+            raise ConfigError(f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join([*also_valid, *valid])}")
+        coerced[key] = _coerce_to(f"{path}.{key}", value, hints[key])
     try:
-        return cls(**values)
+        return cls(**coerced)
     except UserError as e:
-        raise ConfigError(f"{key}: {e}") from e
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _coerce_to(key: str, value: object, annotation: Any) -> object:
