@@ -188,7 +188,10 @@ def _coerce_term(where: str, entry: object) -> AbstractTerm:
     if isinstance(entry, AbstractTerm):
         return entry
     if not isinstance(entry, Mapping) or "type" not in entry:
-        raise ConfigError(f"{where}={entry!r} is invalid; expected a mapping with a type, one of {', '.join(TERMS)}")
+        raise ConfigError(
+            f"{where}={entry!r} is invalid; expected a mapping with a type, one of {', '.join(TERMS)}"
+            + _flow_hint(entry)
+        )
     kind = entry["type"]
     if kind not in TERMS:
         close = difflib.get_close_matches(str(kind), list(TERMS), n=1)
@@ -196,6 +199,13 @@ def _coerce_term(where: str, entry: object) -> AbstractTerm:
         raise ConfigError(f"{where}: unknown term type {kind!r}.{hint} Types: {', '.join(TERMS)}")
     return _construct(TERMS[kind], {k: v for k, v in entry.items() if k != "type"}, where, f"{where} ({kind})",
                       also_valid=("type",))
+
+
+def _flow_hint(entry: object) -> str:
+    """YAML reads ``{type:kl}`` as the key ``"type:kl"``: say so when a key looks like that."""
+    if isinstance(entry, Mapping) and any(":" in str(k) and v is None for k, v in entry.items()):
+        return " (YAML reads 'a:b' as one key: put a space after each colon)"
+    return ""
 
 
 def _coerce_dataclass(key: str, value: object, cls: type) -> object:
@@ -218,7 +228,10 @@ def _construct(cls: type, values: Mapping, path: str, where: str, also_valid: tu
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join([*also_valid, *valid])}")
+            raise ConfigError(
+                f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join([*also_valid, *valid])}"
+                + _flow_hint(values)
+            )
         coerced[key] = _coerce_to(f"{path}.{key}", value, hints[key])
     try:
         return cls(**coerced)

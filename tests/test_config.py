@@ -450,6 +450,7 @@ def test_a_loss_list_spells_the_same_terms_as_the_flat_keys(tmp_path):
         ("[{type: hidden, layer_map: everything}]", r"layer_map='everything' is invalid; expected one of \['uniform'\]"),
         ("[{type: hidden, distance: l1}]", r"distance='l1'"),
         ("[{weight: 1}]", r"^loss\[0\]=\{'weight': 1\} is invalid; expected a mapping with a type"),
+        ("[{type:kl}]", r"expected a mapping with a type.*put a space after each colon"),
         ("[]", r"^loss=\[\] is invalid; expected null or a non-empty list of terms"),
         ("[{type: ce}, {type: ce}]", r"lists \['ce'\] more than once"),
         ("[{type: ce, weight: 0}]", "at least one loss weight must be positive"),
