@@ -13,7 +13,7 @@ import operator
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -436,13 +436,19 @@ def _parse_yaml(text: str) -> object:
     return yaml.load(text, Loader=_YamlLoader)
 
 
-def _check_keys(keys: Sequence[str], where: str) -> None:
-    valid = [f.name for f in dataclasses.fields(ExperimentConfig)]
+def check_keys(
+    keys: Iterable[object], valid: Sequence[str], where: str, error: type[UserError] = ConfigError, what: str = "key"
+) -> None:
+    """Refuse the first of ``keys`` not in ``valid`` with ``error``, naming the closest valid key and all of them."""
     for key in keys:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
+            close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+            raise error(f"unknown {what} {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _check_keys(keys: Sequence[str], where: str) -> None:
+    check_keys(keys, [f.name for f in dataclasses.fields(ExperimentConfig)], where, what="config key")
 
 
 def parse_override(override: str) -> tuple[str, object]:
