@@ -70,12 +70,12 @@ def fit(
     dev_batches: Callable[[], Iterable[Batch]],
     steps: Steps,
     plan: FitPlan,
-    learning_rate: optax.Schedule,
-    checkpoints: CheckpointManager,
+    learning_rate: optax.Schedule | None,
+    checkpoints: CheckpointManager | None,
     log: MetricsLog,
     save_model: SaveModel,
     final_name: str,
-    resume: bool,
+    resume: bool = False,
     first_stage_train: TrainStep | None = None,
 ) -> dict[str, Any]:
     """Train ``state.student``, distilling from ``teacher`` when the steps' losses need one.
@@ -87,8 +87,9 @@ def fit(
         dev_batches: ``dev_batches()`` gives one pass over the validation split.
         steps: the train and eval steps (one device, or a mesh).
         plan: when to log, validate, checkpoint and stop.
-        learning_rate: the optimizer's schedule, for the ``lr`` record.
-        checkpoints: where full train states go; cleared at the start unless ``resume``.
+        learning_rate: the optimizer's schedule, for the ``lr`` record (``None``: no ``lr`` record).
+        checkpoints: where full train states go; cleared at the start unless ``resume``. ``None``: no checkpoints
+            (Ctrl-C then stops the run without one).
         log: the metrics log.
         save_model: ``save_model(model, name, dev_accuracy)`` writes a model folder ``name`` (``"best"``,
             ``final_name``).
@@ -103,13 +104,13 @@ def fit(
     """
     writer = steps.is_writer
     best_accuracy, start_step = -1.0, 0  # any accuracy beats -1
-    latest = checkpoints.latest() if resume else None
+    latest = checkpoints.latest() if resume and checkpoints is not None else None
     if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         start_step = int(meta["step"])
         best_accuracy = meta["metadata"]["best_accuracy"]
         print(f"resumed from {latest} at step {start_step}")
-    elif not resume:
+    elif not resume and checkpoints is not None:
         checkpoints.clear()
     log.start(append=latest is not None)
     state = steps.place_state(state)
@@ -130,7 +131,7 @@ def fit(
         return accuracy
 
     def checkpoint(step: int, accuracy: float | None) -> None:
-        if step in saved_steps:
+        if checkpoints is None or step in saved_steps:
             return
         saved_steps.add(step)
         checkpoints.save(
@@ -140,7 +141,7 @@ def fit(
 
     def checkpoint_due(step: int) -> bool:
         every = plan.checkpoint_every
-        return every is not None and (step % every == 0 or step == plan.total_steps)
+        return checkpoints is not None and every is not None and (step % every == 0 or step == plan.total_steps)
 
     # Ctrl-C only raises a flag: stopping mid-step would leave `state` pointing at donated (deleted) buffers.
     interrupted = []
@@ -166,9 +167,11 @@ def fit(
                 values = metrics.as_record()
                 now = time.perf_counter()
                 record = {
-                    "step": step, "epoch": step / plan.steps_per_epoch, **values, "lr": float(learning_rate(step - 1)),
+                    "step": step, "epoch": step / plan.steps_per_epoch, **values,
                     "examples_per_sec": window_examples / (now - window_start),
                 }
+                if learning_rate is not None:
+                    record["lr"] = float(learning_rate(step - 1))
                 if first_stage_train is not None:
                     record["stage"] = 1 if first_stage else 2
                 log.write(record)
@@ -186,7 +189,9 @@ def fit(
         progress.close()
     if interrupted:
         checkpoint(step, None)
-        print(f"\ninterrupted at step {step}; checkpoint saved, resume with --set resume_from_checkpoint=true")
+        resume = "checkpoint saved, resume with --set resume_from_checkpoint=true"
+        saved = resume if checkpoints is not None else "no checkpoint"
+        print(f"\ninterrupted at step {step}; {saved}")
         log.close()
         return {"interrupted": True, "steps": step}
     elapsed = time.perf_counter() - run_start

@@ -14,20 +14,23 @@ class MetricsLog:
     """Appends records to ``path``; a process that does not write (``enabled=False``) logs nothing.
 
     Arguments:
-        path: the ``metrics.jsonl`` file.
+        path: the ``metrics.jsonl`` file, or ``None`` for none. The records are also kept in ``records``.
         enabled: whether this process writes (process 0 of several).
         wandb_settings: ``wandb.init`` keyword arguments (project, name, group, config), or ``None`` for no
             Weights & Biases run.
     """
 
-    def __init__(self, path: Path, *, enabled: bool = True, wandb_settings: Mapping[str, Any] | None = None):
+    def __init__(
+        self, path: Path | None, *, enabled: bool = True, wandb_settings: Mapping[str, Any] | None = None
+    ):
         self.path, self.enabled, self.wandb_settings, self.wandb = path, enabled, wandb_settings, None
+        self.records: list[dict[str, Any]] = []
 
     def start(self, *, append: bool) -> None:
         """Begin the run's log: empty the file unless ``append`` (a resumed run), and start wandb if asked."""
         if not self.enabled:
             return
-        if not append:
+        if not append and self.path is not None:
             self.path.write_text("")
         if self.wandb_settings is not None:
             try:
@@ -39,8 +42,10 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
