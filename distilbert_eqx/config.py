@@ -497,6 +497,10 @@ def read_yaml_file(path: str | Path, what: str) -> object:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
 
 
+# The key of config.json that records the package versions, the commit and the machine (not a config key).
+PROVENANCE_KEY = "provenance"
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a flat YAML mapping of config keys (or start from defaults when ``path`` is None), then apply
     ``key=value`` overrides in order.
@@ -509,7 +513,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         document = read_yaml_file(path, "config file")
         if document is not None and not isinstance(document, Mapping):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {document!r}")
-        document = document or {}
+        # A run's config.json also records how the run was made; read back as a config, that part is ignored.
+        document = {k: v for k, v in (document or {}).items() if k != PROVENANCE_KEY}
         _check_keys([str(k) for k in document], f"config file {str(path)!r}")
         values.update(document)
     for override in overrides:

@@ -69,3 +69,22 @@ def test_the_step_donates_the_state_as_its_docstring_says():
     assert np.isfinite(np.asarray(new_state.student.classifier.weight)).all()
     accuracy, examples, _ = de.evaluate(new_state.student, [random_batch(1)])
     assert examples == 8 and 0 <= accuracy <= 1
+
+
+def test_the_train_record_averages_the_losses_since_the_last_one():
+    teacher = tiny_teacher()
+    optimizer, schedule = de.make_optimizer(1e-3, 0.0, 0.0, 4)
+    batches, dev = [random_batch(seed) for seed in range(4)], [random_batch(10)]
+
+    def records(log_every: int) -> list[dict]:
+        result = de.fit(teacher, tiny_student(teacher), original_objective(), optimizer, batches, dev_batches=dev,
+                        key=jax.random.key(0), learning_rate=schedule, log_every=log_every)
+        return [r for r in result.records if "loss" in r]
+
+    every_step, every_two = records(1), records(2)
+    assert [r["step"] for r in every_two] == [2, 4]
+    for i, record in enumerate(every_two):
+        pair = every_step[2 * i : 2 * i + 2]
+        for key in ("loss", "loss_ce", "loss_kl", "loss_cos"):
+            assert record[key] == pytest.approx((pair[0][key] + pair[1][key]) / 2, rel=1e-6)
+        assert record["grad_norm"] == pytest.approx(pair[1]["grad_norm"], rel=1e-6)  # the last step's
