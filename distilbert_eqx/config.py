@@ -437,9 +437,13 @@ def _parse_yaml(text: str) -> object:
 
 
 def check_keys(
-    keys: Iterable[object], valid: Sequence[str], where: str, error: type[UserError] = ConfigError, what: str = "key"
+    keys: Iterable[object],
+    valid: Sequence[str],
+    where: str,
+    error: type[UserError] = ConfigError,
+    what: str = "key",
 ) -> None:
-    """Refuse the first of ``keys`` not in ``valid`` with ``error``, naming the closest valid key and all of them."""
+    """Refuse the first of ``keys`` not in ``valid`` with ``error``, naming the closest valid key and all."""
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)

@@ -343,7 +343,7 @@ def _teacher_cache(
     if config.teacher_cache == "off":
         return None
     if not objective.needs_teacher:
-        say(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so nothing is cached")
+        say(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so none is cached")
         return None
     return teacher_cache(
         steps.place_state(eqx.nn.inference_mode(teacher)), split, objective,
@@ -483,8 +483,8 @@ def startup_summary(
     objective: Objective,
     cache: TeacherCache | None,
 ) -> list[str]:
-    """The lines a run prints before its first step: where it runs, on what data, for how long, which models and
-    which loss (what Trainer's and Levanter's start-up logs say)."""
+    """The lines a run prints before its first step: where it runs, on what data, for how long, which models
+    and which loss (what Trainer's and Levanter's start-up logs say)."""
     devices = jax.devices()
     kind = devices[0].device_kind
     lines = [
@@ -496,17 +496,18 @@ def startup_summary(
     variants = "" if train_split.labelled is None else f" ({int(train_split.labelled.sum())} labelled)"
     epochs = plan.total_steps / plan.steps_per_epoch
     lines.append(
-        f"data: {len(train_split)} train examples{variants}, {len(dev_split)} dev; batch {config.batch_size}, "
-        f"{plan.total_steps} steps = {epochs:.2f} epochs of {plan.steps_per_epoch}"
+        f"data: {len(train_split)} train examples{variants}, {len(dev_split)} dev; "
+        f"batch {config.batch_size}, {plan.total_steps} steps = {epochs:.2f} epochs of {plan.steps_per_epoch}"
     )
     student = count_parameters(model)
     if teacher is None:
         lines.append(f"model: {_millions(student)} parameters")
     else:
-        ratio = student / count_parameters(teacher)
+        teacher_count = count_parameters(teacher)
         lines.append(
             f"student: {_millions(student)} parameters, {model.num_layers} layers; teacher: "
-            f"{_millions(count_parameters(teacher))}, {teacher.num_layers} layers (student/teacher {ratio:.2f})"
+            f"{_millions(teacher_count)}, {teacher.num_layers} layers "
+            f"(student/teacher {student / teacher_count:.2f})"
         )
     lines.append(f"loss: {objective.describe()}")
     if objective.needs_teacher:

@@ -123,8 +123,8 @@ def fit(
         steps: the train and eval steps (one device, or a mesh).
         plan: when to log, validate, checkpoint and stop.
         learning_rate: the optimizer's schedule, for the ``lr`` record (``None``: no ``lr`` record).
-        checkpoints: where full train states go; cleared at the start unless ``resume``. ``None``: no checkpoints
-            (Ctrl-C then stops the run without one).
+        checkpoints: where full train states go; cleared at the start unless ``resume``. ``None``: no
+            checkpoints (Ctrl-C then stops the run without one).
         log: the metrics log.
         save_model: ``save_model(model, name, dev_accuracy)`` writes a model folder ``name`` (``"best"``,
             ``final_name``).
@@ -138,8 +138,8 @@ def fit(
         ``{"interrupted": True, "steps": ...}`` after Ctrl-C, which saves a checkpoint first.
     """
     writer = steps.is_writer
-    # A bar redrawn with carriage returns floods a log file or a CI log: off unless stderr is a terminal, where
-    # the train records and validations are printed as lines instead.
+    # A bar redrawn with carriage returns floods a log file or a CI log: off unless stderr is a terminal;
+    # without one, each train record and validation is printed as a line instead.
     interactive = writer and sys.stderr.isatty()
     best_accuracy, start_step = -1.0, 0  # any accuracy beats -1
     latest = checkpoints.latest() if resume and checkpoints is not None else None
@@ -188,7 +188,8 @@ def fit(
 
     def checkpoint_due(step: int) -> bool:
         every = plan.checkpoint_every
-        return checkpoints is not None and every is not None and (step % every == 0 or step == plan.total_steps)
+        due = every is not None and (step % every == 0 or step == plan.total_steps)
+        return checkpoints is not None and due
 
     # Ctrl-C only raises a flag: stopping mid-step would leave `state` pointing at donated (deleted) buffers.
     interrupted = []

@@ -1,8 +1,8 @@
 """Figures: a run's ``metrics.jsonl`` against steps, and a comparison's arms minus the control.
 
-matplotlib is an optional extra (``pip install -e ".[plots]"``); it is imported when a figure is drawn, and its
-absence is a `UserError` that says how to install it. The figures are written as PNG with the Agg backend, so
-no display is needed.
+matplotlib is an optional extra (``pip install -e ".[plots]"``); it is imported when a figure is drawn, and
+its absence is a `UserError` that says how to install it. The figures are written as PNG with the Agg backend,
+so no display is needed.
 """
 
 import json
@@ -16,7 +16,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:
-        raise UserError('plotting needs matplotlib: pip install -e ".[plots]" (or pip install matplotlib)') from e
+        raise UserError('plotting needs matplotlib: pip install -e ".[plots]"') from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

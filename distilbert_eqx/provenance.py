@@ -1,7 +1,7 @@
 """What says how a result was made: the machine, the package versions and the git commit.
 
-Written into a run's ``config.json`` and into a comparison's run records, so that a number can be traced back to
-the code and the machine that produced it."""
+Written into a run's ``config.json`` and into a comparison's run records, so that a number can be traced back
+to the code and the machine that produced it."""
 
 import importlib.metadata
 import os
@@ -29,8 +29,8 @@ def machine() -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout the package runs from (``+dirty`` with uncommitted changes to tracked files);
-    None for an installed copy outside git, or without git."""
+    """The commit of the checkout the package runs from (``+dirty`` with uncommitted changes to tracked
+    files); None for an installed copy outside git, or without git."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PACKAGE_DIR, check=True

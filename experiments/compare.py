@@ -7,15 +7,15 @@
 
 The comparison file names the training script, its config, the ``output_root``, the ``seeds``, the ``control``
 arm, overrides for every run (``set``), the ``arms`` (a ``name`` and its ``set``) and optionally ``records``;
-``experiments/comparisons/example.yaml`` is one, ``distilbert_eqx.comparison.runner`` says what each part means.
-Each run goes to ``output_root/<arm>/seed<S>`` as its own subprocess, seed by seed so that pairs complete first.
-A finished or recorded run is skipped, one with checkpoints continues, a failed one is reported at the end (exit
-status 2) while the others still run; Ctrl-C stops the current run after its step, with a checkpoint.
+``experiments/comparisons/example.yaml`` is one, ``distilbert_eqx.comparison.runner`` says what each part
+means. Each run goes to ``output_root/<arm>/seed<S>`` as its own subprocess, seed by seed so that pairs
+complete first. A finished or recorded run is skipped, one with checkpoints continues, a failed one is
+reported at the end (exit status 2) while the others still run; Ctrl-C stops the current run after its step.
 
 The ``best/`` and final model of every finished run are then evaluated on dev and test (and recorded, with
 ``records``); the table gives each arm's mean accuracies and the arm minus the control on dev+test pooled,
 paired by seed, with a 95% bootstrap interval over seeds and sentences; ``output_root/summary.json`` and the
-last line hold the same as JSON. ``--only`` and ``--seeds`` choose what is trained; the report covers all runs.
+last line hold the same as JSON. ``--only`` and ``--seeds`` choose what is trained; the report covers all.
 """
 
 import argparse

@@ -1,11 +1,11 @@
-"""Draw a run's metrics, or a comparison's arms minus the control, to PNG (needs ``pip install -e ".[plots]"``).
+"""Draw a run's metrics, or a comparison's arms minus the control, to PNG (``pip install -e ".[plots]"``).
 
     python experiments/plot.py run runs/minilm_student_kd [--out FILE.png]
     python experiments/plot.py comparison experiments/comparisons/three_layer.yaml [--out FILE.png]
     python experiments/plot.py comparison runs/compare/three_layer/summary.json [--out FILE.png]
 
-``run`` reads the run folder's ``metrics.jsonl`` and draws the train loss and each loss term, the learning rate,
-the gradient norm, and the validation accuracy and loss against steps (default: ``<run>/metrics.png``).
+``run`` reads the run folder's ``metrics.jsonl`` and draws the train loss and each loss term, the learning
+rate, the gradient norm, and the validation accuracy and loss against steps (default: ``<run>/metrics.png``).
 ``comparison`` reads a comparison file's finished runs (their records in its ``records`` folder, or their run
 folders, evaluated once as ``compare.py --no-run`` does) or a ``summary.json`` that ``compare.py`` wrote, and
 draws each arm minus the control with its 95% interval, for ``best/`` and the final model (default: beside the
@@ -22,7 +22,8 @@ from distilbert_eqx.plots import plot_comparison, plot_run
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="a run's metrics.jsonl against steps")
     run.add_argument("path", type=Path, help="the run folder (or its metrics.jsonl)")

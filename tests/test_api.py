@@ -77,7 +77,8 @@ def test_the_train_record_averages_the_losses_since_the_last_one():
     batches, dev = [random_batch(seed) for seed in range(4)], [random_batch(10)]
 
     def records(log_every: int) -> list[dict]:
-        result = de.fit(teacher, tiny_student(teacher), original_objective(), optimizer, batches, dev_batches=dev,
+        student = tiny_student(teacher)
+        result = de.fit(teacher, student, original_objective(), optimizer, batches, dev_batches=dev,
                         key=jax.random.key(0), learning_rate=schedule, log_every=log_every)
         return [r for r in result.records if "loss" in r]
 

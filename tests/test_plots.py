@@ -1,5 +1,5 @@
-"""The plot command: a run's metrics.jsonl and a recorded comparison, each to a PNG. Skipped without matplotlib
-(an optional extra, ``.[plots]``, which CI's ``.[test]`` leaves out)."""
+"""The plot command: a run's metrics.jsonl and a recorded comparison, each to a PNG. Skipped without
+matplotlib (an optional extra, ``.[plots]``, which CI's ``.[test]`` leaves out)."""
 
 import json
 import sys
@@ -64,7 +64,8 @@ def test_a_short_runs_log_is_drawn(tmp_path):
 
     teacher = tiny_teacher()
     optimizer, schedule = de.make_optimizer(1e-3, 0.0, 0.0, 4)
-    de.fit(teacher, tiny_student(teacher), original_objective(), optimizer, [random_batch(s) for s in range(4)],
+    batches = [random_batch(s) for s in range(4)]
+    de.fit(teacher, tiny_student(teacher), original_objective(), optimizer, batches,
            dev_batches=[random_batch(9)], key=jax.random.key(0), learning_rate=schedule, log_every=1,
            validate_every=2, metrics_path=tmp_path / "metrics.jsonl")
     plot.main(["run", str(tmp_path / "metrics.jsonl"), "--out", str(tmp_path / "run.png")])

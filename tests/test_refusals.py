@@ -37,7 +37,7 @@ def refused(main, args: list[str], capsys) -> str:
     capsys.readouterr()
     status = run_script(main, args)
     err = capsys.readouterr().err
-    # The human lines a run prints before its refusal (its dtype, say) go to stderr too; the error is one line.
+    # The human lines a run prints before its refusal (its dtype, say) go to stderr too; the error is one.
     errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
     assert status == 2 and len(errors) == 1 and err.endswith(errors[0] + "\n") and "Traceback" not in err, err
     return errors[0]

@@ -2,13 +2,14 @@
 
 A comparison file (YAML) names the training script (``distill`` or ``finetune``), its config, the
 ``output_root``, the ``seeds``, the ``control`` arm, overrides for every run (``set``), the ``arms`` (each a
-``name`` and its own ``set``) and optionally ``records``, the folder that keeps one JSON record per finished run.
-Every run goes to ``output_root/<arm>/seed<S>``. A run is ``finished`` (a ``summary/steps`` record in its
-``metrics.jsonl`` and its final model folder), ``resumable`` (a checkpoint), ``new``, or ``recorded`` (its record
-exists, whether or not its folder does). A record holds the run's predictions and labels on dev and test for its
-``best/`` and final models, its summary metrics, its overrides, the teacher's sha256, the machine, the date and
-the commit. `summarise` pairs each arm with the control by seed and reports `paired_difference` on dev+test
-pooled. ``experiments/compare.py`` is the command that trains the runs (one subprocess each) and prints the table.
+``name`` and its own ``set``) and optionally ``records``, the folder that keeps one JSON record per finished
+run. Every run goes to ``output_root/<arm>/seed<S>``. A run is ``finished`` (a ``summary/steps`` record in its
+``metrics.jsonl`` and its final model folder), ``resumable`` (a checkpoint), ``new``, or ``recorded`` (its
+record exists, whether or not its folder does). A record holds the run's predictions and labels on dev and
+test for its ``best/`` and final models, its summary metrics, its overrides, the teacher's sha256, the
+machine, the date and the commit. `summarise` pairs each arm with the control by seed and reports
+`paired_difference` on dev+test pooled. ``experiments/compare.py`` is the command that trains the runs (one
+subprocess each) and prints the table.
 """
 
 import dataclasses
@@ -240,7 +241,9 @@ def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume
     return [*overrides, "resume_from_checkpoint=true"] if resume else overrides
 
 
-def run_command(comparison: Comparison, run: Run, extra: Sequence[str], status: str, scripts: Path) -> list[str]:
+def run_command(
+    comparison: Comparison, run: Run, extra: Sequence[str], status: str, scripts: Path
+) -> list[str]:
     """The command that trains (or continues) ``run``: its training script in the folder ``scripts``."""
     script = scripts / SCRIPTS[comparison.script][0]
     overrides = run_overrides(comparison, run, extra, resume=status == RESUMABLE)
@@ -298,8 +301,8 @@ def train(
     comparison: Comparison, runs: Sequence[Run], extra: Sequence[str], data_dir: str | None, *,
     scripts: Path, launch: Callable[[list[str]], int],
 ) -> list[str]:
-    """Train every unfinished run, each by ``launch(command)`` (its exit status) with the training scripts in the
-    folder ``scripts``; the failed runs, each with why. Each finished run is recorded at once."""
+    """Train every unfinished run, each by ``launch(command)`` (its exit status) with the training scripts in
+    the folder ``scripts``; the failed runs, each with why. Each finished run is recorded at once."""
     pending = [run for run in runs if status(comparison, run) not in DONE]
     failures = []
     for i, run in enumerate(pending, 1):
@@ -516,7 +519,9 @@ def print_table(summary: dict[str, Any]) -> None:
             print(f"{what}: {next(iter(groups))}")
 
 
-def print_plan(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str], scripts: Path) -> dict[str, Any]:
+def print_plan(
+    comparison: Comparison, runs: Sequence[Run], extra: Sequence[str], scripts: Path
+) -> dict[str, Any]:
     """Print each run's state and the command that would train it; the same as a dict ``{"runs": [...]}``."""
     planned = []
     for run in runs:
