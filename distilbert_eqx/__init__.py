@@ -11,7 +11,8 @@ The public API, in the order a distillation uses it:
 - data: `load_tokenizer`, `load_text_split` (SST-2), `sentence_batches` (padded `Batch`es from sentences);
 - steps: `train_step` (jitted; it donates the state, so use the state it returns: the one passed in, and the
   student it was built from, are deleted), `eval_step`, `evaluate` (accuracy over batches);
-- `fit`: the scripts' fit loop over a list of batches, returning the trained students and the metrics.
+- `fit`: the scripts' fit loop over a list of batches (on a copy of the student), returning the trained
+  students and the metrics.
 
 The README's "Python API" section is a complete distillation with these names.
 """

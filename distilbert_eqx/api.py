@@ -107,8 +107,8 @@ def fit(
     **Arguments:**
 
     - `teacher`: the frozen teacher (any mode: the step switches its dropout off), or ``None`` (labels only).
-    - `student`: the model to train, in training mode for dropout. Its arrays are donated to the first step:
-      use the returned students, not this one, afterwards.
+    - `student`: the model to train, in training mode for dropout; left as it is (the loop trains a copy,
+      since the step donates what it trains).
     - `objective`: the loss terms, e.g. ``Objective([terms.CE(1.0), terms.KL(0.45, temperature=2.0)])``; bound
       to the two models here (`Objective.bind`).
     - `optimizer`: e.g. from `make_optimizer` (pass its schedule as `learning_rate` to log it).
@@ -121,8 +121,12 @@ def fit(
 
     **Returns:**
 
-    A `FitResult`: the final and best students (copies, safe to keep), the summary and the records.
+    A `FitResult`: the final and best students (copies, safe to keep), the summary and the records. After
+    Ctrl-C the summary is ``{"interrupted": True, "steps": ...}`` and ``student`` the best one so far.
     """
+    if teacher is None and objective.needs_teacher:
+        readers = [term.name for term in objective.terms if term.reads_teacher]
+        raise ValueError(f"the loss terms {readers} compare the student with a teacher: pass one, or drop them")
     if teacher is not None:
         objective = objective.bind(student, teacher)
     widths_differ = teacher is not None and student.hidden_size != teacher.hidden_size
@@ -140,7 +144,7 @@ def fit(
         saved[name] = _copy(model)
 
     summary = fit_loop(
-        init_state(student, optimizer, key=key, projection=projection),
+        init_state(_copy(student), optimizer, key=key, projection=projection),
         teacher,
         train_batches=lambda start: itertools.islice(itertools.cycle(train_batches), start, None),
         dev_batches=lambda: dev_batches,
