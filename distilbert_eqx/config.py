@@ -13,7 +13,7 @@ import operator
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -442,13 +442,23 @@ def _parse_yaml(text: str) -> object:
     return yaml.load(text, Loader=_YamlLoader)
 
 
-def _check_keys(keys: Sequence[str], where: str) -> None:
-    valid = [f.name for f in dataclasses.fields(ExperimentConfig)]
+def check_keys(
+    keys: Iterable[object],
+    valid: Sequence[str],
+    where: str,
+    error: type[UserError] = ConfigError,
+    what: str = "key",
+) -> None:
+    """Refuse the first of ``keys`` not in ``valid`` with ``error``, naming the closest valid key and all."""
     for key in keys:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
+            close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+            raise error(f"unknown {what} {key!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _check_keys(keys: Sequence[str], where: str) -> None:
+    check_keys(keys, [f.name for f in dataclasses.fields(ExperimentConfig)], where, what="config key")
 
 
 def parse_override(override: str) -> tuple[str, object]:
@@ -497,6 +507,10 @@ def read_yaml_file(path: str | Path, what: str) -> object:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {e}") from e
 
 
+# The key of config.json that records the package versions, the commit and the machine (not a config key).
+PROVENANCE_KEY = "provenance"
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a flat YAML mapping of config keys (or start from defaults when ``path`` is None), then apply
     ``key=value`` overrides in order.
@@ -509,7 +523,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         document = read_yaml_file(path, "config file")
         if document is not None and not isinstance(document, Mapping):
             raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value, got {document!r}")
-        document = document or {}
+        # A run's config.json also records how the run was made; read back as a config, that part is ignored.
+        document = {k: v for k, v in (document or {}).items() if k != PROVENANCE_KEY}
         _check_keys([str(k) for k in document], f"config file {str(path)!r}")
         values.update(document)
     for override in overrides:

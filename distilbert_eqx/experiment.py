@@ -23,7 +23,7 @@ import numpy as np
 from . import host_memory, hub
 from ._types import ComputeDtype
 from .checkpoint import CheckpointManager, atomic_write_text
-from .config import STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
+from .config import PROVENANCE_KEY, STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
 from .data import (
     LABEL_NAMES,
     DataError,
@@ -44,9 +44,10 @@ from .distill.teacher_cache import TeacherCache, teacher_cache
 from .hf import CheckpointError, HubUnavailable, from_pretrained, load_config, save_pretrained
 from .init import random_student, student_from_teacher
 from .loop import FitPlan, evaluate, fit
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, say
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
+from .provenance import git_commit, machine, package_versions
 from .run_lock import LOCK_FILE, OutputDirLock, check_free
 from .train import Steps, init_state, make_optimizer, single_device_steps
 
@@ -342,13 +343,13 @@ def _teacher_cache(
     if config.teacher_cache == "off":
         return None
     if not objective.needs_teacher:
-        print(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so nothing is cached")
+        say(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so none is cached")
         return None
     return teacher_cache(
         steps.place_state(eqx.nn.inference_mode(teacher)), split, objective,
         batch_size=4 * eval_batch_size(config), buckets=buckets, dtype=config.teacher_cache_dtype,
         folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
-        max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place,
+        max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place, log=say,
     )
 
 
@@ -421,6 +422,7 @@ def train_model(
                  "config": config_to_dict(config)}
     # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
     cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
+    summary = startup_summary(config, model, teacher, train_split, dev_split, plan, objective, cache)
     if cache is not None:
         teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
 
@@ -431,11 +433,16 @@ def train_model(
         )
         return (batch for _, batch in stream) if cache is None else cache.attach(stream)
 
+    if steps.is_writer:
+        for line in summary:
+            say(line)
     # Only the writing process holds the folder: the others write nothing into it.
     lock = OutputDirLock(out) if steps.is_writer else contextlib.nullcontext()
     with lock:
         if steps.is_writer:
-            atomic_write_text(out / "config.json", json.dumps(config_to_dict(config), indent=2))
+            provenance = {"versions": package_versions(), "commit": git_commit(), "machine": machine()}
+            record = {**config_to_dict(config), PROVENANCE_KEY: provenance}
+            atomic_write_text(out / "config.json", json.dumps(record, indent=2))
         return fit(
             init_state(
                 model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection
@@ -457,6 +464,59 @@ def train_model(
         )
 
 
+def count_parameters(model: AbstractSequenceClassifier) -> int:
+    """The model's trainable (floating-point) parameters."""
+    return sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 10**5 else f"{count:,}"
+
+
+def startup_summary(
+    config: ExperimentConfig,
+    model: AbstractSequenceClassifier,
+    teacher: AbstractSequenceClassifier | None,
+    train_split: TokenizedSplit,
+    dev_split: TokenizedSplit,
+    plan: FitPlan,
+    objective: Objective,
+    cache: TeacherCache | None,
+) -> list[str]:
+    """The lines a run prints before its first step: where it runs, on what data, for how long, which models
+    and which loss (what Trainer's and Levanter's start-up logs say)."""
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    lines = [
+        (
+            f"devices: {config.num_devices} of {len(devices)} ({devices[0].platform}, {kind}), "
+            f"{config.num_processes} process(es); dtype {config.dtype}"
+        ),
+    ]
+    variants = "" if train_split.labelled is None else f" ({int(train_split.labelled.sum())} labelled)"
+    epochs = plan.total_steps / plan.steps_per_epoch
+    lines.append(
+        f"data: {len(train_split)} train examples{variants}, {len(dev_split)} dev; "
+        f"batch {config.batch_size}, {plan.total_steps} steps = {epochs:.2f} epochs of {plan.steps_per_epoch}"
+    )
+    student = count_parameters(model)
+    if teacher is None:
+        lines.append(f"model: {_millions(student)} parameters")
+    else:
+        teacher_count = count_parameters(teacher)
+        lines.append(
+            f"student: {_millions(student)} parameters, {model.num_layers} layers; teacher: "
+            f"{_millions(teacher_count)}, {teacher.num_layers} layers "
+            f"(student/teacher {student / teacher_count:.2f})"
+        )
+    lines.append(f"loss: {objective.describe()}")
+    if objective.needs_teacher:
+        source = "the live teacher every step" if cache is None else f"a {config.teacher_cache} cache"
+        lines.append(f"teacher outputs: {source} (teacher_cache={config.teacher_cache})")
+    lines.append(f"output: {config.output_dir} (metrics.jsonl, config.json, checkpoints/)")
+    return lines
+
+
 def compute_dtype(dtype: str, backend: str) -> ComputeDtype:
     """The config's ``dtype``, with ``auto`` resolved for ``backend``: float32 on a CPU, where XLA's bfloat16
     is slower than its float32 (docs/performance.md), bfloat16 on an accelerator."""
@@ -469,7 +529,7 @@ def _resolve_dtype(config: ExperimentConfig) -> ExperimentConfig:
     """The config with ``dtype`` resolved for the run's backend (config.json records it), said at start-up."""
     backend = config.platform or jax.default_backend()
     dtype = compute_dtype(config.dtype, backend)
-    print(f"dtype: {dtype}" + (f" (auto on {backend})" if config.dtype == "auto" else ""))
+    say(f"dtype: {dtype}" + (f" (auto on {backend})" if config.dtype == "auto" else ""))
     return dataclasses.replace(config, dtype=dtype)
 
 
@@ -576,9 +636,11 @@ def _with_augmented_pool(
 ) -> TokenizedSplit:
     """The train split followed by its transfer set (``augment``), made or read from ``augment_dir``."""
     text = load_text_split("train", data_dir=config.data_dir, dataset_id=config.dataset_id)
-    pool = augmented_pool(text, tokenizer, teacher, config.augment, config.augment_dir, config.augment_seed)
+    pool = augmented_pool(
+        text, tokenizer, teacher, config.augment, config.augment_dir, config.augment_seed, log=say
+    )
     joined = with_transfer_set(train, pool.split)
-    print(f"augment: training on {len(train)} labelled examples and {len(pool.split)} variants")
+    say(f"augment: training on {len(train)} labelled examples and {len(pool.split)} variants")
     return joined
 
 

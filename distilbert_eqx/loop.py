@@ -7,6 +7,7 @@ devices the steps run on, so there is one training loop for every setup.
 
 import dataclasses
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -18,9 +19,9 @@ from tqdm import tqdm
 
 from .batch import Batch
 from .checkpoint import CheckpointManager
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, say
 from .models import AbstractSequenceClassifier
-from .train import Steps, TrainState, TrainStep, eval_step
+from .train import StepMetrics, Steps, TrainState, TrainStep, eval_step
 
 SaveModel = Callable[[AbstractSequenceClassifier, str, float | None], None]
 
@@ -42,24 +43,58 @@ class FitPlan:
 
 
 def evaluate(
-    model: AbstractSequenceClassifier, batches: Iterable[Batch], steps: Steps | None = None
+    model: AbstractSequenceClassifier,
+    batches: Iterable[Batch],
+    steps: Steps | None = None,
+    progress: tqdm | None = None,
 ) -> tuple[float, int, np.ndarray]:
-    """Accuracy of ``model`` over ``batches`` with ``steps`` (one device when ``None``).
+    """Accuracy of ``model`` over ``batches`` with ``steps`` (one device when ``None``); ``progress`` (a tqdm
+    bar) advances by one per batch.
 
     Returns ``(accuracy, examples, logits (examples, classes))``, logits in batch order, padding rows dropped.
     """
+    accuracy, examples, logits, _ = _evaluate(model, batches, steps, progress)
+    return accuracy, examples, logits
+
+
+def _evaluate(
+    model: AbstractSequenceClassifier, batches: Iterable[Batch], steps: Steps | None, progress: tqdm | None
+) -> tuple[float, int, np.ndarray, np.ndarray]:
+    """`evaluate`, with the real rows' labels as well."""
     run, place = (eval_step, lambda b: b) if steps is None else (steps.evaluate, steps.place)
     model = eqx.nn.inference_mode(model)
     if steps is not None:
         model = steps.place_state(model)
     correct = total = 0.0
-    all_logits = []
+    all_logits, all_labels = [], []
     for batch in batches:
         counts, logits = run(model, place(batch))
         correct += float(counts.correct)
         total += float(counts.total)
         all_logits.append(np.asarray(logits)[batch.weights > 0])
-    return correct / total, int(total), np.concatenate(all_logits)
+        all_labels.append(np.asarray(batch.labels)[batch.weights > 0])
+        if progress is not None:
+            progress.update(1)
+    return correct / total, int(total), np.concatenate(all_logits), np.concatenate(all_labels)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The mean cross-entropy of ``logits (examples, classes)`` against ``labels``, in float64: the validation
+    loss, the CE term's formula over every dev example."""
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=1)
+    log_normaliser = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return float(np.mean(log_normaliser - logits[np.arange(len(labels)), labels]))
+
+
+def mean_metrics(window: list[StepMetrics]) -> dict[str, float]:
+    """The train record's values over the steps since the last one: ``loss`` and each term averaged over the
+    steps that computed it (a two-stage run changes terms mid-window), ``grad_norm`` the last step's."""
+    records = [metrics.as_record() for metrics in window]  # reads the values back from the devices only now
+    keys = [key for key in records[-1] if key != "grad_norm"]
+    keys += [key for record in records[:-1] for key in record if key not in keys and key != "grad_norm"]
+    means = {key: float(np.mean([r[key] for r in records if key in r])) for key in dict.fromkeys(keys)}
+    return {**means, "grad_norm": records[-1]["grad_norm"]}
 
 
 def fit(
@@ -70,12 +105,12 @@ def fit(
     dev_batches: Callable[[], Iterable[Batch]],
     steps: Steps,
     plan: FitPlan,
-    learning_rate: optax.Schedule,
-    checkpoints: CheckpointManager,
+    learning_rate: optax.Schedule | None,
+    checkpoints: CheckpointManager | None,
     log: MetricsLog,
     save_model: SaveModel,
     final_name: str,
-    resume: bool,
+    resume: bool = False,
     first_stage_train: TrainStep | None = None,
 ) -> dict[str, Any]:
     """Train ``state.student``, distilling from ``teacher`` when the steps' losses need one.
@@ -87,8 +122,9 @@ def fit(
         dev_batches: ``dev_batches()`` gives one pass over the validation split.
         steps: the train and eval steps (one device, or a mesh).
         plan: when to log, validate, checkpoint and stop.
-        learning_rate: the optimizer's schedule, for the ``lr`` record.
-        checkpoints: where full train states go; cleared at the start unless ``resume``.
+        learning_rate: the optimizer's schedule, for the ``lr`` record (``None``: no ``lr`` record).
+        checkpoints: where full train states go; cleared at the start unless ``resume``. ``None``: no
+            checkpoints (Ctrl-C then stops the run without one).
         log: the metrics log.
         save_model: ``save_model(model, name, dev_accuracy)`` writes a model folder ``name`` (``"best"``,
             ``final_name``).
@@ -102,27 +138,39 @@ def fit(
         ``{"interrupted": True, "steps": ...}`` after Ctrl-C, which saves a checkpoint first.
     """
     writer = steps.is_writer
+    # A bar redrawn with carriage returns floods a log file or a CI log: off unless stderr is a terminal;
+    # without one, each train record and validation is printed as a line instead.
+    interactive = writer and sys.stderr.isatty()
     best_accuracy, start_step = -1.0, 0  # any accuracy beats -1
-    latest = checkpoints.latest() if resume else None
+    latest = checkpoints.latest() if resume and checkpoints is not None else None
     if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         start_step = int(meta["step"])
         best_accuracy = meta["metadata"]["best_accuracy"]
-        print(f"resumed from {latest} at step {start_step}")
-    elif not resume:
+        say(f"resumed from {latest} at step {start_step}")
+    elif not resume and checkpoints is not None:
         checkpoints.clear()
     log.start(append=latest is not None)
     state = steps.place_state(state)
     teacher = None if teacher is None else steps.place_state(teacher)
 
     eval_seconds, saved_steps = 0.0, set()
+    dev_count: int | None = None  # batches per validation, known after the first
 
     def validate(step: int) -> float:
-        nonlocal best_accuracy, eval_seconds
+        nonlocal best_accuracy, eval_seconds, dev_count
         started = time.perf_counter()
-        accuracy, n, _ = evaluate(state.student, dev_batches(), steps)
+        bar = tqdm(total=dev_count, disable=not interactive, leave=False, dynamic_ncols=True, desc="validate")
+        try:
+            accuracy, n, logits, labels = _evaluate(state.student, dev_batches(), steps, bar)
+        finally:
+            bar.close()
+        dev_count = bar.n
         eval_seconds += time.perf_counter() - started
-        log.write({"step": step, "val_accuracy": accuracy, "val_examples": n})
+        loss = cross_entropy(logits, labels)
+        log.write({"step": step, "val_accuracy": accuracy, "val_loss": loss, "val_examples": n})
+        if writer:
+            say(f"step {step}: val_accuracy {accuracy:.4f}, val_loss {loss:.4f} ({n} examples)")
         if accuracy > best_accuracy:
             best_accuracy = accuracy
             if writer:
@@ -130,7 +178,7 @@ def fit(
         return accuracy
 
     def checkpoint(step: int, accuracy: float | None) -> None:
-        if step in saved_steps:
+        if checkpoints is None or step in saved_steps:
             return
         saved_steps.add(step)
         checkpoints.save(
@@ -140,40 +188,50 @@ def fit(
 
     def checkpoint_due(step: int) -> bool:
         every = plan.checkpoint_every
-        return every is not None and (step % every == 0 or step == plan.total_steps)
+        due = every is not None and (step % every == 0 or step == plan.total_steps)
+        return checkpoints is not None and due
 
     # Ctrl-C only raises a flag: stopping mid-step would leave `state` pointing at donated (deleted) buffers.
     interrupted = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     batches = train_batches(start_step)
-    window_examples, window_start = 0, time.perf_counter()
+    window_examples, window_start, window = 0, time.perf_counter(), []
     run_start, run_examples = window_start, 0
     accuracy = None
     step = start_step
-    progress = tqdm(total=plan.total_steps, initial=start_step, disable=not writer, dynamic_ncols=True, desc="train")
+    progress = tqdm(
+        total=plan.total_steps, initial=start_step, disable=not interactive, dynamic_ncols=True, desc="train"
+    )
     try:
         while step < plan.total_steps and not interrupted:
             batch = next(batches)
             first_stage = first_stage_train is not None and step < plan.first_stage_steps
             train = first_stage_train if first_stage else steps.train
             state, metrics = train(teacher, state, steps.place(batch))
+            window.append(metrics)
             step += 1
             examples = int(batch.weights.sum())
             window_examples += examples
             run_examples += examples
             progress.update(1)
             if step % plan.log_every == 0 or step == plan.total_steps:
-                values = metrics.as_record()
+                values = mean_metrics(window)
                 now = time.perf_counter()
                 record = {
-                    "step": step, "epoch": step / plan.steps_per_epoch, **values, "lr": float(learning_rate(step - 1)),
+                    "step": step, "epoch": step / plan.steps_per_epoch, **values,
                     "examples_per_sec": window_examples / (now - window_start),
                 }
+                if learning_rate is not None:
+                    record["lr"] = float(learning_rate(step - 1))
                 if first_stage_train is not None:
                     record["stage"] = 1 if first_stage else 2
                 log.write(record)
                 progress.set_postfix(loss=f"{values['loss']:.4f}")
-                window_examples, window_start = 0, now
+                if writer and not interactive:
+                    lr = f", lr {record['lr']:.3g}" if "lr" in record else ""
+                    say(f"step {step}/{plan.total_steps}: loss {values['loss']:.4f} (mean of {len(window)} "
+                        f"steps){lr}, {record['examples_per_sec']:.1f} examples/s")
+                window_examples, window_start, window = 0, now, []
             validated = step % plan.log_val_every == 0 or step == plan.total_steps
             if validated:
                 accuracy = validate(step)
@@ -186,7 +244,9 @@ def fit(
         progress.close()
     if interrupted:
         checkpoint(step, None)
-        print(f"\ninterrupted at step {step}; checkpoint saved, resume with --set resume_from_checkpoint=true")
+        resume = "checkpoint saved, resume with --set resume_from_checkpoint=true"
+        saved = resume if checkpoints is not None else "no checkpoint"
+        say(f"interrupted at step {step}; {saved}")
         log.close()
         return {"interrupted": True, "steps": step}
     elapsed = time.perf_counter() - run_start

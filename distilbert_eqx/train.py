@@ -183,7 +183,10 @@ def train_step_body(
     """One optimizer step on one (local) batch. See ``train_step`` for the jitted single-device version.
 
     ``row_keys``: this batch's rows' dropout keys (``row_dropout_keys`` of the global batch, sharded);
-    ``None`` draws them here, for a batch that is the global batch."""
+    ``None`` draws them here, for a batch that is the global batch. The teacher runs in inference mode
+    whatever mode it is passed in (its dropout would need a key, and its targets would be noise)."""
+    if teacher is not None:
+        teacher = eqx.nn.inference_mode(teacher)
     key = jax.random.split(state.key)[0]
     if row_keys is None:
         row_keys = row_dropout_keys(state.key, batch.input_ids.shape[0])
@@ -223,7 +226,14 @@ def train_step(
     optimizer: optax.GradientTransformation,
     objective: Objective,
 ) -> tuple[TrainState, StepMetrics]:
-    """One jitted optimizer step on one device; the state is donated, the teacher (first argument) is not."""
+    """One jitted optimizer step on one device: ``new_state, metrics = train_step(teacher, state, ...)``.
+
+    The state is donated: its buffers become the new state's, so ``state`` and every array in it (the student
+    you built it from, too) are deleted after the call ("Array has been deleted" on the next use). Keep using
+    the returned state (``new_state.student``); copy a student you want to keep first
+    (``jax.tree.map(lambda x: jnp.copy(x) if eqx.is_array(x) else x, student)``). The teacher (first
+    argument) is not donated, and runs in inference mode whatever mode it is passed in.
+    """
     return train_step_body(teacher, state, batch, optimizer, objective)
 
 
@@ -233,7 +243,8 @@ class EvalCounts(NamedTuple):
 
 
 def eval_step_body(model: AbstractSequenceClassifier, batch: Batch, axis_name: str | None = None) -> tuple[EvalCounts, Any]:
-    """Weighted count of correct predictions (padding rows weigh 0), and the logits."""
+    """Weighted count of correct predictions (padding rows weigh 0), and the logits; the model runs in
+    inference mode."""
     logits = forward(model, batch, key=None).logits
     correct = jnp.sum(jnp.where(jnp.argmax(logits, axis=-1) == batch.labels, batch.weights, 0.0))
     counts = EvalCounts(correct, jnp.sum(batch.weights))
@@ -244,8 +255,8 @@ def eval_step_body(model: AbstractSequenceClassifier, batch: Batch, axis_name: s
 
 @eqx.filter_jit
 def eval_step(model: AbstractSequenceClassifier, batch: Batch) -> tuple[EvalCounts, Any]:
-    """Jitted single-device evaluation of one batch; ``model`` must be in inference mode."""
-    return eval_step_body(model, batch)
+    """Jitted single-device evaluation of one batch (dropout off, whatever mode ``model`` is in)."""
+    return eval_step_body(eqx.nn.inference_mode(model), batch)
 
 
 TrainStep = Callable[[AbstractSequenceClassifier | None, TrainState, Batch], tuple[TrainState, StepMetrics]]

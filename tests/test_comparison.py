@@ -1,6 +1,6 @@
-"""The paired statistic over seeds and sentences (distilbert_eqx.comparison), and the comparison runner
-(experiments/compare.py): its file validation, planning and summary on fabricated run folders, and one tiny
-comparison end to end."""
+"""The paired statistic over seeds and sentences (distilbert_eqx.comparison.paired), and the comparison
+runner (distilbert_eqx.comparison.runner, run by experiments/compare.py): its file validation, planning and
+summary on fabricated run folders, and one tiny comparison end to end."""
 
 import hashlib
 import json
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from distilbert_eqx.comparison import mean_accuracy, paired_difference, pool_splits
+from distilbert_eqx.comparison import mean_accuracy, paired_difference, pool_splits, runner
+from distilbert_eqx.provenance import machine
 from helpers import REPO, make_workspace
 
 sys.path.insert(0, str(REPO / "experiments"))
@@ -145,8 +146,8 @@ def fabricate_run(
     (out / "config.json").write_text(json.dumps({"teacher_model": str(teacher or out / "no-teacher")}))
     records = [{"step": 2, "loss": 0.5}, {"step": 2, "summary/steps": 2, "summary/wall_time_sec": 3.5}]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    for model in compare.MODELS:
-        for split in compare.SPLITS:
+    for model in runner.MODELS:
+        for split in runner.SPLITS:
             right = correctness(arm, seed, model, split)
             rows = [{"prediction": y if ok else 1 - y, "label": y} for y, ok in zip(labels[split], right)]
             text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -156,7 +157,7 @@ def fabricate_run(
 def expected_difference(arm: str, seeds: list[int], model: str) -> dict:
     def pooled(name):
         return np.concatenate(
-            [np.stack([correctness(name, s, model, split) for s in seeds]) for split in compare.SPLITS], axis=1
+            [np.stack([correctness(name, s, model, split) for s in seeds]) for split in runner.SPLITS], axis=1
         )
 
     return {"paired_seeds": seeds, **paired_difference(pooled(arm), pooled("labels_only"))}
@@ -169,14 +170,14 @@ def _no_evaluation(*args, **kwargs):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(sed=[1]), "unknown key 'sed'. Did you mean 'seeds'"),
+        (lambda d: d.update(sed=[1]), r"unknown key 'sed' in .*\. Did you mean 'seeds'"),
         (lambda d: d.pop("control"), "missing key 'control'"),
         (lambda d: d.update(control="nope"), r"control='nope' is not one of the arms \(labels_only, original\)"),
         (lambda d: d["arms"].append({"name": "original"}), r"arm names \['original'\] appear more than once"),
         (lambda d: d["arms"].append({"name": "../up"}), r"arms\[2\]: name='../up'; expected a folder name"),
         (lambda d: d["arms"].append({"name": "a b"}), r"arms\[2\]: name='a b'"),
         (lambda d: d["arms"].append({"set": []}), r"arms\[2\]: name=None"),
-        (lambda d: d["arms"].append({"name": "x", "sets": []}), "unknown key 'sets'. Did you mean 'set'"),
+        (lambda d: d["arms"].append({"name": "x", "sets": []}), r"'sets' in .*\[2\]\. Did you mean 'set'"),
         (lambda d: d["arms"].append({"name": "x", "set": "alpha_kl=0"}), r"arms\[2\] \(x\): set='alpha_kl=0'"),
         (lambda d: d.update(arms=[]), "arms=.*expected a non-empty list"),
         (lambda d: d.update(seeds=[]), r"seeds=\[\]; expected a non-empty list of ints >= 0"),
@@ -192,32 +193,33 @@ def _no_evaluation(*args, **kwargs):
 def test_invalid_comparison_files_name_the_key(tmp_path, change, message):
     values = document(tmp_path / "runs")
     change(values)
-    with pytest.raises(compare.ComparisonError, match=message):
-        compare.read_comparison(write_comparison(tmp_path, values))
+    with pytest.raises(runner.ComparisonError, match=message):
+        runner.read_comparison(write_comparison(tmp_path, values))
 
 
 def test_a_comparison_file_is_read_as_config_files_are(tmp_path):
     path = write_comparison(tmp_path, document(tmp_path / "runs"))
     path.write_text(path.read_text() + "control: original\n")
-    with pytest.raises(compare.ComparisonError, match=r"comparison file .*: key 'control' appears twice"):
-        compare.read_comparison(path)
+    with pytest.raises(runner.ComparisonError, match=r"comparison file .*: key 'control' appears twice"):
+        runner.read_comparison(path)
     path.write_bytes(b"script: distill\nconfig: caf\xe9.yaml\n")
-    with pytest.raises(compare.ComparisonError, match=r":2: not UTF-8 text"):
-        compare.read_comparison(path)
+    with pytest.raises(runner.ComparisonError, match=r":2: not UTF-8 text"):
+        runner.read_comparison(path)
 
 
 def test_invalid_command_line_selections_and_config_typos_fail_before_any_run(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a run"))
     values = document(tmp_path / "runs")
     path = write_comparison(tmp_path, values)
-    with pytest.raises(compare.ComparisonError, match="--only other: not an arm"):
+    with pytest.raises(runner.ComparisonError, match="--only other: not an arm"):
         compare.main([str(path), "--only", "other"])
-    with pytest.raises(compare.ComparisonError, match=r"--seeds 7: not in the seeds .* \(\[1, 2\]\)"):
+    with pytest.raises(runner.ComparisonError, match=r"--seeds 7: not in the seeds .* \(\[1, 2\]\)"):
         compare.main([str(path), "--seeds", "1", "7"])
     values["arms"][1]["set"] = ["alpah_kl=0.5"]
     path = write_comparison(tmp_path, values)
     for args in ([], ["--dry-run"]):
-        with pytest.raises(compare.ComparisonError, match="arm 'original', seed 1: unknown config key 'alpah_kl'"):
+        message = "arm 'original', seed 1: unknown config key 'alpah_kl'"
+        with pytest.raises(runner.ComparisonError, match=message):
             compare.main([str(path), *args])
     assert not (tmp_path / "runs").exists()
 
@@ -225,29 +227,29 @@ def test_invalid_command_line_selections_and_config_typos_fail_before_any_run(tm
 @pytest.mark.parametrize("path", sorted((REPO / "experiments/comparisons").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_comparison_file_reads_and_every_run_config_loads(path, monkeypatch):
     monkeypatch.chdir(REPO)  # its paths are relative to the folder it is run from: the repository's root
-    comparison = compare.read_comparison(path)
-    runs = compare.select_runs(comparison, None, None)
+    comparison = runner.read_comparison(path)
+    runs = runner.select_runs(comparison, None, None)
     assert len(runs) == len(comparison.arms) * len(comparison.seeds)
-    compare.check_configs(comparison, runs, [])
+    runner.check_configs(comparison, runs, [])
 
 
 def test_run_status_finished_resumable_or_new(tmp_path):
     out = tmp_path / "run"
-    assert compare.run_status(out, "student") == compare.NEW
+    assert runner.run_status(out, "student") == runner.NEW
     out.mkdir()
     (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.7}) + "\n")
-    assert compare.run_status(out, "student") == compare.NEW
+    assert runner.run_status(out, "student") == runner.NEW
     # A save in progress (or cut short) is no checkpoint to resume from.
     (out / "checkpoints" / ".tmp-step_00000002-123").mkdir(parents=True)
-    assert compare.run_status(out, "student") == compare.NEW
+    assert runner.run_status(out, "student") == runner.NEW
     (out / "checkpoints" / "step_00000001").mkdir()
-    assert compare.run_status(out, "student") == compare.RESUMABLE
+    assert runner.run_status(out, "student") == runner.RESUMABLE
     (out / "student").mkdir()
-    assert compare.run_status(out, "student") == compare.RESUMABLE  # no summary record yet
+    assert runner.run_status(out, "student") == runner.RESUMABLE  # no summary record yet
     with (out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 2, "summary/steps": 2}) + "\n" + '{"step": 3, "lo')  # a torn last line
-    assert compare.run_status(out, "student") == compare.FINISHED
-    assert compare.run_status(out, "model") == compare.RESUMABLE  # a fine-tuning run saves model/
+    assert runner.run_status(out, "student") == runner.FINISHED
+    assert runner.run_status(out, "model") == runner.RESUMABLE  # a fine-tuning run saves model/
 
 
 def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
@@ -284,7 +286,7 @@ def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
 def test_failed_runs_are_reported_at_the_end_and_retried_on_the_next_call(tmp_path, monkeypatch, capsys):
     root = tmp_path / "runs"
     path = write_comparison(tmp_path, document(root))
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     launched = []
     # labels_only seed 2 stops early with status 0 (as after its own Ctrl-C); original seed 2 crashes.
     broken = {"labels_only/seed2": 0, "original/seed2": 1}
@@ -300,7 +302,7 @@ def test_failed_runs_are_reported_at_the_end_and_retried_on_the_next_call(tmp_pa
         return 0
 
     monkeypatch.setattr(compare, "launch", launch)
-    with pytest.raises(compare.RunsFailed) as failed:
+    with pytest.raises(runner.RunsFailed) as failed:
         compare.main([str(path)])
     assert str(failed.value).startswith(
         "2 run(s) failed: labels_only seed 2 (stopped before its last step); original seed 2 (exit status 1)."
@@ -324,9 +326,9 @@ def test_failed_runs_are_reported_at_the_end_and_retried_on_the_next_call(tmp_pa
     assert launched == [("labels_only/seed2", True), ("original/seed2", True)]
     arms = {row["arm"]: row for row in summary["arms"]}
     assert "minus_control" not in arms["labels_only"]
-    for model in compare.MODELS:
+    for model in runner.MODELS:
         assert arms["original"]["minus_control"][model] == expected_difference("original", [1, 2], model)
-        for split in compare.SPLITS:
+        for split in runner.SPLITS:
             mean = np.mean([correctness("original", s, model, split).mean() for s in (1, 2)])
             assert arms["original"]["accuracy"][model][split] == pytest.approx(100 * mean)
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| original |")]
@@ -341,7 +343,7 @@ def test_failed_runs_are_reported_at_the_end_and_retried_on_the_next_call(tmp_pa
 def test_the_summary_pairs_only_the_seeds_both_arms_finished(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     path = write_comparison(tmp_path, document(root, seeds=[1, 2, 3]))
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     for arm, seed in [("labels_only", 1), ("labels_only", 2), ("original", 2), ("original", 3)]:
         fabricate_run(root / arm / f"seed{seed}", arm, seed)
     summary = compare.main([str(path), "--no-run"])
@@ -353,17 +355,17 @@ def test_the_summary_pairs_only_the_seeds_both_arms_finished(tmp_path, monkeypat
 def test_predictions_from_other_data_are_refused(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     path = write_comparison(tmp_path, document(root, seeds=[1]))
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     fabricate_run(root / "labels_only/seed1", "labels_only", 1)
     fabricate_run(root / "original/seed1", "original", 1, labels={**LABELS, "dev": LABELS["dev"][::-1]})
-    with pytest.raises(compare.ComparisonError, match="dev predictions of .* have different labels"):
+    with pytest.raises(runner.ComparisonError, match="dev predictions of .* have different labels"):
         compare.main([str(path), "--no-run"])
 
 
 def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_path, monkeypatch, capsys):
     root, records = tmp_path / "runs", tmp_path / "records"
     path = write_comparison(tmp_path, document(root, records=str(records)))
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "model.safetensors").write_bytes(b"teacher weights")
@@ -379,7 +381,7 @@ def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_
     assert record["summary"] == {"steps": 2, "wall_time_sec": 3.5}
     assert record["overrides"][-2:] == [f"output_dir={root / 'original/seed2'}", "job_name=original-seed2"]
     assert record["teacher_sha256"] == hashlib.sha256(b"teacher weights").hexdigest()
-    assert record["machine"] == compare.machine() and record["recorded"]
+    assert record["machine"] == machine() and record["recorded"]
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file() and "model name" in cpuinfo.read_text():
         assert " (family " in record["machine"]  # the CPU's name, not only its architecture
@@ -390,7 +392,7 @@ def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_
     shutil.rmtree(root)
     monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a recorded run"))
     capsys.readouterr()
-    assert compare.main([str(path), "--dry-run"])["runs"][0]["status"] == compare.RECORDED
+    assert compare.main([str(path), "--dry-run"])["runs"][0]["status"] == runner.RECORDED
     assert compare.main([str(path)])["arms"] == summary["arms"]
     assert f"teacher (weights sha256): {record['teacher_sha256']}" in capsys.readouterr().out
 
@@ -406,7 +408,8 @@ def test_finished_runs_are_recorded_and_a_record_stands_for_its_deleted_run(tmp_
     assert original["minus_control"]["best"] == expected_difference("original", [2], "best")
 
     (records / "original/seed1.json").write_text('{"arm": "original", "predictions": {}}')
-    with pytest.raises(compare.ComparisonError, match=r"cannot read the run record .*original/seed1.json: .*delete it"):
+    unreadable = r"cannot read the run record .*original/seed1.json: .*delete it"
+    with pytest.raises(runner.ComparisonError, match=unreadable):
         compare.main([str(path), "--no-run"])
 
 
@@ -418,7 +421,7 @@ def test_a_run_whose_seed_was_recorded_with_another_teacher_is_refused_before_an
     path = write_comparison(
         tmp_path, document(root, records=str(records), set=["max_steps=2", f"teacher_model={teacher}"])
     )
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     elsewhere = tmp_path / "teacher_elsewhere"
     elsewhere.mkdir()
     (elsewhere / "model.safetensors").write_bytes(b"another machine's teacher")
@@ -436,7 +439,8 @@ def test_a_run_whose_seed_was_recorded_with_another_teacher_is_refused_before_an
 
     monkeypatch.setattr(compare, "launch", launch)
     other = hashlib.sha256(b"another machine's teacher").hexdigest()
-    with pytest.raises(compare.ComparisonError, match=rf"original seed 1: its teacher .* sha256 .* seed 1's recorded "
+    with pytest.raises(runner.ComparisonError,
+                       match=rf"original seed 1: its teacher .* sha256 .* seed 1's recorded "
                        rf"runs had another teacher \(labels_only: {other}\).*\(--seeds\)"):
         compare.main([str(path)])
     assert launched == []
@@ -448,7 +452,7 @@ def test_a_run_whose_seed_was_recorded_with_another_teacher_is_refused_before_an
 def test_each_run_is_recorded_as_soon_as_it_finishes(tmp_path, monkeypatch):
     root, records = tmp_path / "runs", tmp_path / "records"
     path = write_comparison(tmp_path, document(root, records=str(records)))
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     seen = []
 
     def launch(command):
@@ -477,16 +481,16 @@ def test_missing_predictions_are_evaluated_with_the_runs_settings_and_cached(tmp
         Path(predictions_out).write_text("".join(json.dumps(r) + "\n" for r in rows))
         return {"accuracy": 0.5, "n": len(rows)}
 
-    monkeypatch.setattr(compare, "evaluate_checkpoint", evaluate)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", evaluate)
     for data_dir in (None, "/other"):
-        predictions, labels = compare.run_predictions(out, "final", "dev", folder="student", data_dir=data_dir)
+        predictions, labels = runner.run_predictions(out, "final", "dev", folder="student", data_dir=data_dir)
         np.testing.assert_array_equal(labels, LABELS["dev"])
         np.testing.assert_array_equal(predictions, np.ones(len(LABELS["dev"])))
     # The second call read the cache.
     assert calls == [(str(out / "student"), {"data_dir": "/run/data", "split": "dev", "dataset_id": "glue/sst2",
                                              "max_length": 64, "batch_size": 32, "buckets": (16, 64)})]
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["final_dev.jsonl"]
-    compare.run_predictions(out, "best", "test", folder="best", data_dir="/other")
+    runner.run_predictions(out, "best", "test", folder="best", data_dir="/other")
     assert calls[-1][1]["data_dir"] == "/other"
 
 
@@ -566,12 +570,12 @@ def test_a_tiny_comparison_end_to_end(workspace, tmp_path, monkeypatch, capfd):
 
     # A second call finds every run finished and every prediction cached.
     monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a finished run"))
-    monkeypatch.setattr(compare, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
     assert compare.main([str(path)]) == summary
 
     # Killed after its last checkpoint, before saving its final model: the run would be resumed.
     run = root / "grouped/seed2"
     (run / "student").rename(tmp_path / "student_aside")
-    assert compare.run_status(run, "student") == compare.RESUMABLE
+    assert runner.run_status(run, "student") == runner.RESUMABLE
     plan = compare.main([str(path), "--dry-run", "--only", "grouped", "--seeds", "2"])
     assert plan["runs"][0]["command"][-1] == "resume_from_checkpoint=true"

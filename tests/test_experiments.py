@@ -89,10 +89,27 @@ def test_finetune_evaluate_distill_scripts(workspace, capsys):
     assert result["accuracy"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in rows]))
     assert [r["label"] for r in rows] == load_text_split("dev", data_dir=workspace / "data").labels.tolist()
 
+    capsys.readouterr()
     summary = distill_sst2.main(
         common(workspace, "kd") + ["--set", f"teacher_model={out / 'model'}", "--set", "student_init_layers=[0,1]"]
     )
     assert summary["steps"] == 2
+    # Human lines on stderr, the JSON result alone on stdout (a CI log gets lines, not a redrawn bar).
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == summary
+    log = captured.err
+    assert "\r" not in log
+    for start in ("devices: 1 of ", "data: 40 train examples, 20 dev; batch 8, 2 steps = 0.40 epochs of 5",
+                  "loss: ", "teacher outputs: the live teacher every step"):
+        assert f"\n{start}" in f"\n{log}", (start, log)
+    assert "(student/teacher 1.00)" in log  # both models hold the tiny teacher's two layers
+    assert "step 2/2: loss " in log and "(mean of 1 steps)" in log and "step 2: val_accuracy " in log
+    records = [json.loads(line) for line in (workspace / "kd" / "metrics.jsonl").read_text().splitlines()]
+    assert all("time" in r for r in records)
+    assert any("val_loss" in r and r["val_loss"] > 0 for r in records)
+    written = json.loads((workspace / "kd" / "config.json").read_text())
+    assert written["provenance"]["versions"]["jax"] == jax.__version__ and "commit" in written["provenance"]
+    assert load_config(workspace / "kd" / "config.json").seed == written["seed"]  # still a config file
     student = transformers.AutoModelForSequenceClassification.from_pretrained(workspace / "kd" / "student")
     assert isinstance(student, transformers.DistilBertForSequenceClassification)
     assert (workspace / "kd" / "best" / "tokenizer.json").is_file()
@@ -182,10 +199,10 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     _, live = run("live_teacher")
     stopped, _ = run("cached_teacher", "teacher_cache=disk", interrupt_after=3)
     assert stopped == {"interrupted": True, "steps": 3}
-    first = capsys.readouterr().out
+    first = capsys.readouterr().err
     assert "teacher cache (float32, 40 examples): cos.last_hidden_state" in first and "teacher cache: saved" in first
     _, cached = run("cached_teacher", "teacher_cache=disk", "resume_from_checkpoint=true")
-    assert "teacher cache: reading" in capsys.readouterr().out
+    assert "teacher cache: reading" in capsys.readouterr().err
     assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5
     metrics = [json.loads(line) for line in (workspace / "cached_teacher" / "metrics.jsonl").read_text().splitlines()]
     assert any("loss_hidden" in m for m in metrics)
@@ -389,10 +406,10 @@ def test_a_transfer_set_run_resumed_after_ctrl_c_equals_the_live_teacher_run(wor
 
     _, pool, live = run("pool_live")
     assert int(pool.labelled.sum()) == 40 and len(pool) > 40  # the originals, then their variants
-    assert "augment: training on 40 labelled examples and" in capsys.readouterr().out
+    assert "augment: training on 40 labelled examples and" in capsys.readouterr().err
     stopped, _, _ = run("pool_cached", "teacher_cache=disk", interrupt_after=3)
     assert stopped == {"interrupted": True, "steps": 3}
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "augment: read" in out  # the pool made by the first run, reused
     cached_line = next(line for line in out.splitlines() if line.startswith("teacher cache (float32"))
     assert f"{len(pool)} examples" in cached_line

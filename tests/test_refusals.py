@@ -36,9 +36,11 @@ def refused(main, args: list[str], capsys) -> str:
     """The one line a script prints for a refusal, after checking its exit status."""
     capsys.readouterr()
     status = run_script(main, args)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (status, lines)
-    return lines[0]
+    err = capsys.readouterr().err
+    # The human lines a run prints before its refusal (its dtype, say) go to stderr too; the error is one.
+    errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    assert status == 2 and len(errors) == 1 and err.endswith(errors[0] + "\n") and "Traceback" not in err, err
+    return errors[0]
 
 
 def test_an_output_dir_that_is_a_file(workspace, tmp_path, capsys):
@@ -79,7 +81,7 @@ def test_overwrite_output_dir_replaces_the_run(workspace, tmp_path, capsys):
     summary = distill_sst2.main(args)
     assert summary["steps"] == 2
     # dtype auto: float32 on this CPU, said at start-up and recorded.
-    assert "dtype: float32 (auto on cpu)" in capsys.readouterr().out
+    assert "dtype: float32 (auto on cpu)" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
