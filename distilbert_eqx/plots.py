@@ -135,7 +135,7 @@ def plot_comparison(summary: dict[str, Any], out: str | Path, title: str | None 
     axis.set_yticks(range(len(arms)))
     axis.set_yticklabels([f"{row['arm']} ({len(row['finished_seeds'])} seeds)" for row in arms])
     axis.invert_yaxis()
-    axis.set_xlabel(f"accuracy minus {control}, points ({summary.get('pooled_splits', 'dev+test')} pooled; "
+    axis.set_xlabel(f"accuracy minus {control}, points\n({summary.get('pooled_splits', 'dev+test')} pooled; "
                     "95% bootstrap interval over seeds and sentences)", fontsize="small")
     axis.legend(fontsize="small")
     axis.set_title(title or Path(summary["comparison"]).stem)
