@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 
-from helpers import REPO
+import pytest
+
+from helpers import REPO, minilm_dir, sst2_dir
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import SIZES, data_sheet_peak_tflops, step_matmul_flops
+from epoch_time import round_order
 
 
 def _benchmark(args: list[str]) -> subprocess.CompletedProcess:
@@ -58,3 +61,29 @@ def test_device_check_grades_against_the_data_sheet_by_device_name():
     assert data_sheet_peak_tflops("NVIDIA A100-SXM4-80GB", "float32") == 19.5
     assert data_sheet_peak_tflops("cpu", "bfloat16") is None
 
+
+def test_epoch_time_rounds_alternate_the_order():
+    orders = [round_order(["f", "e", "d"], i) for i in range(3)]
+    assert orders == [["f", "e", "d"], ["d", "e", "f"], ["f", "e", "d"]]
+
+
+@pytest.mark.slow
+def test_epoch_time_quick_reports_each_ratio_over_rounds():
+    args = ["benchmarks/epoch_time.py", "--quick", "--variants", "b,e", "--rounds", "2",
+            "--torch-threads", "1", "--tokenizer", str(minilm_dir()), "--data-dir", str(sst2_dir())]
+    done = _benchmark(args)
+    table, result = _report(done)
+    parent = [line for line in done.stderr.splitlines() if line.startswith("[parent] round")]
+    order = [line.split(", variant ")[1][0] for line in parent]
+    assert order == ["b", "e", "e", "b"]
+    assert result["rounds"] == 2 and [sorted(r) for r in result["round_results"]] == [["b", "e"], ["b", "e"]]
+    ratio = result["ratios"]["b/e"]
+    assert set(ratio) == {"1_epochs", "steady_epoch", "timed_steps"}
+    for value in ratio.values():
+        assert len(value["rounds"]) == 2 and value["min"] <= value["median"] <= value["max"]
+        assert value["min"] == min(value["rounds"]) and value["max"] == max(value["rounds"])
+    rounds = result["round_results"]
+    per_round = [r["b"]["measured_examples_per_s"] / r["e"]["measured_examples_per_s"] for r in rounds]
+    assert ratio["timed_steps"]["rounds"] == pytest.approx(per_round)
+    assert "medians over 2 rounds" in table and "median over 2 rounds" in table
+    assert f"| b/e | {ratio['1_epochs']['median']:.2f}x ({ratio['1_epochs']['min']:.2f}-" in table
