@@ -167,7 +167,9 @@ def xla_flops(distiller: OursDistiller, batch) -> float | None:
     return float(flops) if flops is not None and flops > 0 else None
 
 
-def time_step(args: argparse.Namespace, dtype: str, peak_tflops: float | None) -> dict:
+def time_step(
+    args: argparse.Namespace, dtype: str, peak_tflops: float | None, peak_source: str | None
+) -> dict:
     """Part 1 for one dtype."""
     from distilbert_eqx.batch import Batch
 
@@ -199,6 +201,7 @@ def time_step(args: argparse.Namespace, dtype: str, peak_tflops: float | None) -
         "matmul_flops": flops,
         "matmul_tflops_per_s": flops / median / 1e12,
         "peak_tflops": peak_tflops,
+        "peak_source": peak_source,
         "mfu": flops / median / (peak_tflops * 1e12) if peak_tflops else None,
         "xla_flops": None if args.no_cost_analysis else xla_flops(distiller, batch),
         "loss_last": loss,
@@ -277,9 +280,20 @@ def time_run(args: argparse.Namespace, split) -> dict:
     return result
 
 
-def peak_for(args: argparse.Namespace, dtype: str, device_kind: str) -> float | None:
+def peak_for(args: argparse.Namespace, dtype: str, device) -> tuple[float | None, str | None]:
+    """The peak ``dtype``'s step is graded against, in TFLOP/s, and where it comes from."""
+    option = "--peak-tflops" if dtype == "bfloat16" else "--peak-tflops-fp32"
     given = args.peak_tflops if dtype == "bfloat16" else args.peak_tflops_fp32
-    return given if given is not None else data_sheet_peak_tflops(device_kind, PEAK_PRECISION[dtype])
+    if given is not None:
+        return given, option
+    precision = PEAK_PRECISION[dtype]
+    tflops = data_sheet_peak_tflops(device.device_kind, precision)
+    if tflops is not None:
+        return tflops, f"data sheet, dense {precision}"
+    if device.platform != "cpu":
+        log(f"[device check] no data-sheet {precision} peak for {device.device_kind!r} in "
+            f"_common.DENSE_PEAK_TFLOPS: MFU n/a unless {option} is given")
+    return None, None
 
 
 def print_table(device: str, steps: list[dict], teacher: dict, run: dict) -> None:
@@ -310,7 +324,7 @@ def main() -> None:
     device = jax.devices()[0]
     device_kind = device.device_kind
     log(f"[device check] {device.platform}: {device_kind}")
-    steps = [time_step(args, dtype, peak_for(args, dtype, device_kind)) for dtype in args.dtypes]
+    steps = [time_step(args, dtype, *peak_for(args, dtype, device)) for dtype in args.dtypes]
     split = synthetic_split(args.sentences, args.seq_len, args.seed)
     teacher = time_teacher_pass(args, split)
     run = time_run(args, split)

@@ -44,7 +44,7 @@ def test_device_check_quick_prints_one_table_and_the_json():
         assert step["n"] == 5 and step["matmul_flops"] == step_matmul_flops(SIZES["tiny"], 8, 16)
         assert step["xla_flops"] is None or step["xla_flops"] > 0
         assert step["first_call_s"] > 0 and step["median_s"] > 0
-    assert bf16["peak_tflops"] == 1 and bf16["mfu"] > 0
+    assert (bf16["peak_tflops"], bf16["peak_source"]) == (1, "--peak-tflops") and bf16["mfu"] > 0
     assert fp32["peak_tflops"] is None and fp32["mfu"] is None and "| n/a |" in table
     teacher = result["teacher_pass"]
     assert teacher["sentences"] == 200 and teacher["examples_per_s"] > 0
