@@ -41,7 +41,7 @@ median 10 and sigma 0.75, rounded and clipped to [3, min(66, ``--seq-len``)]. Th
 quantiles 10/25/50/75/90% of 4/6/10/17/26, where SST-2 train under the bert-base-uncased vocabulary has mean
 13.3, 4/6/10/18/27 and at most 66 tokens. The token ids are random.
 
-    python benchmarks/device_check.py                  # on the GPU if JAX has one: base pair, ~5 minutes
+    python benchmarks/device_check.py                  # on the GPU if JAX has one; sized for < 8 min on an H100
     python benchmarks/device_check.py --dtypes bfloat16 --run-steps 100
     python benchmarks/device_check.py --quick          # CPU smoke run: tiny pair, 8 x 16, 5 steps
 
