@@ -52,6 +52,29 @@ SIZES = {
 }
 
 
+# Dense (no sparsity) peaks from NVIDIA's data sheets, TFLOP/s, by a substring of the device name (JAX's
+# ``device_kind``, PyTorch's ``get_device_name``); the first match counts, so the more specific names come
+# first. "tf32" is the tensor-core rate at which XLA:GPU runs float32 dots under JAX's default matmul
+# precision on these chips; "float32" is the CUDA-core rate, what a float32 dot gets at "highest" precision.
+DENSE_PEAK_TFLOPS = (
+    ("H100 NVL", {"bfloat16": 835.0, "tf32": 417.5, "float32": 60.0}),
+    ("H100 PCIe", {"bfloat16": 756.0, "tf32": 378.0, "float32": 51.0}),
+    ("H200 NVL", {"bfloat16": 835.0, "tf32": 417.5, "float32": 60.0}),
+    ("H100", {"bfloat16": 989.4, "tf32": 494.7, "float32": 66.9}),  # SXM5, e.g. "NVIDIA H100 80GB HBM3"
+    ("H200", {"bfloat16": 989.4, "tf32": 494.7, "float32": 66.9}),
+    ("A100", {"bfloat16": 312.0, "tf32": 156.0, "float32": 19.5}),
+)
+
+
+def data_sheet_peak_tflops(device_name: str, precision: str) -> float | None:
+    """The data-sheet dense peak of ``device_name`` in ``precision`` ("bfloat16", "tf32" or "float32"), in
+    TFLOP/s; ``None`` for a device not in ``DENSE_PEAK_TFLOPS`` (a CPU, say)."""
+    for key, peaks in DENSE_PEAK_TFLOPS:
+        if key in device_name:
+            return peaks[precision]
+    return None
+
+
 def parse_sizes(text: str) -> list[ModelSize]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names or any(n not in SIZES for n in names):

@@ -29,10 +29,20 @@ random sample). With ``--max-steps 0 --epochs 1`` nothing is extrapolated.
 The wall time of a run of N epochs is modelled as: one-time costs (f's teacher pass; ours' compilations) +
 N x (steady steps + host batching). The ratios are taken on it, for one epoch and for N.
 
-    python benchmarks/epoch_time.py                        # 200 timed steps per variant, one epoch
+A speed ratio on a shared machine is a distribution, so the variants run over ``--rounds`` rounds (default 3)
+in one invocation: each round runs every variant's child once, in the ``--variants`` order in odd rounds and
+in the reverse order in even ones (f, e, d, then d, e, f, ...). Ours and PyTorch thus take turns, and a slow
+drift of the machine's speed over the invocation (another job starting, the CPU warming) weighs on every
+variant alike over each pair of rounds, where a fixed order would always hand the last variant the latest,
+most disturbed slot. Each ratio is taken within a round (its two variants ran minutes apart, not a whole
+invocation), and the report gives its median over rounds with the min-max spread; the JSON has every round's
+value. The time table gives each variant's medians over rounds.
+
+    python benchmarks/epoch_time.py                        # 200 timed steps per variant, one epoch, 3 rounds
     python benchmarks/epoch_time.py --epochs 3 --variants f,b,e,d   # the original recipe's 3 epochs
     python benchmarks/epoch_time.py --max-steps 0          # the whole epoch for every variant (slow)
     python benchmarks/epoch_time.py --quick                # smoke run of the script: tiny model, 3 steps
+    python benchmarks/epoch_time.py --quick --variants b,e --rounds 2   # what the test runs
 
 Progress goes to stderr; stdout gets a markdown report whose last line is one JSON object with every number.
 """
@@ -85,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tokenizer folder (default %(default)s)")
     parser.add_argument("--size", choices=tuple(SIZES), help="model size (default mini)")
     parser.add_argument("--variants", default="a,b,c,d,e,f", help="comma-separated subset (default a,b,c,d,e,f)")
+    parser.add_argument("--rounds", type=int,
+                        help="rounds of all the variants, alternating their order (default 3; --quick: 1)")
     parser.add_argument("--epochs", type=int, default=1,
                         help="epochs of the modelled run (default 1; the original recipe trains 3)")
     parser.add_argument("--max-steps", type=int,
@@ -103,19 +115,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_default_malloc_option(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run of the script; unless given: --size tiny --train-examples 2000 "
-                        "--max-steps 3 --torch-warmup 1")
+                        "--max-steps 3 --torch-warmup 1 --rounds 1")
     parser.add_argument("--variant", choices=tuple(VARIANTS),
                         help="internal: run one variant in this process and print its JSON result")
     args = parser.parse_args(argv)
     fill_defaults(
         args,
-        dict(size="mini", max_steps=200, train_examples=0, torch_warmup=3),
-        dict(size="tiny", max_steps=3, train_examples=2000, torch_warmup=1),
+        dict(size="mini", max_steps=200, train_examples=0, torch_warmup=3, rounds=3),
+        dict(size="tiny", max_steps=3, train_examples=2000, torch_warmup=1, rounds=1),
     )
     if args.max_steps < 0 or args.train_examples < 0 or args.torch_warmup < 0:
         parser.error("--max-steps, --train-examples and --torch-warmup must be >= 0")
-    if args.epochs < 1:
-        parser.error(f"--epochs {args.epochs}: expected at least 1")
+    if args.epochs < 1 or args.rounds < 1:
+        parser.error(f"--epochs {args.epochs}, --rounds {args.rounds}: expected at least 1")
     return args
 
 
@@ -329,6 +341,52 @@ def child_argv(args: argparse.Namespace, variant: str) -> list[str]:
     return argv + (["--default-malloc"] if args.default_malloc else [])
 
 
+def round_order(variants: list[str], index: int) -> list[str]:
+    """The variants' order in round ``index`` (from 0): as given, reversed every other round (see the module
+    docstring)."""
+    return list(variants) if index % 2 == 0 else list(reversed(variants))
+
+
+def round_ratios(results: dict) -> dict:
+    """One round's speed-ups: the denominator's time over the numerator's, where both variants ran."""
+    ratios = {}
+    for num, den in RATIOS:
+        if num in results and den in results:
+            n, d = results[num], results[den]
+            ratios[f"{num}/{den}"] = {
+                **{f"{k}_epochs": d["run_wall_s"][k] / n["run_wall_s"][k] for k in n["run_wall_s"]},
+                "steady_epoch": d["epochs"][0]["steady_s"] / n["epochs"][0]["steady_s"],
+                "timed_steps": n["measured_examples_per_s"] / d["measured_examples_per_s"],
+            }
+    return ratios
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
+
+
+def median_result(runs: list[dict]) -> dict:
+    """A variant's result with every time the report prints replaced by its median over the rounds (and the
+    peak RSS by the largest); the first round's for the rest (padding, per-shape detail), which does not
+    depend on the round beyond its timings."""
+    result = json.loads(json.dumps(runs[0]))
+
+    def median(get) -> float:
+        return statistics.median(get(r) for r in runs)
+
+    for key in ("step_median_s", "measured_s", "measured_examples_per_s", "compile_total_s"):
+        result[key] = median(lambda r, key=key: r[key])
+    for i, epoch in enumerate(result["epochs"]):
+        for key in ("steady_s", "host_batching_s"):
+            epoch[key] = median(lambda r, i=i, key=key: r["epochs"][i][key])
+    for n in result["run_wall_s"]:
+        result["run_wall_s"][n] = median(lambda r, n=n: r["run_wall_s"][n])
+    if "cache" in result:
+        result["cache"]["build_s"] = median(lambda r: r["cache"]["build_s"])
+    result["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    return result
+
+
 def main() -> None:
     args = parse_args()
     if args.variant is not None:
@@ -340,22 +398,19 @@ def main() -> None:
         raise SystemExit(f"--variants {args.variants!r}: expected a comma-separated subset of "
                          f"{','.join(VARIANTS)}")
     script = Path(__file__).resolve()
-    results = {}
-    for variant in variants:
-        log(f"[parent] variant {variant}: {VARIANTS[variant]}")
-        results[variant] = run_child(script, child_argv(args, variant))
-    for r in results.values():
-        r["run_wall_s"] = {str(n): run_wall_s(r, n) for n in sorted({1, args.epochs})}
-
-    ratios = {}
-    for num, den in RATIOS:
-        if num in results and den in results:
-            n, d = results[num], results[den]
-            ratios[f"{num}/{den}"] = {
-                **{f"{k}_epochs": d["run_wall_s"][k] / n["run_wall_s"][k] for k in n["run_wall_s"]},
-                "steady_epoch": d["epochs"][0]["steady_s"] / n["epochs"][0]["steady_s"],
-                "timed_steps": n["measured_examples_per_s"] / d["measured_examples_per_s"],
-            }
+    rounds = []
+    for index in range(args.rounds):
+        results = {}
+        for variant in round_order(variants, index):
+            log(f"[parent] round {index + 1}/{args.rounds}, variant {variant}: {VARIANTS[variant]}")
+            results[variant] = run_child(script, child_argv(args, variant))
+        for r in results.values():
+            r["run_wall_s"] = {str(n): run_wall_s(r, n) for n in sorted({1, args.epochs})}
+        rounds.append({v: results[v] for v in variants})
+    per_round = [round_ratios(by_variant) for by_variant in rounds]
+    ratios = {name: {key: spread([r[name][key] for r in per_round]) for key in per_round[0][name]}
+              for name in per_round[0]}
+    results = {v: median_result([by_variant[v] for by_variant in rounds]) for v in variants}
     print_report(args, results, ratios)
     print(json.dumps({
         "benchmark": "epoch_time",
@@ -369,8 +424,11 @@ def main() -> None:
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
         "torch_threads": args.torch_threads,
+        "rounds": args.rounds,
+        "order": "the --variants order in odd rounds, reversed in even ones",
         "results": results,
         "ratios": ratios,
+        "round_results": rounds,
     }))
 
 
@@ -397,7 +455,8 @@ def print_report(args: argparse.Namespace, results: dict, ratios: dict) -> None:
 
     spans = sorted({1, args.epochs})
     word = "measured" if first["epochs"][0]["measured"] and args.epochs == 1 else "extrapolated"
-    print(f"\n### Time (epoch and run columns: {word})\n")
+    over = f"medians over {args.rounds} rounds; " if args.rounds > 1 else ""
+    print(f"\n### Time ({over}epoch and run columns: {word})\n")
     print("| variant | timed steps | step median (ms) | timed examples/s | epoch, steady (s) | host batching "
           "per epoch (s) | compile (s) | teacher pass (s) | "
           + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''} (s)" for n in spans) + " | peak RSS (MiB) |")
@@ -414,20 +473,29 @@ def print_report(args: argparse.Namespace, results: dict, ratios: dict) -> None:
         line = f"- {v}: an epoch's steps = {r['extrapolation']}"
         if "per_shape" in r:
             shapes = ", ".join(f"{k}: {e['compile_s']:.1f}s" for k, e in r["per_shape"].items())
-            line += f"; compile time per padded length {shapes}; train_step traced {r['num_traces']} time(s)"
+            which = " (first round)" if args.rounds > 1 else ""
+            line += (f"; compile time per padded length{which} {shapes}; "
+                     f"train_step traced {r['num_traces']} time(s)")
         if "cache" in r:
             sizes = ", ".join(f"{k} {n / 2**20:.1f} MiB" for k, n in r["cache"]["bytes"].items())
             line += f"; cache {sizes}, built in batches of {r['cache']['batch_size']}"
         print(line)
     if ratios:
         print("\nSpeed-ups (the denominator's time over the numerator's; above 1: the numerator is faster). A run "
-              "includes the one-time costs and host batching; the steady epoch and timed steps do not.\n")
+              "includes the one-time costs and host batching; the steady epoch and timed steps do not."
+              + (f" Each is the median over {args.rounds} rounds of the ratio within a round, with its "
+                 "min-max over the rounds." if args.rounds > 1 else "") + "\n")
         print("| ratio | " + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''}" for n in spans)
               + " | steady epoch | timed steps |")
         print("|---|" + "---:|" * (len(spans) + 2))
+        def cell(value: dict) -> str:
+            if args.rounds == 1:
+                return f"{value['median']:.2f}x"
+            return f"{value['median']:.2f}x ({value['min']:.2f}-{value['max']:.2f})"
+
         for name, ratio in ratios.items():
-            print(f"| {name} | " + " | ".join(f"{ratio[f'{n}_epochs']:.2f}x" for n in spans)
-                  + f" | {ratio['steady_epoch']:.2f}x | {ratio['timed_steps']:.2f}x |")
+            print(f"| {name} | " + " | ".join(cell(ratio[f"{n}_epochs"]) for n in spans)
+                  + f" | {cell(ratio['steady_epoch'])} | {cell(ratio['timed_steps'])} |")
     if args.max_steps:
         print("\nGrouped (b, e, f) and random (a, c, d) variants time different batches; the epoch and run "
               "columns compare like with like.")

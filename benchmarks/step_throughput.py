@@ -28,8 +28,8 @@ On a GPU (``--device gpu``; defaults then bfloat16, batch 256 x 128, 20 timed st
 compiles both models with ``compute_dtype="bfloat16"`` (matmuls in bf16; parameters, softmax, LayerNorm and
 AdamW in fp32) and PyTorch runs its forward passes and losses under ``torch.autocast(bfloat16)``. The rate
 is then also given as MFU, the matmul FLOP/s over the chip's dense bf16 peak from its data sheet (looked up by
-device name in ``DENSE_BF16_PEAK_TFLOPS``, or ``--peak-tflops``); the measured ``--matmul-size``^2 bf16 matmul
-rate is printed beside it. Peak device memory (JAX's ``peak_bytes_in_use``, PyTorch's
+device name in ``_common.DENSE_PEAK_TFLOPS``, or ``--peak-tflops``); the measured ``--matmul-size``^2 bf16
+matmul rate is printed beside it. Peak device memory (JAX's ``peak_bytes_in_use``, PyTorch's
 ``max_memory_allocated``) is reported too. ``--dtype bfloat16`` also works on CPU, against the CPU's bf16
 matmul rate.
 
@@ -50,10 +50,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 from _common import (
+    DENSE_PEAK_TFLOPS,
     SIZES,
     OursDistiller,
     TorchDistiller,
     add_default_malloc_option,
+    data_sheet_peak_tflops,
     emit_result,
     fill_defaults,
     log,
@@ -70,16 +72,6 @@ VERSIONED = ("jax", "jaxlib", "equinox", "optax", "torch", "transformers")
 LABELS = {"ours": "ours (JAX/Equinox)", "torch": "PyTorch eager"}
 # A long schedule, so that the learning rate is neither 0 nor at its end while we time.
 SCHEDULE_STEPS = 10_000
-# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s, by a substring of the device
-# name; the first match counts, so the more specific names come first.
-DENSE_BF16_PEAK_TFLOPS = (
-    ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0),
-    ("H200 NVL", 835.0),
-    ("H100", 989.4),  # SXM5, e.g. "NVIDIA H100 80GB HBM3"
-    ("H200", 989.4),
-    ("A100", 312.0),
-)
 DEVICES = {"cpu": ("cpu", "cpu"), "gpu": ("cuda", "gpu")}  # --device -> (JAX_PLATFORMS / torch, JAX backend)
 
 
@@ -361,11 +353,11 @@ def reference_peak(args: argparse.Namespace, peak: dict) -> tuple[float, str]:
         return args.peak_tflops * 1e12, f"--peak-tflops {args.peak_tflops:g}"
     if args.device == "gpu" and args.dtype == "bfloat16":
         name = peak["device_name"]
-        for key, tflops in DENSE_BF16_PEAK_TFLOPS:
-            if key in name:
-                return tflops * 1e12, f"{name} data-sheet dense bf16 peak, {tflops:g} TFLOP/s (MFU)"
+        tflops = data_sheet_peak_tflops(name, "bfloat16")
+        if tflops is not None:
+            return tflops * 1e12, f"{name} data-sheet dense bf16 peak, {tflops:g} TFLOP/s (MFU)"
         raise SystemExit(f"no data-sheet bf16 peak known for {name!r} (known: "
-                         f"{', '.join(k for k, _ in DENSE_BF16_PEAK_TFLOPS)}); pass --peak-tflops")
+                         f"{', '.join(k for k, _ in DENSE_PEAK_TFLOPS)}); pass --peak-tflops")
     return max(peak["jax_flops"], peak["torch_flops"]), "measured matmul peak, the faster of JAX and PyTorch"
 
 
