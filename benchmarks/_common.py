@@ -40,8 +40,10 @@ class ModelSize:
     student_layers: int
 
     def describe(self) -> str:
-        return (f"teacher {self.layers}L/{self.hidden}/{self.heads}h/{self.intermediate} -> "
-                f"student {self.student_layers}L/{self.hidden}")
+        return (
+            f"teacher {self.layers}L/{self.hidden}/{self.heads}h/{self.intermediate} -> "
+            f"student {self.student_layers}L/{self.hidden}"
+        )
 
 
 SIZES = {
@@ -111,9 +113,12 @@ def step_matmul_flops(size: ModelSize, batch: int, seq: int) -> int:
 
 def add_default_malloc_option(parser: Any) -> None:
     """``--default-malloc``: our side skips ``host_memory.retain_freed_memory`` (an A/B of that setting)."""
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
-                        "runs call first (for an A/B of that setting)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc malloc as it is: skip host_memory.retain_freed_memory, which our "
+        "runs call first (for an A/B of that setting)",
+    )
 
 
 def fill_defaults(args: Any, defaults: dict[str, Any], quick_defaults: dict[str, Any]) -> None:
@@ -160,7 +165,7 @@ def run_child(
     result = None
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
+            result = json.loads(line[len(RESULT_PREFIX) :])
         elif line.strip():
             print(line, file=sys.stderr)
     if completed.returncode != 0 or result is None:
@@ -180,8 +185,14 @@ class OursDistiller:
     Like the experiment scripts, it first calls ``host_memory.retain_freed_memory`` (glibc keeps the memory
     XLA:CPU frees, instead of page-faulting it back in every step), unless ``default_malloc``."""
 
-    def __init__(self, size: ModelSize, total_steps: int, seed: int = 0, default_malloc: bool = False,
-                 compute_dtype: str = "float32"):
+    def __init__(
+        self,
+        size: ModelSize,
+        total_steps: int,
+        seed: int = 0,
+        default_malloc: bool = False,
+        compute_dtype: str = "float32",
+    ):
         from distilbert_eqx.host_memory import retain_freed_memory
 
         self.retained_freed_memory = False if default_malloc else retain_freed_memory()
@@ -243,8 +254,15 @@ class TorchDistiller:
     threads. On ``device`` ("cpu" or "cuda"); ``dtype="bfloat16"`` runs the forward passes and losses under
     ``torch.autocast`` (parameters, gradients and AdamW stay float32), the usual mixed-precision recipe."""
 
-    def __init__(self, size: ModelSize, total_steps: int, threads: int, seed: int = 0, device: str = "cpu",
-                 dtype: str = "float32"):
+    def __init__(
+        self,
+        size: ModelSize,
+        total_steps: int,
+        threads: int,
+        seed: int = 0,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ):
         import contextlib
 
         import torch
@@ -262,29 +280,37 @@ class TorchDistiller:
             self.autocast = contextlib.nullcontext
         else:
             raise ValueError(f"dtype {dtype!r}: expected 'float32' or 'bfloat16'")
-        self.teacher = transformers.BertForSequenceClassification(
-            transformers.BertConfig(
-                vocab_size=VOCAB_SIZE,
-                hidden_size=size.hidden,
-                num_hidden_layers=size.layers,
-                num_attention_heads=size.heads,
-                intermediate_size=size.intermediate,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
+        self.teacher = (
+            transformers.BertForSequenceClassification(
+                transformers.BertConfig(
+                    vocab_size=VOCAB_SIZE,
+                    hidden_size=size.hidden,
+                    num_hidden_layers=size.layers,
+                    num_attention_heads=size.heads,
+                    intermediate_size=size.intermediate,
+                    hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0,
+                )
             )
-        ).to(self.device).eval()
-        self.student = transformers.DistilBertForSequenceClassification(
-            transformers.DistilBertConfig(
-                vocab_size=VOCAB_SIZE,
-                dim=size.hidden,
-                n_layers=size.student_layers,
-                n_heads=size.heads,
-                hidden_dim=size.intermediate,
-                dropout=0.0,
-                attention_dropout=0.0,
-                seq_classif_dropout=0.0,
+            .to(self.device)
+            .eval()
+        )
+        self.student = (
+            transformers.DistilBertForSequenceClassification(
+                transformers.DistilBertConfig(
+                    vocab_size=VOCAB_SIZE,
+                    dim=size.hidden,
+                    n_layers=size.student_layers,
+                    n_heads=size.heads,
+                    hidden_dim=size.intermediate,
+                    dropout=0.0,
+                    attention_dropout=0.0,
+                    seq_classif_dropout=0.0,
+                )
             )
-        ).to(self.device).train()
+            .to(self.device)
+            .train()
+        )
         decay = [p for p in self.student.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.student.parameters() if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(

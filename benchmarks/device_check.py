@@ -85,44 +85,87 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=tuple(SIZES), help="model pair (default base)")
-    parser.add_argument("--dtypes", default=",".join(DTYPES),
-                        help="compute dtypes of the step, comma-separated (default %(default)s)")
+    parser.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        help="compute dtypes of the step, comma-separated (default %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, help="step batch (default 256)")
-    parser.add_argument("--seq-len", type=int,
-                        help="step sequence length, and the longest sentence (default 128)")
+    parser.add_argument(
+        "--seq-len", type=int, help="step sequence length, and the longest sentence (default 128)"
+    )
     parser.add_argument("--warmup", type=int, help="untimed steps after the compiling call (default 2)")
     parser.add_argument("--steps", type=int, help="timed steps per dtype (default 20)")
-    parser.add_argument("--peak-tflops", type=float,
-                        help="bf16 peak to grade against, TFLOP/s (default: the device's data sheet; CPU: "
-                        "none)")
-    parser.add_argument("--peak-tflops-fp32", type=float,
-                        help="float32 peak to grade against, TFLOP/s (default: the data sheet's TF32; CPU: "
-                        "none)")
-    parser.add_argument("--no-cost-analysis", action="store_true",
-                        help="skip XLA's FLOP count of the step (it lowers and compiles the step once more)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="bf16 peak to grade against, TFLOP/s (default: the device's data sheet; CPU: none)",
+    )
+    parser.add_argument(
+        "--peak-tflops-fp32",
+        type=float,
+        help="float32 peak to grade against, TFLOP/s (default: the data sheet's TF32; CPU: none)",
+    )
+    parser.add_argument(
+        "--no-cost-analysis",
+        action="store_true",
+        help="skip XLA's FLOP count of the step (it lowers and compiles the step once more)",
+    )
     parser.add_argument("--sentences", type=int, help="synthetic split size (default 20000)")
     parser.add_argument("--cache-batch-size", type=int, help="teacher pass batch (default 256)")
     parser.add_argument("--run-steps", type=int, help="steps of the distillation run (default 200)")
     parser.add_argument("--run-batch-size", type=int, help="batch of the distillation run (default 32)")
-    parser.add_argument("--run-dtype", choices=DTYPES, default="bfloat16",
-                        help="compute dtype of the teacher pass and the run (default %(default)s)")
+    parser.add_argument(
+        "--run-dtype",
+        choices=DTYPES,
+        default="bfloat16",
+        help="compute dtype of the teacher pass and the run (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU smoke run; unless given: --size tiny --batch-size 8 --seq-len 16 --steps 5 "
-                        "--warmup 1 --sentences 200 --cache-batch-size 16 --run-steps 5 --run-batch-size 8")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU smoke run; unless given: --size tiny --batch-size 8 --seq-len 16 --steps 5 "
+        "--warmup 1 --sentences 200 --cache-batch-size 16 --run-steps 5 --run-batch-size 8",
+    )
     args = parser.parse_args(argv)
     fill_defaults(
         args,
-        {"size": "base", "batch_size": 256, "seq_len": 128, "warmup": 2, "steps": 20, "sentences": 20_000,
-         "cache_batch_size": 256, "run_steps": 200, "run_batch_size": 32},
-        {"size": "tiny", "batch_size": 8, "seq_len": 16, "warmup": 1, "steps": 5, "sentences": 200,
-         "cache_batch_size": 16, "run_steps": 5, "run_batch_size": 8},
+        {
+            "size": "base",
+            "batch_size": 256,
+            "seq_len": 128,
+            "warmup": 2,
+            "steps": 20,
+            "sentences": 20_000,
+            "cache_batch_size": 256,
+            "run_steps": 200,
+            "run_batch_size": 32,
+        },
+        {
+            "size": "tiny",
+            "batch_size": 8,
+            "seq_len": 16,
+            "warmup": 1,
+            "steps": 5,
+            "sentences": 200,
+            "cache_batch_size": 16,
+            "run_steps": 5,
+            "run_batch_size": 8,
+        },
     )
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not args.dtypes or any(d not in DTYPES for d in args.dtypes):
         parser.error(f"--dtypes: expected a comma-separated subset of {','.join(DTYPES)}")
-    positive = ("batch_size", "seq_len", "steps", "sentences", "cache_batch_size", "run_steps",
-                "run_batch_size")
+    positive = (
+        "batch_size",
+        "seq_len",
+        "steps",
+        "sentences",
+        "cache_batch_size",
+        "run_steps",
+        "run_batch_size",
+    )
     if any(getattr(args, name) < 1 for name in positive) or args.warmup < 0:
         parser.error("sizes and step counts must be at least 1 (--warmup at least 0)")
     if args.seq_len < 3:
@@ -157,8 +200,9 @@ def xla_flops(distiller: OursDistiller, batch) -> float | None:
     """The FLOPs XLA's cost model gives the compiled step, or ``None`` where the backend reports none."""
     from distilbert_eqx.train import train_step
 
-    lowered = train_step.lower(distiller.teacher, distiller.state, batch, distiller.optimizer,
-                               distiller.losses)
+    lowered = train_step.lower(
+        distiller.teacher, distiller.state, batch, distiller.optimizer, distiller.losses
+    )
     # Equinox's Compiled wraps JAX's, which holds the cost analysis.
     analysis = lowered.compile().compiled.cost_analysis()
     if isinstance(analysis, list):  # older jax: one dict per program
@@ -223,8 +267,14 @@ def time_teacher_pass(args: argparse.Namespace, split) -> dict:
     passes = []
     for _ in range(2):
         start = time.perf_counter()
-        cache = teacher_cache(distiller.teacher, split, distiller.losses, batch_size=args.cache_batch_size,
-                              buckets=buckets, log=lambda message: log(f"[teacher pass] {message}"))
+        cache = teacher_cache(
+            distiller.teacher,
+            split,
+            distiller.losses,
+            batch_size=args.cache_batch_size,
+            buckets=buckets,
+            log=lambda message: log(f"[teacher pass] {message}"),
+        )
         passes.append(time.perf_counter() - start)
     result = {
         "dtype": args.run_dtype,
@@ -291,29 +341,38 @@ def peak_for(args: argparse.Namespace, dtype: str, device) -> tuple[float | None
     if tflops is not None:
         return tflops, f"data sheet, dense {precision}"
     if device.platform != "cpu":
-        log(f"[device check] no data-sheet {precision} peak for {device.device_kind!r} in "
-            f"_common.DENSE_PEAK_TFLOPS: MFU n/a unless {option} is given")
+        log(
+            f"[device check] no data-sheet {precision} peak for {device.device_kind!r} in "
+            f"_common.DENSE_PEAK_TFLOPS: MFU n/a unless {option} is given"
+        )
     return None, None
 
 
 def print_table(device: str, steps: list[dict], teacher: dict, run: dict) -> None:
     print(f"## Device check: {device}\n")
-    print("| part | dtype | shape | compile / first (s) | steady | rate | matmul TFLOP/s (XLA's FLOPs) "
-          "| MFU |")
+    print(
+        "| part | dtype | shape | compile / first (s) | steady | rate | matmul TFLOP/s (XLA's FLOPs) | MFU |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for s in steps:
         xla = "n/a" if s["xla_flops"] is None else f"{s['xla_flops'] / s['median_s'] / 1e12:.3g}"
         mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}% of {s['peak_tflops']:g}"
-        print(f"| step | {s['dtype']} | {s['batch_size']} x {s['seq_len']} | {s['first_call_s']:.1f} | "
-              f"{s['median_s'] * 1e3:.1f} ms ({s['min_s'] * 1e3:.1f}-{s['max_s'] * 1e3:.1f}) | "
-              f"{s['examples_per_s']:.1f} ex/s | {s['matmul_tflops_per_s']:.3g} ({xla}) | {mfu} |")
-    print(f"| teacher pass | {teacher['dtype']} | {teacher['sentences']} sentences, batches of "
-          f"{teacher['batch_size']} | {teacher['first_pass_s']:.1f} | {teacher['steady_pass_s']:.2f} s | "
-          f"{teacher['examples_per_s']:.0f} ex/s | - | - |")
+        print(
+            f"| step | {s['dtype']} | {s['batch_size']} x {s['seq_len']} | {s['first_call_s']:.1f} | "
+            f"{s['median_s'] * 1e3:.1f} ms ({s['min_s'] * 1e3:.1f}-{s['max_s'] * 1e3:.1f}) | "
+            f"{s['examples_per_s']:.1f} ex/s | {s['matmul_tflops_per_s']:.3g} ({xla}) | {mfu} |"
+        )
+    print(
+        f"| teacher pass | {teacher['dtype']} | {teacher['sentences']} sentences, batches of "
+        f"{teacher['batch_size']} | {teacher['first_pass_s']:.1f} | {teacher['steady_pass_s']:.2f} s | "
+        f"{teacher['examples_per_s']:.0f} ex/s | - | - |"
+    )
     steady = "n/a" if run["steady_steps_per_s"] is None else f"{run['steady_steps_per_s']:.2f} steps/s steady"
-    print(f"| {run['steps']}-step run | {run['dtype']} | {run['batch_size']} x {run['shapes']} | "
-          f"{run['first_of_shape_s']:.1f} | {run['wall_s']:.1f} s wall | {run['steps_per_s']:.2f} steps/s "
-          f"({steady}) | - | - |")
+    print(
+        f"| {run['steps']}-step run | {run['dtype']} | {run['batch_size']} x {run['shapes']} | "
+        f"{run['first_of_shape_s']:.1f} | {run['wall_s']:.1f} s wall | {run['steps_per_s']:.2f} steps/s "
+        f"({steady}) | - | - |"
+    )
     print()
 
 
@@ -330,20 +389,26 @@ def main() -> None:
     run = time_run(args, split)
     stats = device.memory_stats() or {}
     print_table(f"{device.platform}, {device_kind}; {SIZES[args.size].describe()}", steps, teacher, run)
-    print(json.dumps({
-        "benchmark": "device_check",
-        "platform": device.platform,
-        "device_kind": device_kind,
-        "size": args.size,
-        "models": SIZES[args.size].describe(),
-        "jax": jax.__version__,
-        "cpu_count": os.cpu_count(),
-        "steps": steps,
-        "teacher_pass": teacher,
-        "run": run,
-        "peak_device_mib": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None,
-        "peak_rss_mib": max_rss_mib(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "device_check",
+                "platform": device.platform,
+                "device_kind": device_kind,
+                "size": args.size,
+                "models": SIZES[args.size].describe(),
+                "jax": jax.__version__,
+                "cpu_count": os.cpu_count(),
+                "steps": steps,
+                "teacher_pass": teacher,
+                "run": run,
+                "peak_device_mib": stats["peak_bytes_in_use"] / 2**20
+                if "peak_bytes_in_use" in stats
+                else None,
+                "peak_rss_mib": max_rss_mib(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -89,35 +89,67 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
-                        help="GLUE SST-2 folder with train.tsv (default %(default)s)")
-    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER),
-                        help="tokenizer folder (default %(default)s)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="GLUE SST-2 folder with train.tsv (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer folder (default %(default)s)"
+    )
     parser.add_argument("--size", choices=tuple(SIZES), help="model size (default mini)")
-    parser.add_argument("--variants", default="a,b,c,d,e,f", help="comma-separated subset (default a,b,c,d,e,f)")
-    parser.add_argument("--rounds", type=int,
-                        help="rounds of all the variants, alternating their order (default 3; --quick: 1)")
-    parser.add_argument("--epochs", type=int, default=1,
-                        help="epochs of the modelled run (default 1; the original recipe trains 3)")
-    parser.add_argument("--max-steps", type=int,
-                        help="timed steps per variant, from the first epoch's start; 0 = that whole epoch "
-                        "(default 200)")
-    parser.add_argument("--train-examples", type=int,
-                        help="use only the first N training sentences as 'the epoch' (smoke runs; 0 = all)")
+    parser.add_argument(
+        "--variants", default="a,b,c,d,e,f", help="comma-separated subset (default a,b,c,d,e,f)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of all the variants, alternating their order (default 3; --quick: 1)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="epochs of the modelled run (default 1; the original recipe trains 3)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="timed steps per variant, from the first epoch's start; 0 = that whole epoch (default 200)",
+    )
+    parser.add_argument(
+        "--train-examples",
+        type=int,
+        help="use only the first N training sentences as 'the epoch' (smoke runs; 0 = all)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--cache-batch-size", type=int, default=128,
-                        help="batch of f's teacher pass (default %(default)s: the experiments' 4 x eval batch)")
+    parser.add_argument(
+        "--cache-batch-size",
+        type=int,
+        default=128,
+        help="batch of f's teacher pass (default %(default)s: the experiments' 4 x eval batch)",
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42, help="batch order seed")
     parser.add_argument("--torch-warmup", type=int, help="untimed PyTorch steps before timing (default 3)")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
-                        help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch.set_num_threads (default os.cpu_count(), here %(default)s)",
+    )
     add_default_malloc_option(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run of the script; unless given: --size tiny --train-examples 2000 "
-                        "--max-steps 3 --torch-warmup 1 --rounds 1")
-    parser.add_argument("--variant", choices=tuple(VARIANTS),
-                        help="internal: run one variant in this process and print its JSON result")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run of the script; unless given: --size tiny --train-examples 2000 "
+        "--max-steps 3 --torch-warmup 1 --rounds 1",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=tuple(VARIANTS),
+        help="internal: run one variant in this process and print its JSON result",
+    )
     args = parser.parse_args(argv)
     fill_defaults(
         args,
@@ -169,7 +201,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     if variant in TORCH_VARIANTS:
         distiller = TorchDistiller(SIZES[args.size], total_steps=total_steps, threads=args.torch_threads)
     else:
-        distiller = OursDistiller(SIZES[args.size], total_steps=total_steps, default_malloc=args.default_malloc)
+        distiller = OursDistiller(
+            SIZES[args.size], total_steps=total_steps, default_malloc=args.default_malloc
+        )
     cache = None
     if variant == "f":
         cache, result["cache"] = build_cache(args, distiller, split)
@@ -177,7 +211,12 @@ def run_variant(args: argparse.Namespace) -> dict:
     first_of_shape, head, epochs = {}, [], []
     for epoch in range(args.epochs):
         indexed = data.indexed_train_batches(
-            split, args.batch_size, buckets, seed=args.seed, epoch=epoch, group_by_length=variant in GROUPED_VARIANTS,
+            split,
+            args.batch_size,
+            buckets,
+            seed=args.seed,
+            epoch=epoch,
+            group_by_length=variant in GROUPED_VARIANTS,
         )
         stream = (batch for _, batch in indexed) if cache is None else cache.attach(indexed)
 
@@ -191,10 +230,14 @@ def run_variant(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         stats = data.padding_stats(keep_what_we_time(stream))
         epochs.append({"stats": stats, "host_batching_s": time.perf_counter() - start})
-        log(f"[child {variant}] epoch {epoch}: {stats.num_batches} batches built in "
-            f"{epochs[-1]['host_batching_s']:.2f}s")
-    log(f"[child {variant}] train split tokenised in {tokenize_s:.1f}s; {len(split)} sentences; timing "
-        f"{len(head)} steps")
+        log(
+            f"[child {variant}] epoch {epoch}: {stats.num_batches} batches built in "
+            f"{epochs[-1]['host_batching_s']:.2f}s"
+        )
+    log(
+        f"[child {variant}] train split tokenised in {tokenize_s:.1f}s; {len(split)} sentences; timing "
+        f"{len(head)} steps"
+    )
 
     stats = epochs[0]["stats"]
     padding = stats._asdict()
@@ -216,21 +259,30 @@ def build_cache(args: argparse.Namespace, distiller: OursDistiller, split) -> tu
 
     start = time.perf_counter()
     cache = teacher_cache(
-        distiller.teacher, split, distiller.losses, batch_size=args.cache_batch_size,
-        buckets=default_length_buckets(args.max_length), log=lambda message: log(f"[child f] {message}"),
+        distiller.teacher,
+        split,
+        distiller.losses,
+        batch_size=args.cache_batch_size,
+        buckets=default_length_buckets(args.max_length),
+        log=lambda message: log(f"[child f] {message}"),
     )
     build_s = time.perf_counter() - start
     log(f"[child f] teacher pass over {len(split)} sentences: {build_s:.1f}s")
-    return cache, {"build_s": build_s, "batch_size": args.cache_batch_size, "fields": list(cache.fields),
-                   "bytes": cache.nbytes}
+    return cache, {
+        "build_s": build_s,
+        "batch_size": args.cache_batch_size,
+        "fields": list(cache.fields),
+        "bytes": cache.nbytes,
+    }
 
 
 def real_examples(batch) -> int:
     return int((batch.weights > 0).sum())
 
 
-def time_ours(args: argparse.Namespace, distiller: OursDistiller, head: list, epochs: list,
-              first_of_shape: dict) -> dict:
+def time_ours(
+    args: argparse.Namespace, distiller: OursDistiller, head: list, epochs: list, first_of_shape: dict
+) -> dict:
     per_shape = {}
     for seq in sorted(first_of_shape):
         warm = []
@@ -238,11 +290,17 @@ def time_ours(args: argparse.Namespace, distiller: OursDistiller, head: list, ep
             start = time.perf_counter()
             distiller.step(first_of_shape[seq])
             warm.append(time.perf_counter() - start)
-        per_shape[seq] = {"batches_in_first_epoch": epochs[0]["stats"].bucket_counts.get(seq, 0),
-                          "first_call_s": warm[0], "warm_step_s": warm[1], "compile_s": warm[0] - warm[1],
-                          "timed_s": []}
-        log(f"[child {args.variant}] shape {args.batch_size} x {seq}: first call {warm[0]:.2f}s, "
-            f"then {warm[1]:.3f}s")
+        per_shape[seq] = {
+            "batches_in_first_epoch": epochs[0]["stats"].bucket_counts.get(seq, 0),
+            "first_call_s": warm[0],
+            "warm_step_s": warm[1],
+            "compile_s": warm[0] - warm[1],
+            "timed_s": [],
+        }
+        log(
+            f"[child {args.variant}] shape {args.batch_size} x {seq}: first call {warm[0]:.2f}s, "
+            f"then {warm[1]:.3f}s"
+        )
     times, examples, loss = [], 0, float("nan")
     for batch in head:
         start = time.perf_counter()
@@ -255,6 +313,7 @@ def time_ours(args: argparse.Namespace, distiller: OursDistiller, head: list, ep
         # A shape the timed steps never hit is costed by its one steady warm-up step.
         entry["mean_s"] = statistics.fmean(entry["timed_s"]) if entry["timed_s"] else entry["warm_step_s"]
         entry["timed_steps"] = len(entry.pop("timed_s"))
+
     def estimate(stats) -> float:
         return sum(n * per_shape[seq]["mean_s"] for seq, n in stats.bucket_counts.items())
 
@@ -286,6 +345,7 @@ def time_torch(args: argparse.Namespace, distiller: TorchDistiller, head: list, 
         loss = step(batch)
         times.append(time.perf_counter() - start)
         examples += real_examples(batch)
+
     def estimate(stats) -> float:
         return statistics.fmean(times) * stats.num_batches
 
@@ -306,9 +366,15 @@ def summary(times: list[float], examples: int, epochs: list, estimate, timed: in
     per_epoch = []
     for i, e in enumerate(epochs):
         measured = i == 0 and measured_first
-        per_epoch.append({"batches": e["stats"].num_batches, "examples": e["stats"].num_examples,
-                          "steady_s": sum(times) if measured else estimate(e["stats"]),
-                          "host_batching_s": e["host_batching_s"], "measured": measured})
+        per_epoch.append(
+            {
+                "batches": e["stats"].num_batches,
+                "examples": e["stats"].num_examples,
+                "steady_s": sum(times) if measured else estimate(e["stats"]),
+                "host_batching_s": e["host_batching_s"],
+                "measured": measured,
+            }
+        )
     return {
         "timed_steps": len(times),
         "timed_examples": examples,
@@ -331,11 +397,19 @@ def run_wall_s(result: dict, epochs: int) -> float:
 
 def child_argv(args: argparse.Namespace, variant: str) -> list[str]:
     options = {
-        "--variant": variant, "--data-dir": args.data_dir, "--tokenizer": args.tokenizer,
-        "--size": args.size, "--epochs": args.epochs, "--max-steps": args.max_steps,
-        "--train-examples": args.train_examples, "--batch-size": args.batch_size,
-        "--cache-batch-size": args.cache_batch_size, "--max-length": args.max_length, "--seed": args.seed,
-        "--torch-warmup": args.torch_warmup, "--torch-threads": args.torch_threads,
+        "--variant": variant,
+        "--data-dir": args.data_dir,
+        "--tokenizer": args.tokenizer,
+        "--size": args.size,
+        "--epochs": args.epochs,
+        "--max-steps": args.max_steps,
+        "--train-examples": args.train_examples,
+        "--batch-size": args.batch_size,
+        "--cache-batch-size": args.cache_batch_size,
+        "--max-length": args.max_length,
+        "--seed": args.seed,
+        "--torch-warmup": args.torch_warmup,
+        "--torch-threads": args.torch_threads,
     }
     argv = [str(x) for option in options.items() for x in option]
     return argv + (["--default-malloc"] if args.default_malloc else [])
@@ -395,8 +469,9 @@ def main() -> None:
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants or any(v not in VARIANTS for v in variants):
-        raise SystemExit(f"--variants {args.variants!r}: expected a comma-separated subset of "
-                         f"{','.join(VARIANTS)}")
+        raise SystemExit(
+            f"--variants {args.variants!r}: expected a comma-separated subset of {','.join(VARIANTS)}"
+        )
     script = Path(__file__).resolve()
     rounds = []
     for index in range(args.rounds):
@@ -408,38 +483,48 @@ def main() -> None:
             r["run_wall_s"] = {str(n): run_wall_s(r, n) for n in sorted({1, args.epochs})}
         rounds.append({v: results[v] for v in variants})
     per_round = [round_ratios(by_variant) for by_variant in rounds]
-    ratios = {name: {key: spread([r[name][key] for r in per_round]) for key in per_round[0][name]}
-              for name in per_round[0]}
+    ratios = {
+        name: {key: spread([r[name][key] for r in per_round]) for key in per_round[0][name]}
+        for name in per_round[0]
+    }
     results = {v: median_result([by_variant[v] for by_variant in rounds]) for v in variants}
     print_report(args, results, ratios)
-    print(json.dumps({
-        "benchmark": "epoch_time",
-        "size": args.size,
-        "models": SIZES[args.size].describe(),
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "epochs": args.epochs,
-        "max_steps": args.max_steps,
-        "train_examples": args.train_examples,
-        "seed": args.seed,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": args.torch_threads,
-        "rounds": args.rounds,
-        "order": "the --variants order in odd rounds, reversed in even ones",
-        "results": results,
-        "ratios": ratios,
-        "round_results": rounds,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "epoch_time",
+                "size": args.size,
+                "models": SIZES[args.size].describe(),
+                "batch_size": args.batch_size,
+                "max_length": args.max_length,
+                "epochs": args.epochs,
+                "max_steps": args.max_steps,
+                "train_examples": args.train_examples,
+                "seed": args.seed,
+                "cpu_count": os.cpu_count(),
+                "torch_threads": args.torch_threads,
+                "rounds": args.rounds,
+                "order": "the --variants order in odd rounds, reversed in even ones",
+                "results": results,
+                "ratios": ratios,
+                "round_results": rounds,
+            }
+        )
+    )
 
 
 def print_report(args: argparse.Namespace, results: dict, ratios: dict) -> None:
     first = next(iter(results.values()))
-    print(f"## SST-2 train: {first['epochs'][0]['examples']} sentences, {first['epochs'][0]['batches']} batches "
-          f"of {args.batch_size} per epoch; {args.size}: {SIZES[args.size].describe()}; fp32, CPU "
-          f"({os.cpu_count()} cores, PyTorch with {args.torch_threads} threads)\n")
+    print(
+        f"## SST-2 train: {first['epochs'][0]['examples']} sentences, {first['epochs'][0]['batches']} batches "
+        f"of {args.batch_size} per epoch; {args.size}: {SIZES[args.size].describe()}; fp32, CPU "
+        f"({os.cpu_count()} cores, PyTorch with {args.torch_threads} threads)\n"
+    )
     print("### Padding over the first epoch (`data.padding_stats`)\n")
-    print(f"| variant | buckets | mean true length | mean padded length | padded length / {args.max_length} "
-          "| token efficiency | batches per padded length |")
+    print(
+        f"| variant | buckets | mean true length | mean padded length | padded length / {args.max_length} "
+        "| token efficiency | batches per padded length |"
+    )
     print("|---|---|---:|---:|---:|---:|---|")
     for v, r in results.items():
         p = r["padding"]
@@ -449,56 +534,81 @@ def print_report(args: argparse.Namespace, results: dict, ratios: dict) -> None:
         else:
             buckets = ",".join(map(str, r["buckets"]))
             counts = ", ".join(f"{k}: {n}" for k, n in p["bucket_counts"].items())
-        print(f"| {v}: {r['label']} | {buckets} | {p['mean_true_length']:.1f} | "
-              f"{p['mean_padded_length']:.1f} | {p['padded_length_vs_static']:.3f} | "
-              f"{p['token_efficiency']:.3f} | {counts} |")
+        print(
+            f"| {v}: {r['label']} | {buckets} | {p['mean_true_length']:.1f} | "
+            f"{p['mean_padded_length']:.1f} | {p['padded_length_vs_static']:.3f} | "
+            f"{p['token_efficiency']:.3f} | {counts} |"
+        )
 
     spans = sorted({1, args.epochs})
     word = "measured" if first["epochs"][0]["measured"] and args.epochs == 1 else "extrapolated"
     over = f"medians over {args.rounds} rounds; " if args.rounds > 1 else ""
     print(f"\n### Time ({over}epoch and run columns: {word})\n")
-    print("| variant | timed steps | step median (ms) | timed examples/s | epoch, steady (s) | host batching "
-          "per epoch (s) | compile (s) | teacher pass (s) | "
-          + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''} (s)" for n in spans) + " | peak RSS (MiB) |")
+    print(
+        "| variant | timed steps | step median (ms) | timed examples/s | epoch, steady (s) | host batching "
+        "per epoch (s) | compile (s) | teacher pass (s) | "
+        + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''} (s)" for n in spans)
+        + " | peak RSS (MiB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(spans) + "---:|")
     for v, r in results.items():
         teacher_pass = f"{r['cache']['build_s']:.1f}" if "cache" in r else "-"
-        print(f"| {v}: {r['label']} | {r['timed_steps']} | {r['step_median_s'] * 1e3:.1f} | "
-              f"{r['measured_examples_per_s']:.1f} | {r['epochs'][0]['steady_s']:.1f} | "
-              f"{r['epochs'][0]['host_batching_s']:.1f} | {r['compile_total_s']:.1f} | {teacher_pass} | "
-              + " | ".join(f"{r['run_wall_s'][str(n)]:.1f}" for n in spans)
-              + f" | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {v}: {r['label']} | {r['timed_steps']} | {r['step_median_s'] * 1e3:.1f} | "
+            f"{r['measured_examples_per_s']:.1f} | {r['epochs'][0]['steady_s']:.1f} | "
+            f"{r['epochs'][0]['host_batching_s']:.1f} | {r['compile_total_s']:.1f} | {teacher_pass} | "
+            + " | ".join(f"{r['run_wall_s'][str(n)]:.1f}" for n in spans)
+            + f" | {r['peak_rss_mib']:.0f} |"
+        )
     print()
     for v, r in results.items():
         line = f"- {v}: an epoch's steps = {r['extrapolation']}"
         if "per_shape" in r:
             shapes = ", ".join(f"{k}: {e['compile_s']:.1f}s" for k, e in r["per_shape"].items())
             which = " (first round)" if args.rounds > 1 else ""
-            line += (f"; compile time per padded length{which} {shapes}; "
-                     f"train_step traced {r['num_traces']} time(s)")
+            line += (
+                f"; compile time per padded length{which} {shapes}; "
+                f"train_step traced {r['num_traces']} time(s)"
+            )
         if "cache" in r:
             sizes = ", ".join(f"{k} {n / 2**20:.1f} MiB" for k, n in r["cache"]["bytes"].items())
             line += f"; cache {sizes}, built in batches of {r['cache']['batch_size']}"
         print(line)
     if ratios:
-        print("\nSpeed-ups (the denominator's time over the numerator's; above 1: the numerator is faster). A run "
-              "includes the one-time costs and host batching; the steady epoch and timed steps do not."
-              + (f" Each is the median over {args.rounds} rounds of the ratio within a round, with its "
-                 "min-max over the rounds." if args.rounds > 1 else "") + "\n")
-        print("| ratio | " + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''}" for n in spans)
-              + " | steady epoch | timed steps |")
+        print(
+            "\nSpeed-ups (the denominator's time over the numerator's; above 1: the numerator is faster). A run "
+            "includes the one-time costs and host batching; the steady epoch and timed steps do not."
+            + (
+                f" Each is the median over {args.rounds} rounds of the ratio within a round, with its "
+                "min-max over the rounds."
+                if args.rounds > 1
+                else ""
+            )
+            + "\n"
+        )
+        print(
+            "| ratio | "
+            + " | ".join(f"run of {n} epoch{'s' if n > 1 else ''}" for n in spans)
+            + " | steady epoch | timed steps |"
+        )
         print("|---|" + "---:|" * (len(spans) + 2))
+
         def cell(value: dict) -> str:
             if args.rounds == 1:
                 return f"{value['median']:.2f}x"
             return f"{value['median']:.2f}x ({value['min']:.2f}-{value['max']:.2f})"
 
         for name, ratio in ratios.items():
-            print(f"| {name} | " + " | ".join(cell(ratio[f"{n}_epochs"]) for n in spans)
-                  + f" | {cell(ratio['steady_epoch'])} | {cell(ratio['timed_steps'])} |")
+            print(
+                f"| {name} | "
+                + " | ".join(cell(ratio[f"{n}_epochs"]) for n in spans)
+                + f" | {cell(ratio['steady_epoch'])} | {cell(ratio['timed_steps'])} |"
+            )
     if args.max_steps:
-        print("\nGrouped (b, e, f) and random (a, c, d) variants time different batches; the epoch and run "
-              "columns compare like with like.")
+        print(
+            "\nGrouped (b, e, f) and random (a, c, d) variants time different batches; the epoch and run "
+            "columns compare like with like."
+        )
     print()
 
 

@@ -58,20 +58,33 @@ STEP_SCRIPT = Path(__file__).resolve().parent / "step_throughput.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=tuple(SIZES), help="model pair (default mini)")
     parser.add_argument("--batch-size", type=int, help="default 32")
     parser.add_argument("--seq-len", type=int, help="default 128")
     parser.add_argument("--repeats", type=int, help="timed runs of each problem at least (default 5)")
-    parser.add_argument("--min-time", type=float, help="seconds of timed runs per problem at least (default 0.5)")
+    parser.add_argument(
+        "--min-time", type=float, help="seconds of timed runs per problem at least (default 0.5)"
+    )
     parser.add_argument("--steps", type=int, help="timed whole steps per framework (default 10)")
     parser.add_argument("--warmup", type=int, help="untimed whole steps first (default 2)")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
-                        help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run of the script; unless given: --size tiny --batch-size 4 --seq-len 16 "
-                        "--repeats 2 --min-time 0 --steps 2 --warmup 1")
-    parser.add_argument("--child", choices=("xla", "torch"), help="internal: time the problems in one library")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch.set_num_threads (default os.cpu_count(), here %(default)s)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run of the script; unless given: --size tiny --batch-size 4 --seq-len 16 "
+        "--repeats 2 --min-time 0 --steps 2 --warmup 1",
+    )
+    parser.add_argument(
+        "--child", choices=("xla", "torch"), help="internal: time the problems in one library"
+    )
     parser.add_argument("--problems", help="internal: the JSON file of problems for --child torch")
     args = parser.parse_args(argv)
     fill_defaults(
@@ -113,18 +126,33 @@ def dot_problems(hlo_text: str) -> list[dict]:
             raise SystemExit(f"dot {dot['name']}: operands {lhs['dtype']} x {rhs['dtype']}, expected f32")
         (lhs_shape, lhs_to), (rhs_shape, rhs_to) = physical(lhs), physical(rhs)
         dims = dot["dot_dims"]
-        numbers = [[lhs_to[d] for d in dims["lhs_contracting_dims"]], [rhs_to[d] for d in dims["rhs_contracting_dims"]],
-                   [lhs_to[d] for d in dims["lhs_batch_dims"]], [rhs_to[d] for d in dims["rhs_batch_dims"]]]
+        numbers = [
+            [lhs_to[d] for d in dims["lhs_contracting_dims"]],
+            [rhs_to[d] for d in dims["rhs_contracting_dims"]],
+            [lhs_to[d] for d in dims["lhs_batch_dims"]],
+            [rhs_to[d] for d in dims["rhs_batch_dims"]],
+        ]
         lhs_free = [d for d in range(len(lhs_shape)) if d not in numbers[0] + numbers[2]]
         rhs_free = [d for d in range(len(rhs_shape)) if d not in numbers[1] + numbers[3]]
         batch = math.prod(lhs_shape[d] for d in numbers[2])
         m, k = math.prod(lhs_shape[d] for d in lhs_free), math.prod(lhs_shape[d] for d in numbers[0])
         n = math.prod(rhs_shape[d] for d in rhs_free)
         key = (tuple(lhs_shape), tuple(rhs_shape), *map(tuple, numbers))
-        problem = problems.setdefault(key, {
-            "lhs": lhs_shape, "rhs": rhs_shape, "dimension_numbers": numbers, "batch": batch, "m": m, "k": k,
-            "n": n, "flops": 2 * batch * m * k * n, "count": 0, "default_output_layout": True,
-        })
+        problem = problems.setdefault(
+            key,
+            {
+                "lhs": lhs_shape,
+                "rhs": rhs_shape,
+                "dimension_numbers": numbers,
+                "batch": batch,
+                "m": m,
+                "k": k,
+                "n": n,
+                "flops": 2 * batch * m * k * n,
+                "count": 0,
+                "default_output_layout": True,
+            },
+        )
         problem["count"] += 1
         problem["default_output_layout"] &= dot["layout"] == list(range(len(dot["shape"])))[::-1]
     return sorted(problems.values(), key=lambda p: -p["flops"] * p["count"])
@@ -155,7 +183,9 @@ def child_xla(args: argparse.Namespace) -> dict:
     batch = Batch(**synthetic_batch(args.batch_size, args.seq_len))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Some donated buffers were not usable")
-        lowered = train_step.lower(distiller.teacher, distiller.state, batch, distiller.optimizer, distiller.losses)
+        lowered = train_step.lower(
+            distiller.teacher, distiller.state, batch, distiller.optimizer, distiller.losses
+        )
     problems = dot_problems(lowered.compile().compiled.as_text())
     rng = np.random.default_rng(0)
     for problem in problems:
@@ -164,8 +194,9 @@ def child_xla(args: argparse.Namespace) -> dict:
         product = jax.jit(lambda a, b, numbers=numbers: lax.dot_general(a, b, numbers))
         a = jax.device_put(rng.standard_normal(problem["lhs"], np.float32))
         b = jax.device_put(rng.standard_normal(problem["rhs"], np.float32))
-        problem["xla_s"] = median_time(lambda f=product, a=a, b=b: f(a, b).block_until_ready(), args.repeats,
-                                       args.min_time)
+        problem["xla_s"] = median_time(
+            lambda f=product, a=a, b=b: f(a, b).block_until_ready(), args.repeats, args.min_time
+        )
         log(f"[xla] {problem['count']} x {_describe(problem)}: {problem['xla_s'] * 1e3:.2f} ms")
     return {"problems": problems, "hlo_dot_count": sum(p["count"] for p in problems)}
 
@@ -199,9 +230,22 @@ def _kind(problem: dict) -> str:
 
 
 def step_times(args: argparse.Namespace, framework: str) -> dict:
-    argv = ["--framework", framework, "--size", args.size, "--batch-size", str(args.batch_size),
-            "--seq-len", str(args.seq_len), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--torch-threads", str(args.torch_threads)]
+    argv = [
+        "--framework",
+        framework,
+        "--size",
+        args.size,
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--torch-threads",
+        str(args.torch_threads),
+    ]
     result = run_child(STEP_SCRIPT, argv)
     return {"median_s": statistics.median(result["step_times_s"]), "step_times_s": result["step_times_s"]}
 
@@ -215,9 +259,20 @@ def main(argv=None) -> None:
         emit_result(child_torch(args))
         return
     script = Path(__file__).resolve()
-    common = ["--size", args.size, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-              "--repeats", str(args.repeats), "--min-time", str(args.min_time),
-              "--torch-threads", str(args.torch_threads)]
+    common = [
+        "--size",
+        args.size,
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--repeats",
+        str(args.repeats),
+        "--min-time",
+        str(args.min_time),
+        "--torch-threads",
+        str(args.torch_threads),
+    ]
     log(f"[parent] {args.size}, {args.batch_size} x {args.seq_len}: the step's dots in XLA")
     problems = run_child(script, [*common, "--child", "xla"])["problems"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -239,37 +294,55 @@ def main(argv=None) -> None:
             floors[library, _kind(p)] += p[f"{library}_s"] * p["count"]
             floors[library, "all"] += p[f"{library}_s"] * p["count"]
     result = {
-        "benchmark": "matmul_floor", "size": args.size, "models": size.describe(), "batch_size": args.batch_size,
-        "seq_len": args.seq_len, "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "dot_flops": flops, "analytical_flops": expected,
+        "benchmark": "matmul_floor",
+        "size": args.size,
+        "models": size.describe(),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": args.torch_threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "dot_flops": flops,
+        "analytical_flops": expected,
         "floor_s": {f"{library}/{kind}": s for (library, kind), s in floors.items()},
         "step_median_s": {framework: s["median_s"] for framework, s in steps.items()},
-        "problems": problems, "steps": steps,
+        "problems": problems,
+        "steps": steps,
     }
     print_report(args, result, problems, floors, steps)
     print(json.dumps(result))
 
 
 def print_report(args, result, problems, floors, steps) -> None:
-    print(f"## The matmuls of our train step, {result['models']}, {args.batch_size} x {args.seq_len}, fp32, "
-          f"CPU ({os.cpu_count()} cores; PyTorch with {args.torch_threads} threads; "
-          f"XLA_FLAGS={result['xla_flags'] or '(none)'})\n")
-    print("| dots | kind | problem (physical operands) | GFLOP each | XLA ms | XLA GFLOP/s | PyTorch ms "
-          "| PyTorch GFLOP/s |")
+    print(
+        f"## The matmuls of our train step, {result['models']}, {args.batch_size} x {args.seq_len}, fp32, "
+        f"CPU ({os.cpu_count()} cores; PyTorch with {args.torch_threads} threads; "
+        f"XLA_FLAGS={result['xla_flags'] or '(none)'})\n"
+    )
+    print(
+        "| dots | kind | problem (physical operands) | GFLOP each | XLA ms | XLA GFLOP/s | PyTorch ms "
+        "| PyTorch GFLOP/s |"
+    )
     print("|---:|---|---|---:|---:|---:|---:|---:|")
     for p in problems:
         gflop = p["flops"] / 1e9
         lhs_c, rhs_c = p["dimension_numbers"][:2]
-        print(f"| {p['count']} | {_kind(p)} | {_describe(p)}: {p['lhs']} x {p['rhs']}, contracting {lhs_c} x {rhs_c} "
-              f"| {gflop:.3g} "
-              f"| {p['xla_s'] * 1e3:.2f} | {gflop / p['xla_s']:.0f} | {p['torch_s'] * 1e3:.2f} "
-              f"| {gflop / p['torch_s']:.0f} |")
+        print(
+            f"| {p['count']} | {_kind(p)} | {_describe(p)}: {p['lhs']} x {p['rhs']}, contracting {lhs_c} x {rhs_c} "
+            f"| {gflop:.3g} "
+            f"| {p['xla_s'] * 1e3:.2f} | {gflop / p['xla_s']:.0f} | {p['torch_s'] * 1e3:.2f} "
+            f"| {gflop / p['torch_s']:.0f} |"
+        )
     odd = sum(p["count"] for p in problems if not p["default_output_layout"])
     if odd:
-        print(f"\n{odd} dot(s) write a transposed output layout in the step; timed here with the default one.")
+        print(
+            f"\n{odd} dot(s) write a transposed output layout in the step; timed here with the default one."
+        )
     match = "equal to" if result["dot_flops"] == result["analytical_flops"] else "DIFFERENT FROM"
-    print(f"\n{sum(p['count'] for p in problems)} dots, {result['dot_flops'] / 1e9:.2f} GFLOP per step, "
-          f"{match} the analytical count ({result['analytical_flops'] / 1e9:.2f} GFLOP).\n")
+    print(
+        f"\n{sum(p['count'] for p in problems)} dots, {result['dot_flops'] / 1e9:.2f} GFLOP per step, "
+        f"{match} the analytical count ({result['analytical_flops'] / 1e9:.2f} GFLOP).\n"
+    )
     print("| | XLA | PyTorch | XLA / PyTorch |")
     print("|---|---:|---:|---:|")
     for kind in ("dense", "attention (batched)", "all"):
@@ -277,10 +350,14 @@ def print_report(args, result, problems, floors, steps) -> None:
         print(f"| matmul floor, {kind} | {x:.3f} s | {t:.3f} s | {x / t:.2f} |")
     ours, torch = steps["ours"]["median_s"], steps["torch"]["median_s"]
     print(f"| whole step (median of {args.steps}) | {ours:.3f} s | {torch:.3f} s | {ours / torch:.2f} |")
-    print(f"| step minus its library's floor | {ours - floors['xla', 'all']:.3f} s "
-          f"| {torch - floors['torch', 'all']:.3f} s | |")
-    print(f"\nOurs at 1.1x PyTorch's examples/s would be a {torch / 1.1:.3f} s step; XLA's matmuls alone take "
-          f"{floors['xla', 'all']:.3f} s ({floors['xla', 'all'] / (torch / 1.1):.2f}x that).\n")
+    print(
+        f"| step minus its library's floor | {ours - floors['xla', 'all']:.3f} s "
+        f"| {torch - floors['torch', 'all']:.3f} s | |"
+    )
+    print(
+        f"\nOurs at 1.1x PyTorch's examples/s would be a {torch / 1.1:.3f} s step; XLA's matmuls alone take "
+        f"{floors['xla', 'all']:.3f} s ({floors['xla', 'all'] / (torch / 1.1):.2f}x that).\n"
+    )
 
 
 if __name__ == "__main__":

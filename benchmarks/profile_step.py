@@ -45,19 +45,25 @@ from _common import SIZES, OursDistiller, add_default_malloc_option, log, synthe
 
 KINDS = ("dense matmuls", "attention matmuls", "softmax and mask", "GELU", "LayerNorm", "optimizer", "other")
 # Trace events that are not XLA ops: the Python call stack ("$..."), executor and thread-pool bookkeeping.
-_NOT_OPS = re.compile(r"^\$|Execute|Await|^end: |stop_trace|PjitFunction|Handle inputs|CreateOutputs|DevicePut|"
-                      r"np\.asarray")
+_NOT_OPS = re.compile(
+    r"^\$|Execute|Await|^end: |stop_trace|PjitFunction|Handle inputs|CreateOutputs|DevicePut|"
+    r"np\.asarray"
+)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\](\S*) ([\w\-]+)\((.*?)\)(.*)$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=tuple(SIZES), default="mini")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="traced steps (default %(default)s)")
-    parser.add_argument("--top", type=int, default=10, help="slowest instructions to list (default %(default)s)")
+    parser.add_argument(
+        "--top", type=int, default=10, help="slowest instructions to list (default %(default)s)"
+    )
     parser.add_argument("--trace-dir", help="where the trace goes (default: a temporary folder)")
     add_default_malloc_option(parser)
     args = parser.parse_args(argv)
@@ -92,14 +98,19 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
         calls = re.search(r"calls=%([\w.\-]+)", rest)
         shape = [int(d) for d in dims.split(",") if d]
         minor_to_major = re.match(r"\{([\d,]*)", layout)
-        dot_dims = {key: _dims(rest, key) for key in ("lhs_contracting_dims", "rhs_contracting_dims",
-                                                      "lhs_batch_dims", "rhs_batch_dims")}
+        dot_dims = {
+            key: _dims(rest, key)
+            for key in ("lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")
+        }
         info = {
             "name": name,
             "dtype": dtype,
             "shape": shape,
-            "layout": ([int(d) for d in minor_to_major.group(1).split(",") if d] if minor_to_major
-                       else list(range(len(shape)))[::-1]),
+            "layout": (
+                [int(d) for d in minor_to_major.group(1).split(",") if d]
+                if minor_to_major
+                else list(range(len(shape)))[::-1]
+            ),
             "opcode": opcode,
             "operands": [o.strip().lstrip("%") for o in operands.split(",") if o.strip().startswith("%")],
             "op_name": op_name.group(1) if op_name else "",
@@ -187,7 +198,9 @@ def main(argv=None) -> None:
     with warnings.catch_warnings():
         # Equinox silences this for its jitted calls but not for .lower(); the step itself donates as usual.
         warnings.filterwarnings("ignore", "Some donated buffers were not usable")
-        lowered = train_step.lower(distiller.teacher, distiller.state, batch, distiller.optimizer, distiller.losses)
+        lowered = train_step.lower(
+            distiller.teacher, distiller.state, batch, distiller.optimizer, distiller.losses
+        )
     # Equinox's Compiled wraps jax's; its HLO text names every op the trace names.
     instructions, computations = parse_hlo(lowered.compile().compiled.as_text())
     for _ in range(args.warmup):
@@ -210,11 +223,12 @@ def main(argv=None) -> None:
     trace_file = max(trace_dir.rglob("*.trace.json.gz"), key=os.path.getmtime)
     with gzip.open(trace_file) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
-    executions = sorted((e for e in events if e["name"] == "ThunkExecutor::Execute (wait for completion)"),
-                        key=lambda e: e["ts"])[-args.steps:]
+    executions = sorted(
+        (e for e in events if e["name"] == "ThunkExecutor::Execute (wait for completion)"),
+        key=lambda e: e["ts"],
+    )[-args.steps :]
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in executions]
-    ops = [e for e in events if not _NOT_OPS.search(e["name"])
-           and any(a <= e["ts"] <= b for a, b in windows)]
+    ops = [e for e in events if not _NOT_OPS.search(e["name"]) and any(a <= e["ts"] <= b for a, b in windows)]
 
     time_us, flops, count = collections.Counter(), collections.Counter(), collections.Counter()
     spans, by_instruction = collections.defaultdict(list), collections.Counter()
@@ -232,8 +246,10 @@ def main(argv=None) -> None:
         flops[kind] += op_flops
         count[kind] += 1
     wall_us = sum(b - a for a, b in windows) / args.steps
-    covered_us = sum(covered([(e["ts"], e["ts"] + e["dur"]) for e in ops if a <= e["ts"] <= b])
-                     for a, b in windows) / args.steps
+    covered_us = (
+        sum(covered([(e["ts"], e["ts"] + e["dur"]) for e in ops if a <= e["ts"] <= b]) for a, b in windows)
+        / args.steps
+    )
 
     steps = args.steps
     rows = []
@@ -241,41 +257,74 @@ def main(argv=None) -> None:
         ms = time_us[kind] / 1e3 / steps
         wall_ms = covered(spans[kind]) / 1e3 / steps
         gflop = flops[kind] / 1e9 / steps
-        rows.append({"kind": kind, "op_ms_per_step": ms, "wall_ms_per_step": wall_ms,
-                     "ops_per_step": count[kind] / steps, "matmul_gflop": gflop,
-                     "gflop_per_s": gflop / (wall_ms / 1e3) if wall_ms and gflop else None})
-    slowest = [{"instruction": name, "ms_per_step": us / 1e3 / steps,
-                "text": instruction_summary(instructions[name], instructions, computations)}
-               for name, us in by_instruction.most_common(args.top) if name in instructions]
+        rows.append(
+            {
+                "kind": kind,
+                "op_ms_per_step": ms,
+                "wall_ms_per_step": wall_ms,
+                "ops_per_step": count[kind] / steps,
+                "matmul_gflop": gflop,
+                "gflop_per_s": gflop / (wall_ms / 1e3) if wall_ms and gflop else None,
+            }
+        )
+    slowest = [
+        {
+            "instruction": name,
+            "ms_per_step": us / 1e3 / steps,
+            "text": instruction_summary(instructions[name], instructions, computations),
+        }
+        for name, us in by_instruction.most_common(args.top)
+        if name in instructions
+    ]
     result = {
-        "benchmark": "profile_step", "size": args.size, "batch_size": args.batch_size, "seq_len": args.seq_len,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "steps": steps,
-        "step_s_untraced": untraced_step_s, "step_s_traced_wall": wall_us / 1e6,
-        "covered_by_traced_ops_s": covered_us / 1e6, "op_time_total_s": sum(time_us.values()) / 1e6 / steps,
+        "benchmark": "profile_step",
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "steps": steps,
+        "step_s_untraced": untraced_step_s,
+        "step_s_traced_wall": wall_us / 1e6,
+        "covered_by_traced_ops_s": covered_us / 1e6,
+        "op_time_total_s": sum(time_us.values()) / 1e6 / steps,
         "unmatched_op_ms_per_step": unmatched / 1e3 / steps,
-        "minor_page_faults_per_step": faults, "system_cpu_s_per_step": system_s, "user_cpu_s_per_step": user_s,
-        "kinds": rows, "slowest": slowest, "trace_dir": str(trace_dir),
+        "minor_page_faults_per_step": faults,
+        "system_cpu_s_per_step": system_s,
+        "user_cpu_s_per_step": user_s,
+        "kinds": rows,
+        "slowest": slowest,
+        "trace_dir": str(trace_dir),
     }
 
-    print(f"## Our train step, {args.size} pair, {args.batch_size} x {args.seq_len}, fp32 "
-          f"(XLA_FLAGS={result['xla_flags'] or '(none)'})\n")
-    print(f"step {untraced_step_s:.3f} s untraced, {wall_us / 1e6:.3f} s traced; traced ops cover "
-          f"{covered_us / 1e6:.3f} s of it; op time summed {result['op_time_total_s']:.3f} s")
-    print(f"per step: {faults:,.0f} minor page faults ({faults * 4 / 1024:,.0f} MiB first touched), "
-          f"system CPU {system_s:.3f} s, user CPU {user_s:.3f} s\n")
+    print(
+        f"## Our train step, {args.size} pair, {args.batch_size} x {args.seq_len}, fp32 "
+        f"(XLA_FLAGS={result['xla_flags'] or '(none)'})\n"
+    )
+    print(
+        f"step {untraced_step_s:.3f} s untraced, {wall_us / 1e6:.3f} s traced; traced ops cover "
+        f"{covered_us / 1e6:.3f} s of it; op time summed {result['op_time_total_s']:.3f} s"
+    )
+    print(
+        f"per step: {faults:,.0f} minor page faults ({faults * 4 / 1024:,.0f} MiB first touched), "
+        f"system CPU {system_s:.3f} s, user CPU {user_s:.3f} s\n"
+    )
     print("| kind | op time / step | wall time / step | ops / step | matmul GFLOP | GFLOP/s over wall time |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         rate = f"{row['gflop_per_s']:.1f}" if row["gflop_per_s"] else ""
         gflop = f"{row['matmul_gflop']:.1f}" if row["matmul_gflop"] else ""
-        print(f"| {row['kind']} | {row['op_ms_per_step']:.0f} ms | {row['wall_ms_per_step']:.0f} ms "
-              f"| {row['ops_per_step']:.0f} | {gflop} | {rate} |")
+        print(
+            f"| {row['kind']} | {row['op_ms_per_step']:.0f} ms | {row['wall_ms_per_step']:.0f} ms "
+            f"| {row['ops_per_step']:.0f} | {gflop} | {rate} |"
+        )
     if slowest:
         print(f"\nslowest {len(slowest)} instructions (op time per step):")
         for op in slowest:
             print(f"  {op['ms_per_step']:7.1f} ms  {op['instruction']}: {op['text']}")
     if unmatched:
-        log(f"{unmatched / 1e3 / steps:.0f} ms/step of traced ops had no instruction of that name (counted as other)")
+        log(
+            f"{unmatched / 1e3 / steps:.0f} ms/step of traced ops had no instruction of that name (counted as other)"
+        )
     print()
     print(json.dumps(result))
 

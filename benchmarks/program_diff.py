@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CHILD = r'''
+CHILD = r"""
 import re, sys, warnings
 repo, seq = sys.argv[1], int(sys.argv[2])
 sys.path.insert(0, repo)
@@ -45,13 +45,16 @@ batch = Batch(ids, np.ones((32, seq), bool), np.zeros_like(ids), np.zeros(32, np
 warnings.simplefilter("ignore")  # .lower() warns about donation
 lowered = train_step.lower(teacher, state, batch, optimizer, objective)
 sys.stdout.write(lowered.compile().compiled.as_text())
-'''
+"""
 
 
 def instructions(repo: Path, seq: int) -> list[str]:
     """The program's instructions, without metadata and stack-frame ids (they name source files and lines)."""
     text = subprocess.run(
-        [sys.executable, "-c", CHILD, str(repo.resolve()), str(seq)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(repo.resolve()), str(seq)],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     lines = [line for line in text.splitlines() if " = " in line]
     return [re.sub(r",? ?(metadata=\{[^}]*\}|stack_frame_id=\d+)", "", line) for line in lines]

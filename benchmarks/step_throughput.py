@@ -81,37 +81,73 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--sizes", help="comma-separated subset of base, mini, tiny (default base,mini)")
     parser.add_argument("--frameworks", default="ours,torch", help="comma-separated subset of ours,torch")
-    parser.add_argument("--device", choices=tuple(DEVICES), default="cpu",
-                        help="where both frameworks run (default cpu); gpu changes the defaults of --dtype, "
-                        "--batch-size, --steps, --warmup and --matmul-size to bfloat16, 256, 20, 3, 8192")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
-                        help="matmul dtype of the step (default float32 on cpu, bfloat16 on gpu)")
-    parser.add_argument("--peak-tflops", type=float,
-                        help="the peak to grade against, in TFLOP/s (default: on gpu in bfloat16, the chip's "
-                        "data-sheet dense bf16 peak; otherwise the measured matmul peak)")
+    parser.add_argument(
+        "--device",
+        choices=tuple(DEVICES),
+        default="cpu",
+        help="where both frameworks run (default cpu); gpu changes the defaults of --dtype, "
+        "--batch-size, --steps, --warmup and --matmul-size to bfloat16, 256, 20, 3, 8192",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="matmul dtype of the step (default float32 on cpu, bfloat16 on gpu)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the peak to grade against, in TFLOP/s (default: on gpu in bfloat16, the chip's "
+        "data-sheet dense bf16 peak; otherwise the measured matmul peak)",
+    )
     parser.add_argument("--batch-size", type=int, help="default 32 (gpu: 256)")
     parser.add_argument("--seq-len", type=int, help="default 128")
     parser.add_argument("--steps", type=int, help="timed steps per child (default 10; gpu: 20)")
-    parser.add_argument("--warmup", type=int,
-                        help="untimed steps first, the first one compiles (default 2, gpu: 3; at least 1)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every (size, framework) child this many times, alternating the order of "
-                        "the frameworks, and pool the timed steps (default 1)")
-    parser.add_argument("--matmul-size", type=int,
-                        help="n of the n x n @ n x n peak matmul (default 2048; gpu: 8192)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="untimed steps first, the first one compiles (default 2, gpu: 3; at least 1)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every (size, framework) child this many times, alternating the order of "
+        "the frameworks, and pool the timed steps (default 1)",
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, help="n of the n x n @ n x n peak matmul (default 2048; gpu: 8192)"
+    )
     parser.add_argument("--matmul-repeats", type=int, help="timed peak matmuls; the best counts (default 10)")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
-                        help="torch.set_num_threads (default os.cpu_count(), here %(default)s)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch.set_num_threads (default os.cpu_count(), here %(default)s)",
+    )
     add_default_malloc_option(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run of the script; unless given: --sizes tiny --batch-size 4 "
-                        "--seq-len 16 --steps 2 --warmup 1 --matmul-size 256 --matmul-repeats 3")
-    parser.add_argument("--framework", choices=(*FRAMEWORKS, "peak"),
-                        help="internal: run one measurement in this process and print its JSON result")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run of the script; unless given: --sizes tiny --batch-size 4 "
+        "--seq-len 16 --steps 2 --warmup 1 --matmul-size 256 --matmul-repeats 3",
+    )
+    parser.add_argument(
+        "--framework",
+        choices=(*FRAMEWORKS, "peak"),
+        help="internal: run one measurement in this process and print its JSON result",
+    )
     parser.add_argument("--size", choices=tuple(SIZES), help="internal: the size for --framework")
     args = parser.parse_args(argv)
-    defaults = dict(sizes="base,mini", dtype="float32", batch_size=32, seq_len=128, steps=10, warmup=2,
-                    matmul_size=2048, matmul_repeats=10)
+    defaults = dict(
+        sizes="base,mini",
+        dtype="float32",
+        batch_size=32,
+        seq_len=128,
+        steps=10,
+        warmup=2,
+        matmul_size=2048,
+        matmul_repeats=10,
+    )
     if args.device == "gpu":
         defaults.update(dtype="bfloat16", batch_size=256, steps=20, warmup=3, matmul_size=8192)
     fill_defaults(
@@ -152,11 +188,14 @@ def jax_device(args: argparse.Namespace):
     try:
         backend = jax.default_backend()
     except (RuntimeError, AssertionError) as error:  # jax asserts when no platform in JAX_PLATFORMS loads
-        raise SystemExit(f"--device {args.device}: JAX could not start a backend (JAX_PLATFORMS={platforms!r}; "
-                         f"on a GPU, install jax with its CUDA plugin): {error!r}") from error
+        raise SystemExit(
+            f"--device {args.device}: JAX could not start a backend (JAX_PLATFORMS={platforms!r}; "
+            f"on a GPU, install jax with its CUDA plugin): {error!r}"
+        ) from error
     if backend != DEVICES[args.device][1]:
-        raise SystemExit(f"--device {args.device}: JAX's default backend is {backend!r} "
-                         f"(JAX_PLATFORMS={platforms!r})")
+        raise SystemExit(
+            f"--device {args.device}: JAX's default backend is {backend!r} (JAX_PLATFORMS={platforms!r})"
+        )
     return jax.devices()[0]
 
 
@@ -164,33 +203,44 @@ def child_ours(args: argparse.Namespace) -> dict:
     from distilbert_eqx.batch import Batch
 
     device = jax_device(args)
-    distiller = OursDistiller(SIZES[args.size], SCHEDULE_STEPS, default_malloc=args.default_malloc,
-                              compute_dtype=args.dtype)
+    distiller = OursDistiller(
+        SIZES[args.size], SCHEDULE_STEPS, default_malloc=args.default_malloc, compute_dtype=args.dtype
+    )
     batch = Batch(**synthetic_batch(args.batch_size, args.seq_len))
     rss_setup = max_rss_mib()
     result = time_steps(lambda: distiller.step(batch), args.warmup, args.steps)
     stats = device.memory_stats() if args.device == "gpu" else None
-    return {**result, "rss_after_setup_mib": rss_setup, "peak_rss_mib": max_rss_mib(),
-            "peak_device_mib": stats["peak_bytes_in_use"] / 2**20 if stats else None,
-            "device_name": device.device_kind, "num_traces": OursDistiller.num_traces(),
-            "retained_freed_memory": distiller.retained_freed_memory}
+    return {
+        **result,
+        "rss_after_setup_mib": rss_setup,
+        "peak_rss_mib": max_rss_mib(),
+        "peak_device_mib": stats["peak_bytes_in_use"] / 2**20 if stats else None,
+        "device_name": device.device_kind,
+        "num_traces": OursDistiller.num_traces(),
+        "retained_freed_memory": distiller.retained_freed_memory,
+    }
 
 
 def child_torch(args: argparse.Namespace) -> dict:
     import torch
 
     torch_device = DEVICES[args.device][0]
-    distiller = TorchDistiller(SIZES[args.size], SCHEDULE_STEPS, args.torch_threads, device=torch_device,
-                               dtype=args.dtype)
+    distiller = TorchDistiller(
+        SIZES[args.size], SCHEDULE_STEPS, args.torch_threads, device=torch_device, dtype=args.dtype
+    )
     arrays = synthetic_batch(args.batch_size, args.seq_len)
     fields = [arrays[k] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")]
     rss_setup = max_rss_mib()
     result = time_steps(lambda: distiller.step(*fields), args.warmup, args.steps)
     on_gpu = torch_device == "cuda"
-    return {**result, "rss_after_setup_mib": rss_setup, "peak_rss_mib": max_rss_mib(),
-            "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
-            "device_name": torch.cuda.get_device_name() if on_gpu else "cpu",
-            "torch_threads": torch.get_num_threads()}
+    return {
+        **result,
+        "rss_after_setup_mib": rss_setup,
+        "peak_rss_mib": max_rss_mib(),
+        "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
+        "device_name": torch.cuda.get_device_name() if on_gpu else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def best_time(fn, repeats: int) -> float:
@@ -227,15 +277,24 @@ def child_peak(args: argparse.Namespace) -> dict:
 
     torch_s = best_time(torch_matmul, args.matmul_repeats)
     flops = 2 * n**3
-    return {"n": n, "dtype": args.dtype, "device_name": device.device_kind, "jax_flops": flops / jax_s,
-            "torch_flops": flops / torch_s, "jax_best_s": jax_s, "torch_best_s": torch_s}
+    return {
+        "n": n,
+        "dtype": args.dtype,
+        "device_name": device.device_kind,
+        "jax_flops": flops / jax_s,
+        "torch_flops": flops / torch_s,
+        "jax_best_s": jax_s,
+        "torch_best_s": torch_s,
+    }
 
 
 def run_as_child(args: argparse.Namespace) -> None:
     if args.framework != "peak" and args.size is None:
         raise SystemExit("--framework ours/torch needs --size")
-    log(f"[child] {args.framework} {args.size or ''}: {args.batch_size} x {args.seq_len}, "
-        f"warmup {args.warmup}, steps {args.steps}")
+    log(
+        f"[child] {args.framework} {args.size or ''}: {args.batch_size} x {args.seq_len}, "
+        f"warmup {args.warmup}, steps {args.steps}"
+    )
     run = {"ours": child_ours, "torch": child_torch, "peak": child_peak}[args.framework]
     emit_result({"framework": args.framework, "size": args.size, **run(args)})
 
@@ -244,10 +303,28 @@ def run_as_child(args: argparse.Namespace) -> None:
 
 
 def child_argv(args: argparse.Namespace, framework: str, size: str | None) -> list[str]:
-    argv = ["--framework", framework, "--device", args.device, "--dtype", args.dtype,
-            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--matmul-size", str(args.matmul_size),
-            "--matmul-repeats", str(args.matmul_repeats), "--torch-threads", str(args.torch_threads)]
+    argv = [
+        "--framework",
+        framework,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--matmul-size",
+        str(args.matmul_size),
+        "--matmul-repeats",
+        str(args.matmul_repeats),
+        "--torch-threads",
+        str(args.torch_threads),
+    ]
     argv += ["--default-malloc"] if args.default_malloc else []
     return argv + (["--size", size] if size else [])
 
@@ -293,11 +370,16 @@ def main() -> None:
         raise SystemExit(f"--frameworks {args.frameworks!r}: expected a comma-separated subset of ours,torch")
 
     platforms = DEVICES[args.device][0]
-    log(f"[parent] {args.dtype} matmul peak on {args.device} ({args.matmul_size}^2, "
-        f"best of {args.matmul_repeats})")
+    log(
+        f"[parent] {args.dtype} matmul peak on {args.device} ({args.matmul_size}^2, "
+        f"best of {args.matmul_repeats})"
+    )
     # JAX and PyTorch share the GPU in the peak child: JAX must not take most of its memory up front.
-    peak = run_child(script, child_argv(args, "peak", None),
-                     {"JAX_PLATFORMS": platforms, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    peak = run_child(
+        script,
+        child_argv(args, "peak", None),
+        {"JAX_PLATFORMS": platforms, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+    )
     peak["reference_flops"], peak["reference"] = reference_peak(args, peak)
     runs: dict[tuple[str, str], list[dict]] = {}
     for round_index in range(args.rounds):
@@ -323,24 +405,28 @@ def main() -> None:
         results[size.name] = entry
 
     print_report(args, peak, results, frameworks)
-    print(json.dumps({
-        "benchmark": "step_throughput",
-        "device": args.device,
-        "device_name": peak["device_name"],
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "rounds": args.rounds,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": args.torch_threads,
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "versions": {name: version(name) for name in VERSIONED},
-        "matmul_peak": peak,
-        "results": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "step_throughput",
+                "device": args.device,
+                "device_name": peak["device_name"],
+                "dtype": args.dtype,
+                "batch_size": args.batch_size,
+                "seq_len": args.seq_len,
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "cpu_count": os.cpu_count(),
+                "torch_threads": args.torch_threads,
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "versions": {name: version(name) for name in VERSIONED},
+                "matmul_peak": peak,
+                "results": results,
+            }
+        )
+    )
 
 
 def reference_peak(args: argparse.Namespace, peak: dict) -> tuple[float, str]:
@@ -356,8 +442,10 @@ def reference_peak(args: argparse.Namespace, peak: dict) -> tuple[float, str]:
         tflops = data_sheet_peak_tflops(name, "bfloat16")
         if tflops is not None:
             return tflops * 1e12, f"{name} data-sheet dense bf16 peak, {tflops:g} TFLOP/s (MFU)"
-        raise SystemExit(f"no data-sheet bf16 peak known for {name!r} (known: "
-                         f"{', '.join(k for k, _ in DENSE_PEAK_TFLOPS)}); pass --peak-tflops")
+        raise SystemExit(
+            f"no data-sheet bf16 peak known for {name!r} (known: "
+            f"{', '.join(k for k, _ in DENSE_PEAK_TFLOPS)}); pass --peak-tflops"
+        )
     return max(peak["jax_flops"], peak["torch_flops"]), "measured matmul peak, the faster of JAX and PyTorch"
 
 
@@ -366,25 +454,34 @@ def print_report(args: argparse.Namespace, peak: dict, results: dict, frameworks
         where = f"CPU ({os.cpu_count()} cores; PyTorch with {args.torch_threads} threads)"
     else:
         where = peak["device_name"]
-    print(f"## Distillation train step, batch {args.batch_size} x length {args.seq_len}, {args.dtype}, "
-          f"{where}\n")
-    print(f"{args.steps} timed steps per child after {args.warmup} warm-up, {args.rounds} round(s). "
-          f"{args.dtype} matmul ({peak['n']}^2, best of {args.matmul_repeats}): JAX "
-          f"{peak['jax_flops'] / 1e9:.1f} GFLOP/s, PyTorch {peak['torch_flops'] / 1e9:.1f} GFLOP/s. "
-          f"'% of peak' is of {peak['reference_flops'] / 1e9:.1f} GFLOP/s: {peak['reference']}.\n")
+    print(
+        f"## Distillation train step, batch {args.batch_size} x length {args.seq_len}, {args.dtype}, "
+        f"{where}\n"
+    )
+    print(
+        f"{args.steps} timed steps per child after {args.warmup} warm-up, {args.rounds} round(s). "
+        f"{args.dtype} matmul ({peak['n']}^2, best of {args.matmul_repeats}): JAX "
+        f"{peak['jax_flops'] / 1e9:.1f} GFLOP/s, PyTorch {peak['torch_flops'] / 1e9:.1f} GFLOP/s. "
+        f"'% of peak' is of {peak['reference_flops'] / 1e9:.1f} GFLOP/s: {peak['reference']}.\n"
+    )
     on_gpu = args.device == "gpu"
-    print("| size | framework | step median (ms) | min (ms) | max (ms) | examples/s | matmul GFLOP/s "
-          "| % of peak | peak RSS (MiB) |" + (" peak device memory (MiB) |" if on_gpu else "")
-          + " first step (s) | first-step overhead (s) |")
+    print(
+        "| size | framework | step median (ms) | min (ms) | max (ms) | examples/s | matmul GFLOP/s "
+        "| % of peak | peak RSS (MiB) |"
+        + (" peak device memory (MiB) |" if on_gpu else "")
+        + " first step (s) | first-step overhead (s) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if on_gpu else "") + "---:|---:|")
     for name, entry in results.items():
         for framework in frameworks:
             r = entry[framework]
             device_memory = f" {r['peak_device_mib']:.0f} |" if on_gpu else ""
-            print(f"| {name} | {LABELS[framework]} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | "
-                  f"{r['max_s'] * 1e3:.1f} | {r['examples_per_s']:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
-                  f"{100 * r['fraction_of_matmul_peak']:.1f} | {r['peak_rss_mib']:.0f} |{device_memory} "
-                  f"{r['first_step_s']:.2f} | {r['first_step_overhead_s']:.2f} |")
+            print(
+                f"| {name} | {LABELS[framework]} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | "
+                f"{r['max_s'] * 1e3:.1f} | {r['examples_per_s']:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
+                f"{100 * r['fraction_of_matmul_peak']:.1f} | {r['peak_rss_mib']:.0f} |{device_memory} "
+                f"{r['first_step_s']:.2f} | {r['first_step_overhead_s']:.2f} |"
+            )
     print()
     for name, entry in results.items():
         line = f"- {name}: {entry['models']}, {entry['flops_per_step'] / 1e9:.3g} GFLOP of matmuls per step"
@@ -393,8 +490,10 @@ def print_report(args: argparse.Namespace, peak: dict, results: dict, frameworks
         if "ours" in entry:
             line += f"; ours traced {entry['ours']['num_traces']} time(s) per child"
         print(line)
-    print("\nexamples/s is at the median step. First-step overhead = first step - median step: ours' jit "
-          "compilation; PyTorch's one-off allocations. Peak RSS is each child process's max RSS.\n")
+    print(
+        "\nexamples/s is at the median step. First-step overhead = first step - median step: ours' jit "
+        "compilation; PyTorch's one-off allocations. Peak RSS is each child process's max RSS.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -126,7 +126,9 @@ def fit(
     """
     if teacher is None and objective.needs_teacher:
         readers = [term.name for term in objective.terms if term.reads_teacher]
-        raise ValueError(f"the loss terms {readers} compare the student with a teacher: pass one, or drop them")
+        raise ValueError(
+            f"the loss terms {readers} compare the student with a teacher: pass one, or drop them"
+        )
     if teacher is not None:
         objective = objective.bind(student, teacher)
     widths_differ = teacher is not None and student.hidden_size != teacher.hidden_size

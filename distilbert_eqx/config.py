@@ -30,7 +30,12 @@ OPTIMIZERS = ("adamw",)
 DATASETS = ("glue/sst2",)
 HIDDEN_LOSSES = ("mse", "cosine")
 TEACHER_CACHES = ("off", "memory", "disk")
-STUDENT_SHAPE = ("student_num_layers", "student_hidden_size", "student_num_heads", "student_intermediate_size")
+STUDENT_SHAPE = (
+    "student_num_layers",
+    "student_hidden_size",
+    "student_num_heads",
+    "student_intermediate_size",
+)
 STUDENT_EMBEDDING_INITS = ("random", "teacher_pca")
 _DTYPE_PREFIXES = ("jax.numpy.", "jax.", "jnp.")
 _DTYPES = ("auto", "float32", "bfloat16")
@@ -197,8 +202,13 @@ def _coerce_term(where: str, entry: object) -> AbstractTerm:
         close = difflib.get_close_matches(str(kind), list(TERMS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown term type {kind!r}.{hint} Types: {', '.join(TERMS)}")
-    return _construct(TERMS[kind], {k: v for k, v in entry.items() if k != "type"}, where, f"{where} ({kind})",
-                      also_valid=("type",))
+    return _construct(
+        TERMS[kind],
+        {k: v for k, v in entry.items() if k != "type"},
+        where,
+        f"{where} ({kind})",
+        also_valid=("type",),
+    )
 
 
 def _flow_hint(entry: object) -> str:
@@ -241,7 +251,11 @@ def _construct(cls: type, values: Mapping, path: str, where: str, also_valid: tu
 
 def _coerce_to(key: str, value: object, annotation: Any) -> object:
     """:func:`_coerce` for a value of any annotated type (``key`` names it in errors)."""
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    options = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else ()
+    )
     literals = [a for a in options if typing.get_origin(a) is typing.Literal]
     if literals and isinstance(value, str):
         # A setting that is either a word or a value (layer_map: uniform, or a list of pairs).
@@ -260,7 +274,8 @@ def _coerce_to(key: str, value: object, annotation: Any) -> object:
     if typing.get_origin(base) is tuple and typing.get_origin(typing.get_args(base)[0]) is tuple:
         # layer_map: a list of [student, teacher] pairs.
         if isinstance(value, (list, tuple)) and all(
-            isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_instance(i, int) for i in v) for v in value
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_instance(i, int) for i in v)
+            for v in value
         ):
             return tuple(tuple(v) for v in value)
         expected = "a list of [int, int] pairs"
@@ -310,7 +325,9 @@ def _validate(c: ExperimentConfig) -> None:
     """Range and consistency checks; types were already checked by ``_coerce``."""
     _require(c.dataset_id in DATASETS, "dataset_id", c.dataset_id, f"one of {DATASETS}")
     _require(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"one of {OPTIMIZERS}")
-    _require(c.platform is None or c.platform in PLATFORMS, "platform", c.platform, f"null or one of {PLATFORMS}")
+    _require(
+        c.platform is None or c.platform in PLATFORMS, "platform", c.platform, f"null or one of {PLATFORMS}"
+    )
     for key in ("tokenizer_name", "teacher_model", "student_model", "output_dir"):
         _require(getattr(c, key) != "", key, getattr(c, key), "a non-empty string")
     for key in ("data_dir", "coordinator_address"):
@@ -320,14 +337,22 @@ def _validate(c: ExperimentConfig) -> None:
     positive = ("batch_size", "num_epochs", "log_every", "log_val_every", "checkpoint_every")
     for key in (*positive, "keep_top_k_checkpoints", "num_devices", "num_processes"):
         _require(getattr(c, key) >= 1, key, getattr(c, key), "an int >= 1")
-    _require(c.eval_batch_size is None or c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size,
-             "null or an int >= 1")
+    _require(
+        c.eval_batch_size is None or c.eval_batch_size >= 1,
+        "eval_batch_size",
+        c.eval_batch_size,
+        "null or an int >= 1",
+    )
     _require(c.max_steps >= 0, "max_steps", c.max_steps, "an int >= 0 (0 = run num_epochs)")
     # numpy's Generator rejects negative seeds.
     _require(c.seed >= 0, "seed", c.seed, "an int >= 0")
     _require(c.learning_rate > 0, "learning_rate", c.learning_rate, "a float > 0")
-    _require(c.max_grad_norm is None or c.max_grad_norm > 0, "max_grad_norm", c.max_grad_norm,
-             "null (no clipping) or a float > 0")
+    _require(
+        c.max_grad_norm is None or c.max_grad_norm > 0,
+        "max_grad_norm",
+        c.max_grad_norm,
+        "null (no clipping) or a float > 0",
+    )
     _require(c.weight_decay >= 0, "weight_decay", c.weight_decay, "a float >= 0")
     _require(0 <= c.warmup_ratio < 1, "warmup_ratio", c.warmup_ratio, "a float with 0 <= warmup_ratio < 1")
     _require(c.temperature > 0, "temperature", c.temperature, "a float > 0")
@@ -335,80 +360,161 @@ def _validate(c: ExperimentConfig) -> None:
     for key in weight_keys:
         _require(getattr(c, key) >= 0, key, getattr(c, key), "a float >= 0")
     _require(c.hidden_loss in HIDDEN_LOSSES, "hidden_loss", c.hidden_loss, f"one of {HIDDEN_LOSSES}")
-    _require(c.relation_heads is None or c.relation_heads >= 1, "relation_heads", c.relation_heads,
-             "null (the teacher's head count) or an int >= 1")
+    _require(
+        c.relation_heads is None or c.relation_heads >= 1,
+        "relation_heads",
+        c.relation_heads,
+        "null (the teacher's head count) or an int >= 1",
+    )
     if c.layer_map is not None:
-        _require(len(c.layer_map) > 0 and all(i >= 0 for pair in c.layer_map for i in pair), "layer_map",
-                 [list(p) for p in c.layer_map],
-                 "null (the uniform map) or a non-empty list of [student, teacher] hidden-state indices >= 0")
+        _require(
+            len(c.layer_map) > 0 and all(i >= 0 for pair in c.layer_map for i in pair),
+            "layer_map",
+            [list(p) for p in c.layer_map],
+            "null (the uniform map) or a non-empty list of [student, teacher] hidden-state indices >= 0",
+        )
     if c.loss is not None:
         defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
         flat = {key: getattr(c, key) for key in shorthand_keys() if getattr(c, key) != defaults[key]}
-        _require(not flat, "loss", "[...]", f"the only spelling of the loss: {flat} would be ignored; put them in "
-                 "the loss list's terms, or drop the loss list")
+        _require(
+            not flat,
+            "loss",
+            "[...]",
+            f"the only spelling of the loss: {flat} would be ignored; put them in "
+            "the loss list's terms, or drop the loss list",
+        )
     else:
         weights = tuple(getattr(c, key) for key in weight_keys)
         _require(any(w > 0 for w in weights), "/".join(weight_keys), weights, "at least one weight > 0")
-        readers = [t for t in TERMS.values() if "layer_map" in t.shorthand and getattr(c, next(iter(t.shorthand))) > 0]
-        _require(c.layer_map is None or bool(readers), "layer_map", c.layer_map and [list(p) for p in c.layer_map],
-                 "null: no term reads it (" + ", ".join(
-                     f"{next(iter(t.shorthand))}=0" for t in TERMS.values() if "layer_map" in t.shorthand) + ")")
+        readers = [
+            t
+            for t in TERMS.values()
+            if "layer_map" in t.shorthand and getattr(c, next(iter(t.shorthand))) > 0
+        ]
+        _require(
+            c.layer_map is None or bool(readers),
+            "layer_map",
+            c.layer_map and [list(p) for p in c.layer_map],
+            "null: no term reads it ("
+            + ", ".join(f"{next(iter(t.shorthand))}=0" for t in TERMS.values() if "layer_map" in t.shorthand)
+            + ")",
+        )
     terms = Objective(c.terms).terms
-    _require(c.intermediate_steps >= 0, "intermediate_steps", c.intermediate_steps,
-             "an int >= 0 (0 = one stage)")
+    _require(
+        c.intermediate_steps >= 0, "intermediate_steps", c.intermediate_steps, "an int >= 0 (0 = one stage)"
+    )
     if c.intermediate_steps > 0:
         first = [t.name for t in terms if not t.prediction_layer]
         second = [t.name for t in terms if t.prediction_layer]
         prediction = [name for name, term in TERMS.items() if term.prediction_layer]
-        _require(bool(first), "intermediate_steps", c.intermediate_steps,
-                 f"0, or a term other than {prediction} for the first stage (the loss has {second})")
-        _require(bool(second), "intermediate_steps", c.intermediate_steps,
-                 f"0, or one of the terms {prediction} for the second stage (the loss has {first})")
-        _require(c.max_steps == 0 or c.intermediate_steps < c.max_steps, "intermediate_steps",
-                 c.intermediate_steps, f"fewer than max_steps={c.max_steps}")
-    _require(c.teacher_cache in TEACHER_CACHES, "teacher_cache", c.teacher_cache, f"one of {', '.join(TEACHER_CACHES)}")
-    _require(c.teacher_cache_dtype in ("float32", "bfloat16"), "teacher_cache_dtype", c.teacher_cache_dtype,
-             "float32 or bfloat16")
-    _require(c.teacher_cache == "off" or c.num_processes == 1, "teacher_cache", c.teacher_cache,
-             f"off with num_processes={c.num_processes}: the cache is built and read by one process")
+        _require(
+            bool(first),
+            "intermediate_steps",
+            c.intermediate_steps,
+            f"0, or a term other than {prediction} for the first stage (the loss has {second})",
+        )
+        _require(
+            bool(second),
+            "intermediate_steps",
+            c.intermediate_steps,
+            f"0, or one of the terms {prediction} for the second stage (the loss has {first})",
+        )
+        _require(
+            c.max_steps == 0 or c.intermediate_steps < c.max_steps,
+            "intermediate_steps",
+            c.intermediate_steps,
+            f"fewer than max_steps={c.max_steps}",
+        )
+    _require(
+        c.teacher_cache in TEACHER_CACHES,
+        "teacher_cache",
+        c.teacher_cache,
+        f"one of {', '.join(TEACHER_CACHES)}",
+    )
+    _require(
+        c.teacher_cache_dtype in ("float32", "bfloat16"),
+        "teacher_cache_dtype",
+        c.teacher_cache_dtype,
+        "float32 or bfloat16",
+    )
+    _require(
+        c.teacher_cache == "off" or c.num_processes == 1,
+        "teacher_cache",
+        c.teacher_cache,
+        f"off with num_processes={c.num_processes}: the cache is built and read by one process",
+    )
     _require(c.teacher_cache_max_gb > 0, "teacher_cache_max_gb", c.teacher_cache_max_gb, "a size in GiB > 0")
     if c.augment is not None:
-        _require(any(term.on_variants for term in terms), "augment", config_to_dict(c)["augment"],
-                 f"null, or a loss with a term computed on the variants (of the loss {[t.name for t in terms]}, "
-                 f"only {[n for n, t in TERMS.items() if t.on_variants]} would be)")
+        _require(
+            any(term.on_variants for term in terms),
+            "augment",
+            config_to_dict(c)["augment"],
+            f"null, or a loss with a term computed on the variants (of the loss {[t.name for t in terms]}, "
+            f"only {[n for n, t in TERMS.items() if t.on_variants]} would be)",
+        )
     _require(c.augment_seed >= 0, "augment_seed", c.augment_seed, "an int >= 0")
     for key in STUDENT_SHAPE:
         _require(getattr(c, key) is None or getattr(c, key) >= 1, key, getattr(c, key), "null or an int >= 1")
-    _require(c.student_embedding_init in STUDENT_EMBEDDING_INITS, "student_embedding_init",
-             c.student_embedding_init, f"one of {', '.join(STUDENT_EMBEDDING_INITS)}")
-    _require(c.student_embedding_init == "random" or any(getattr(c, key) is not None for key in STUDENT_SHAPE),
-             "student_embedding_init", c.student_embedding_init,
-             f"random unless the student is built at random (a {'/'.join(STUDENT_SHAPE)} key set): the other "
-             "students start from the teacher's or their own embeddings")
+    _require(
+        c.student_embedding_init in STUDENT_EMBEDDING_INITS,
+        "student_embedding_init",
+        c.student_embedding_init,
+        f"one of {', '.join(STUDENT_EMBEDDING_INITS)}",
+    )
+    _require(
+        c.student_embedding_init == "random" or any(getattr(c, key) is not None for key in STUDENT_SHAPE),
+        "student_embedding_init",
+        c.student_embedding_init,
+        f"random unless the student is built at random (a {'/'.join(STUDENT_SHAPE)} key set): the other "
+        "students start from the teacher's or their own embeddings",
+    )
     if c.student_init_layers is not None:
         shape = {key: getattr(c, key) for key in STUDENT_SHAPE if getattr(c, key) is not None}
-        _require(not shape, "student_init_layers", c.student_init_layers,
-                 f"null when the student is built at random from {shape} (one way to make the student)")
-    _require(0 <= c.process_id < c.num_processes, "process_id", c.process_id,
-             f"an int with 0 <= process_id < num_processes={c.num_processes}")
+        _require(
+            not shape,
+            "student_init_layers",
+            c.student_init_layers,
+            f"null when the student is built at random from {shape} (one way to make the student)",
+        )
+    _require(
+        0 <= c.process_id < c.num_processes,
+        "process_id",
+        c.process_id,
+        f"an int with 0 <= process_id < num_processes={c.num_processes}",
+    )
     # num_devices counts devices over all processes, and each process contributes the same number.
-    _require(c.num_devices % c.num_processes == 0, "num_devices", c.num_devices,
-             f"a multiple of num_processes={c.num_processes}")
+    _require(
+        c.num_devices % c.num_processes == 0,
+        "num_devices",
+        c.num_devices,
+        f"a multiple of num_processes={c.num_processes}",
+    )
     # Each process takes an equal slice of the global batch, and each device an equal slice of that.
     for key in ("batch_size", "eval_batch_size"):
         size = getattr(c, key)
         for divisor in ("num_devices", "num_processes"):
-            _require(size is None or size % getattr(c, divisor) == 0, key, size,
-                     f"a multiple of {divisor}={getattr(c, divisor)}")
+            _require(
+                size is None or size % getattr(c, divisor) == 0,
+                key,
+                size,
+                f"a multiple of {divisor}={getattr(c, divisor)}",
+            )
     if c.student_init_layers is not None:
         layers = c.student_init_layers
-        _require(len(layers) > 0 and layers[0] >= 0 and _increasing(layers), "student_init_layers", layers,
-                 "null or a non-empty, strictly increasing list of teacher layer indices >= 0")
+        _require(
+            len(layers) > 0 and layers[0] >= 0 and _increasing(layers),
+            "student_init_layers",
+            layers,
+            "null or a non-empty, strictly increasing list of teacher layer indices >= 0",
+        )
     if c.length_buckets is not None:
         buckets = c.length_buckets
-        _require(len(buckets) > 0 and buckets[0] >= 1 and _increasing(buckets) and buckets[-1] == c.max_length,
-                 "length_buckets", buckets,
-                 f"null or a strictly increasing list of lengths >= 1 ending at max_length={c.max_length}")
+        _require(
+            len(buckets) > 0 and buckets[0] >= 1 and _increasing(buckets) and buckets[-1] == c.max_length,
+            "length_buckets",
+            buckets,
+            f"null or a strictly increasing list of lengths >= 1 ending at max_length={c.max_length}",
+        )
 
 
 def _increasing(values: tuple[int, ...]) -> bool:
@@ -536,6 +642,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
 def config_to_dict(config: ExperimentConfig) -> dict[str, object]:
     """The config as plain JSON/YAML types (tuples become lists, terms mappings with their ``type``);
     ``load_config`` reads it back unchanged."""
+
     def plain(v: object) -> object:
         if isinstance(v, AbstractTerm):
             return {"type": v.name, **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}

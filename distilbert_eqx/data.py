@@ -93,9 +93,12 @@ def with_transfer_set(train: TokenizedSplit, variants: TokenizedSplit) -> Tokeni
     the variants' labels are not real (the teacher labels them), and batches weigh label terms by ``labelled``."""
     if train.pad_id != variants.pad_id:
         raise DataError(f"the transfer set pads with {variants.pad_id}, the train split with {train.pad_id}")
-    labelled = np.concatenate([
-        np.ones(len(train), np.bool_) if train.labelled is None else train.labelled, np.zeros(len(variants), np.bool_)
-    ])
+    labelled = np.concatenate(
+        [
+            np.ones(len(train), np.bool_) if train.labelled is None else train.labelled,
+            np.zeros(len(variants), np.bool_),
+        ]
+    )
     return TokenizedSplit(
         name=train.name,
         labels=np.concatenate([train.labels, variants.labels]).astype(np.int32),
@@ -224,7 +227,9 @@ def load_text_split(split: str, *, data_dir: str | Path | None, dataset_id: str 
     folder = Path(data_dir)
     expected = ", ".join(SPLIT_FILES.values())
     if not folder.is_dir():
-        raise DataError(f"data_dir {str(folder)!r} is not a folder; expected a GLUE SST-2 folder with {expected}")
+        raise DataError(
+            f"data_dir {str(folder)!r} is not a folder; expected a GLUE SST-2 folder with {expected}"
+        )
     path = folder / SPLIT_FILES[split]
     if not path.is_file():
         raise DataError(f"{path} not found; data_dir {str(folder)!r} should hold {expected}")
@@ -272,7 +277,9 @@ def tokenize_split(split: TextSplit, tokenizer: SentenceTokenizer) -> TokenizedS
     offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(lengths)])
     total = int(offsets[-1])
     token_ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int32, count=total)
-    type_ids = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), np.int32, count=total)
+    type_ids = np.fromiter(
+        itertools.chain.from_iterable(e.type_ids for e in encodings), np.int32, count=total
+    )
     return TokenizedSplit(split.name, split.labels, offsets, token_ids, type_ids, tokenizer.pad_id)
 
 
@@ -400,7 +407,13 @@ def indexed_epoch_batches(
     epoch, position = divmod(start_step, num_batches(split, batch_size))
     while True:
         yield from indexed_train_batches(
-            split, batch_size, buckets, seed=seed, epoch=epoch, group_by_length=group_by_length, start=position
+            split,
+            batch_size,
+            buckets,
+            seed=seed,
+            epoch=epoch,
+            group_by_length=group_by_length,
+            start=position,
         )
         epoch, position = epoch + 1, 0
 

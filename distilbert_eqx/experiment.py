@@ -67,7 +67,9 @@ def load_splits(
 ) -> dict[str, TokenizedSplit]:
     """The named SST-2 splits of ``data_dir`` (or the hub), tokenised with ``tokenizer``."""
     return {
-        name: tokenize_split(load_text_split(name, data_dir=config.data_dir, dataset_id=config.dataset_id), tokenizer)
+        name: tokenize_split(
+            load_text_split(name, data_dir=config.data_dir, dataset_id=config.dataset_id), tokenizer
+        )
         for name in names
     }
 
@@ -242,7 +244,9 @@ def _recipe(config: ExperimentConfig, objective: Objective) -> str:
     recipe = f"distilled from `{config.teacher_model}`: {objective.describe()}"
     if config.intermediate_steps:
         prediction = [term.title for term in objective.terms if term.prediction_layer]
-        recipe += f"; two stages, the first {config.intermediate_steps} steps without {' and '.join(prediction)}"
+        recipe += (
+            f"; two stages, the first {config.intermediate_steps} steps without {' and '.join(prediction)}"
+        )
     return recipe
 
 
@@ -253,33 +257,35 @@ def _model_card(
     recipe = _recipe(config, objective)
     length = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs} epoch(s)"
     accuracy = "not measured" if dev_accuracy is None else f"{100 * dev_accuracy:.2f}%"
-    return "\n".join([
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-classification",
-        "datasets:",
-        "- glue",
-        "language:",
-        "- en",
-        "---",
-        "",
-        f"# {config.job_name}",
-        "",
-        (
-            f"An SST-2 sentiment classifier (labels: {', '.join(LABEL_NAMES)}), trained with distilbert-eqx "
-            "(JAX/Equinox) and saved in `transformers` format."
-        ),
-        "",
-        f"- Started from: {started_from}",
-        f"- Recipe: {recipe}",
-        (
-            f"- Data: GLUE SST-2 train ({config.data_dir or config.dataset_id}), {length}, batch "
-            f"{config.batch_size}, AdamW lr {config.learning_rate}, warm-up ratio {config.warmup_ratio}, weight "
-            f"decay {config.weight_decay}, seed {config.seed}"
-        ),
-        f"- SST-2 dev accuracy when saved: {accuracy}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers",
+            "pipeline_tag: text-classification",
+            "datasets:",
+            "- glue",
+            "language:",
+            "- en",
+            "---",
+            "",
+            f"# {config.job_name}",
+            "",
+            (
+                f"An SST-2 sentiment classifier (labels: {', '.join(LABEL_NAMES)}), trained with distilbert-eqx "
+                "(JAX/Equinox) and saved in `transformers` format."
+            ),
+            "",
+            f"- Started from: {started_from}",
+            f"- Recipe: {recipe}",
+            (
+                f"- Data: GLUE SST-2 train ({config.data_dir or config.dataset_id}), {length}, batch "
+                f"{config.batch_size}, AdamW lr {config.learning_rate}, warm-up ratio {config.warmup_ratio}, weight "
+                f"decay {config.weight_decay}, seed {config.seed}"
+            ),
+            f"- SST-2 dev accuracy when saved: {accuracy}",
+            "",
+        ]
+    )
 
 
 def build_objective(
@@ -293,7 +299,9 @@ def build_objective(
     if teacher is None:
         if objective.needs_teacher:
             readers = [term.name for term in objective.terms if term.reads_teacher]
-            raise ConfigError(f"the loss terms {readers} compare the student with a teacher, but there is none")
+            raise ConfigError(
+                f"the loss terms {readers} compare the student with a teacher, but there is none"
+            )
         return objective
     return objective.bind(student, teacher)
 
@@ -346,10 +354,16 @@ def _teacher_cache(
         say(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so none is cached")
         return None
     return teacher_cache(
-        steps.place_state(eqx.nn.inference_mode(teacher)), split, objective,
-        batch_size=4 * eval_batch_size(config), buckets=buckets, dtype=config.teacher_cache_dtype,
+        steps.place_state(eqx.nn.inference_mode(teacher)),
+        split,
+        objective,
+        batch_size=4 * eval_batch_size(config),
+        buckets=buckets,
+        dtype=config.teacher_cache_dtype,
         folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
-        max_bytes=int(config.teacher_cache_max_gb * 2**30), place=steps.place, log=say,
+        max_bytes=int(config.teacher_cache_max_gb * 2**30),
+        place=steps.place,
+        log=say,
     )
 
 
@@ -400,7 +414,11 @@ def train_model(
         first_stage_steps=config.intermediate_steps,
     )
     optimizer, schedule = make_optimizer(
-        config.learning_rate, config.weight_decay, config.warmup_ratio, plan.total_steps, config.max_grad_norm,
+        config.learning_rate,
+        config.weight_decay,
+        config.warmup_ratio,
+        plan.total_steps,
+        config.max_grad_norm,
         first_stage_steps=config.intermediate_steps,
     )
     first_stage_train = None
@@ -418,8 +436,12 @@ def train_model(
 
     wandb = None
     if config.use_wandb:
-        wandb = {"project": config.project_name, "name": config.job_name, "group": config.experiment_name,
-                 "config": config_to_dict(config)}
+        wandb = {
+            "project": config.project_name,
+            "name": config.job_name,
+            "group": config.experiment_name,
+            "config": config_to_dict(config),
+        }
     # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
     cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
     summary = startup_summary(config, model, teacher, train_split, dev_split, plan, objective, cache)
@@ -428,7 +450,11 @@ def train_model(
 
     def train_batches(start: int):
         stream = indexed_epoch_batches(
-            train_split, config.batch_size, buckets, seed=config.seed, group_by_length=config.group_by_length,
+            train_split,
+            config.batch_size,
+            buckets,
+            seed=config.seed,
+            group_by_length=config.group_by_length,
             start_step=start,
         )
         return (batch for _, batch in stream) if cache is None else cache.attach(stream)
@@ -445,7 +471,10 @@ def train_model(
             atomic_write_text(out / "config.json", json.dumps(record, indent=2))
         return fit(
             init_state(
-                model if config.dropout else eqx.nn.inference_mode(model), optimizer, key=key, projection=projection
+                model if config.dropout else eqx.nn.inference_mode(model),
+                optimizer,
+                key=key,
+                projection=projection,
             ),
             None if teacher is None else eqx.nn.inference_mode(teacher),
             train_batches=train_batches,
@@ -590,7 +619,8 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
     config = _resolve_dtype(config)
     with _hub_key("teacher_model"):
         teacher = from_pretrained(
-            config.teacher_model, dtype=config.dtype,
+            config.teacher_model,
+            dtype=config.dtype,
             refuse_fresh_head="the teacher's logits noise: distil from a fine-tuned classifier",
         )
     shape = {key: getattr(config, key) for key in STUDENT_SHAPE}
@@ -616,9 +646,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
     _check_vocabularies(tokenizer.backend.get_vocab_size(), teacher=teacher, student=student)
     if any(v is not None for v in shape.values()):
         c = student.config
-        started_from = (
-            f"random initialisation: {c.n_layers} layers, hidden {c.dim}, {c.n_heads} heads, FFN {c.hidden_dim}"
-        )
+        started_from = f"random initialisation: {c.n_layers} layers, hidden {c.dim}, {c.n_heads} heads, FFN {c.hidden_dim}"
     elif config.student_init_layers is not None:
         started_from = f"layers {list(config.student_init_layers)} of `{config.teacher_model}`"
     else:
@@ -626,13 +654,22 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
     if config.augment is not None:
         splits["train"] = _with_augmented_pool(config, splits["train"], tokenizer, teacher)
     return train_model(
-        config, student, teacher, splits, key=train_key, make_steps=make_steps, final_name="student",
+        config,
+        student,
+        teacher,
+        splits,
+        key=train_key,
+        make_steps=make_steps,
+        final_name="student",
         started_from=started_from,
     )
 
 
 def _with_augmented_pool(
-    config: ExperimentConfig, train: TokenizedSplit, tokenizer: SentenceTokenizer, teacher: AbstractSequenceClassifier
+    config: ExperimentConfig,
+    train: TokenizedSplit,
+    tokenizer: SentenceTokenizer,
+    teacher: AbstractSequenceClassifier,
 ) -> TokenizedSplit:
     """The train split followed by its transfer set (``augment``), made or read from ``augment_dir``."""
     text = load_text_split("train", data_dir=config.data_dir, dataset_id=config.dataset_id)
@@ -647,7 +684,9 @@ def _with_augmented_pool(
 def finetune(config: ExperimentConfig) -> dict[str, Any]:
     """Fine-tune ``teacher_model`` on SST-2 with the hard-label loss alone (how a teacher is made)."""
     if config.augment is not None:
-        raise ConfigError("augment: a transfer set is labelled by a teacher, and fine-tuning has none; set it to null")
+        raise ConfigError(
+            "augment: a transfer set is labelled by a teacher, and fine-tuning has none; set it to null"
+        )
     objective = Objective(config.terms)
     if objective.needs_teacher:
         readers = {term.name: term.weight for term in objective.terms if term.reads_teacher}
@@ -665,7 +704,13 @@ def finetune(config: ExperimentConfig) -> dict[str, Any]:
     check_tokenizer_matches(tokenizer, config.tokenizer_name, teacher_model=config.teacher_model)
     _check_vocabularies(tokenizer.backend.get_vocab_size(), model=model)
     return train_model(
-        config, model, None, splits, key=train_key, make_steps=make_steps, final_name="model",
+        config,
+        model,
+        None,
+        splits,
+        key=train_key,
+        make_steps=make_steps,
+        final_name="model",
         started_from=f"`{config.teacher_model}`",
     )
 

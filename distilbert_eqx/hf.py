@@ -144,7 +144,9 @@ def weight_map(arch: Architecture, num_layers: int) -> dict[str, Getter]:
         **_affine(f"{p}embeddings.LayerNorm", lambda m: m.encoder.embeddings.norm),
     }
     if arch.has_token_types:
-        names[f"{p}embeddings.token_type_embeddings.weight"] = lambda m: m.encoder.embeddings.token_type.weight
+        names[f"{p}embeddings.token_type_embeddings.weight"] = lambda m: (
+            m.encoder.embeddings.token_type.weight
+        )
     for i in range(num_layers):
         for hf_name, path in zip(arch.layer_names, _LAYER_PATHS):
             get = lambda m, i=i, path=path: path(m.encoder.layers[i])
@@ -207,7 +209,9 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         return path
     text = str(name_or_path)
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise CheckpointError(f"checkpoint path {text!r} is not a folder (expected a folder with config.json)")
+        raise CheckpointError(
+            f"checkpoint path {text!r} is not a folder (expected a folder with config.json)"
+        )
     from huggingface_hub import list_repo_files, snapshot_download
 
     if (why := hub.unreachable()) is not None:
@@ -258,7 +262,7 @@ def _read_torch_bin(path: Path) -> dict[str, Array]:
     except ImportError as e:
         raise CheckpointError(
             f"{path.parent} holds only pytorch_model.bin. Install torch to convert it on load, or convert it once "
-            "with: python -c \"from transformers import AutoModel as A; "
+            'with: python -c "from transformers import AutoModel as A; '
             f"A.from_pretrained('{path.parent}').save_pretrained('{path.parent}-safetensors')\""
         ) from e
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -327,10 +331,16 @@ def from_pretrained(
             else:
                 problems.append(f"missing tensor {name} (expected shape {tuple(want.shape)})")
         elif tensors[name].shape != want.shape:
-            problems.append(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(want.shape)}")
+            problems.append(
+                f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(want.shape)}"
+            )
         elif not jnp.issubdtype(tensors[name].dtype, jnp.floating):
             problems.append(f"tensor {name} has dtype {tensors[name].dtype}, expected a floating dtype")
-    ignored = [n for n in tensors if n not in expected and (n.endswith(IGNORED_SUFFIXES) or n.startswith(IGNORED_PREFIXES))]
+    ignored = [
+        n
+        for n in tensors
+        if n not in expected and (n.endswith(IGNORED_SUFFIXES) or n.startswith(IGNORED_PREFIXES))
+    ]
     problems += [f"unexpected tensor {n}" for n in tensors if n not in expected and n not in ignored]
     if problems:
         raise CheckpointError(f"cannot load {folder} as {arch.hf_class}:\n  " + "\n  ".join(problems))
@@ -345,7 +355,9 @@ def from_pretrained(
     values = [expected[n](initialised) if n in fresh else tensors[n].astype(jnp.float32) for n in names]
     model = eqx.tree_at(lambda m: [expected[n](m) for n in names], template, values)
     if fresh:
-        logger.warning("%s: these tensors are not in the checkpoint and were freshly initialised: %s", folder, fresh)
+        logger.warning(
+            "%s: these tensors are not in the checkpoint and were freshly initialised: %s", folder, fresh
+        )
     if ignored:
         logger.info("%s: ignored tensors of other heads or buffers: %s", folder, ignored)
     return model

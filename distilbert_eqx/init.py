@@ -152,7 +152,9 @@ def student_from_teacher(
         return eqx.combine(weights, eqx.filter(fresh, eqx.is_array, inverse=True))
 
     fresh_layers = student.encoder.layers
-    student_layers = tuple(copy_layer(fresh, teacher.encoder.layers[i]) for fresh, i in zip(fresh_layers, layers))
+    student_layers = tuple(
+        copy_layer(fresh, teacher.encoder.layers[i]) for fresh, i in zip(fresh_layers, layers)
+    )
     return eqx.tree_at(lambda s: s.encoder, student, Encoder(embeddings, student_layers))
 
 

@@ -182,8 +182,12 @@ def fit(
             return
         saved_steps.add(step)
         checkpoints.save(
-            step, state, epoch=step // plan.steps_per_epoch, batch_in_epoch=step % plan.steps_per_epoch,
-            val_accuracy=accuracy, metadata={"best_accuracy": best_accuracy},
+            step,
+            state,
+            epoch=step // plan.steps_per_epoch,
+            batch_in_epoch=step % plan.steps_per_epoch,
+            val_accuracy=accuracy,
+            metadata={"best_accuracy": best_accuracy},
         )
 
     def checkpoint_due(step: int) -> bool:
@@ -218,7 +222,9 @@ def fit(
                 values = mean_metrics(window)
                 now = time.perf_counter()
                 record = {
-                    "step": step, "epoch": step / plan.steps_per_epoch, **values,
+                    "step": step,
+                    "epoch": step / plan.steps_per_epoch,
+                    **values,
                     "examples_per_sec": window_examples / (now - window_start),
                 }
                 if learning_rate is not None:
@@ -229,8 +235,10 @@ def fit(
                 progress.set_postfix(loss=f"{values['loss']:.4f}")
                 if writer and not interactive:
                     lr = f", lr {record['lr']:.3g}" if "lr" in record else ""
-                    say(f"step {step}/{plan.total_steps}: loss {values['loss']:.4f} (mean of {len(window)} "
-                        f"steps){lr}, {record['examples_per_sec']:.1f} examples/s")
+                    say(
+                        f"step {step}/{plan.total_steps}: loss {values['loss']:.4f} (mean of {len(window)} "
+                        f"steps){lr}, {record['examples_per_sec']:.1f} examples/s"
+                    )
                 window_examples, window_start, window = 0, now, []
             validated = step % plan.log_val_every == 0 or step == plan.total_steps
             if validated:

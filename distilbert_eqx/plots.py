@@ -89,7 +89,8 @@ def plot_run(metrics: str | Path, out: str | Path, title: str | None = None) -> 
         twin.plot(loss_steps, loss_values, marker="s", color="tab:red", label="val loss")
         twin.set_ylabel("val loss")
         (handles, labels), (twin_handles, twin_labels) = (
-            validation.get_legend_handles_labels(), twin.get_legend_handles_labels()
+            validation.get_legend_handles_labels(),
+            twin.get_legend_handles_labels(),
         )
         validation.legend(handles + twin_handles, labels + twin_labels, loc="lower right", fontsize="small")
     for axis in (grad, validation):
@@ -135,8 +136,11 @@ def plot_comparison(summary: dict[str, Any], out: str | Path, title: str | None 
     axis.set_yticks(range(len(arms)))
     axis.set_yticklabels([f"{row['arm']} ({len(row['finished_seeds'])} seeds)" for row in arms])
     axis.invert_yaxis()
-    axis.set_xlabel(f"accuracy minus {control}, points\n({summary.get('pooled_splits', 'dev+test')} pooled; "
-                    "95% bootstrap interval over seeds and sentences)", fontsize="small")
+    axis.set_xlabel(
+        f"accuracy minus {control}, points\n({summary.get('pooled_splits', 'dev+test')} pooled; "
+        "95% bootstrap interval over seeds and sentences)",
+        fontsize="small",
+    )
     axis.legend(fontsize="small")
     axis.set_title(title or Path(summary["comparison"]).stem)
     figure.tight_layout()

@@ -53,8 +53,11 @@ class StepMetrics(NamedTuple):
 
     def as_record(self) -> dict[str, float]:
         """Plain floats for metrics.jsonl: ``loss``, one key per term, ``grad_norm``."""
-        return {"loss": float(self.loss), **{k: float(v) for k, v in self.terms.items()},
-                "grad_norm": float(self.grad_norm)}
+        return {
+            "loss": float(self.loss),
+            **{k: float(v) for k, v in self.terms.items()},
+            "grad_norm": float(self.grad_norm),
+        }
 
 
 def decay_mask(params: PyTree) -> PyTree:
@@ -193,7 +196,9 @@ def train_step_body(
     outputs = objective.outputs()
     targets = batch.teacher  # the teacher-output cache's, if the run has one
     if objective.needs_teacher and targets is None:
-        targets = jax.lax.stop_gradient(objective.teacher_targets(forward(teacher, batch, key=None, **outputs)))
+        targets = jax.lax.stop_gradient(
+            objective.teacher_targets(forward(teacher, batch, key=None, **outputs))
+        )
 
     params, static = eqx.partition(state.trainable, eqx.is_inexact_array)
 
@@ -242,7 +247,9 @@ class EvalCounts(NamedTuple):
     total: Float[Array, ""]
 
 
-def eval_step_body(model: AbstractSequenceClassifier, batch: Batch, axis_name: str | None = None) -> tuple[EvalCounts, Any]:
+def eval_step_body(
+    model: AbstractSequenceClassifier, batch: Batch, axis_name: str | None = None
+) -> tuple[EvalCounts, Any]:
     """Weighted count of correct predictions (padding rows weigh 0), and the logits; the model runs in
     inference mode."""
     logits = forward(model, batch, key=None).logits

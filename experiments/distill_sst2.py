@@ -14,7 +14,9 @@ from distilbert_eqx.experiment import distill
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_args(parser)
     summary = distill(config_from_args(parser.parse_args(argv)))
     print(json.dumps(summary))

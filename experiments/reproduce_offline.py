@@ -25,17 +25,35 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 # A slice: 100 steps of 32 examples (3,200 of 67,349 sentences), validated once at the end, sentences truncated
 # to 64 tokens and three length buckets: each bucket compiles every step once, and on 2 cores the compilations
 # are most of the run.
-QUICK = ["max_steps=100", "log_every=25", "log_val_every=100", "do_checkpoint=false", "max_length=64",
-         "length_buckets=[16,32,64]", "eval_batch_size=128"]
+QUICK = [
+    "max_steps=100",
+    "log_every=25",
+    "log_val_every=100",
+    "do_checkpoint=false",
+    "max_length=64",
+    "length_buckets=[16,32,64]",
+    "eval_batch_size=128",
+]
 
 
 def main(argv: list[str]) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a short run on a slice of the data")
     parser.add_argument("--data-dir", default="../shared/data/sst2", help="folder of the GLUE SST-2 TSVs")
-    parser.add_argument("--runs-dir", default="runs", help="where the three runs go (--quick: its quick/ folder)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                        help="config overrides for all three training runs")
+    parser.add_argument(
+        "--runs-dir", default="runs", help="where the three runs go (--quick: its quick/ folder)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="config overrides for all three training runs",
+    )
     args = parser.parse_args(argv)
     minilm = fetch_minilm()
     root = Path(args.runs_dir) / ("quick" if args.quick else "")
@@ -43,14 +61,32 @@ def main(argv: list[str]) -> list[dict]:
     common = [f"data_dir={args.data_dir}", "overwrite_output_dir=true", *quick, *args.overrides]
     teacher = root / "minilm_teacher"
     runs = {
-        "MiniLM-L6 teacher, fine-tuned": (finetune, "finetune_minilm_sst2.yaml", [
-            f"teacher_model={minilm}", f"tokenizer_name={minilm}", f"output_dir={teacher}"]),
-        "3-layer student, distilled": (distill, "sst2_minilm_offline.yaml", [
-            f"teacher_model={teacher / 'best'}", f"tokenizer_name={teacher / 'best'}",
-            f"output_dir={root / 'minilm_student_kd'}"]),
-        "3-layer student, labels only": (distill, "sst2_minilm_offline.yaml", [
-            f"teacher_model={teacher / 'best'}", f"tokenizer_name={teacher / 'best'}", "alpha_kl=0", "alpha_cos=0",
-            "job_name=label-only-control", f"output_dir={root / 'minilm_student_ce'}"]),
+        "MiniLM-L6 teacher, fine-tuned": (
+            finetune,
+            "finetune_minilm_sst2.yaml",
+            [f"teacher_model={minilm}", f"tokenizer_name={minilm}", f"output_dir={teacher}"],
+        ),
+        "3-layer student, distilled": (
+            distill,
+            "sst2_minilm_offline.yaml",
+            [
+                f"teacher_model={teacher / 'best'}",
+                f"tokenizer_name={teacher / 'best'}",
+                f"output_dir={root / 'minilm_student_kd'}",
+            ],
+        ),
+        "3-layer student, labels only": (
+            distill,
+            "sst2_minilm_offline.yaml",
+            [
+                f"teacher_model={teacher / 'best'}",
+                f"tokenizer_name={teacher / 'best'}",
+                "alpha_kl=0",
+                "alpha_cos=0",
+                "job_name=label-only-control",
+                f"output_dir={root / 'minilm_student_ce'}",
+            ],
+        ),
     }
     rows = []
     for name, (train, config_file, settings) in runs.items():
@@ -62,15 +98,21 @@ def main(argv: list[str]) -> list[dict]:
         row = {"model": name, "steps": summary["steps"], "minutes": (time.perf_counter() - started) / 60}
         for split in ("dev", "test"):
             result = evaluate_checkpoint(
-                str(Path(config.output_dir) / "best"), data_dir=args.data_dir, split=split,
-                max_length=config.max_length, batch_size=eval_batch_size(config), buckets=length_buckets(config),
+                str(Path(config.output_dir) / "best"),
+                data_dir=args.data_dir,
+                split=split,
+                max_length=config.max_length,
+                batch_size=eval_batch_size(config),
+                buckets=length_buckets(config),
             )
             row[split] = result["accuracy"]
         rows.append(row)
     print("\n| model (best/ checkpoint) | steps | dev acc (872) | test acc (1,821) | train + validation |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['steps']} | {100 * r['dev']:.2f} | {100 * r['test']:.2f} | {r['minutes']:.1f} min |")
+        print(
+            f"| {r['model']} | {r['steps']} | {100 * r['dev']:.2f} | {100 * r['test']:.2f} | {r['minutes']:.1f} min |"
+        )
     (root / "results.json").write_text(json.dumps(rows, indent=2))
     print(f"\nwritten to {root / 'results.json'}")
     return rows

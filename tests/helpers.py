@@ -23,8 +23,13 @@ VOCAB = 100
 def tiny_bert_config(**overrides) -> de.BertConfig:
     """A BERT config small enough for a test: hidden 32, 4 heads; 2 layers unless overridden."""
     values = {
-        "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 48, "max_position_embeddings": 32, "num_labels": 2,
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 48,
+        "max_position_embeddings": 32,
+        "num_labels": 2,
     }
     return de.BertConfig(**(values | overrides))
 
@@ -40,7 +45,9 @@ def original_objective() -> Objective:
 
 def tiny_teacher(seed: int = 0, **overrides) -> de.BertForSequenceClassification:
     """A random tiny BERT classifier in inference mode."""
-    return eqx.nn.inference_mode(de.BertForSequenceClassification(tiny_bert_config(**overrides), key=jax.random.key(seed)))
+    return eqx.nn.inference_mode(
+        de.BertForSequenceClassification(tiny_bert_config(**overrides), key=jax.random.key(seed))
+    )
 
 
 def tiny_student(
@@ -51,7 +58,9 @@ def tiny_student(
     return student if dropout else eqx.nn.inference_mode(student)
 
 
-def random_batch(seed: int, batch: int = 8, seq: int = 12, vocab: int = VOCAB, real_rows: int | None = None) -> Batch:
+def random_batch(
+    seed: int, batch: int = 8, seq: int = 12, vocab: int = VOCAB, real_rows: int | None = None
+) -> Batch:
     """A padded batch ``(batch, seq)`` of random tokens; rows from ``real_rows`` on are weight-0 padding that,
     as data.py pads, attends to its first token only."""
     rng = np.random.default_rng(seed)
@@ -112,7 +121,12 @@ def tiny_hf(model_type: str, seed: int = 0, **overrides):
     import transformers
 
     torch.manual_seed(seed)
-    common = {"vocab_size": VOCAB, "max_position_embeddings": 64, "num_labels": 3, "attn_implementation": "eager"}
+    common = {
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 64,
+        "num_labels": 3,
+        "attn_implementation": "eager",
+    }
     if model_type == "bert":
         sizes = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 48}
         config = transformers.BertConfig(**(common | sizes | {"type_vocab_size": 2} | overrides))
@@ -128,7 +142,9 @@ def tiny_hf(model_type: str, seed: int = 0, **overrides):
     return model.eval()
 
 
-def hf_inputs(seed: int = 1, token_types: bool = True, lengths=(12, 7, 3), seq: int = 12) -> dict[str, np.ndarray]:
+def hf_inputs(
+    seed: int = 1, token_types: bool = True, lengths=(12, 7, 3), seq: int = 12
+) -> dict[str, np.ndarray]:
     """Keyword inputs for both ``transformers`` and ``our_forward``: padded rows of ``lengths`` real tokens, with
     a second segment (token type 1) in the back half of every row when ``token_types``."""
     rng = np.random.default_rng(seed)
@@ -136,7 +152,9 @@ def hf_inputs(seed: int = 1, token_types: bool = True, lengths=(12, 7, 3), seq: 
     ids = np.where(mask, rng.integers(1, VOCAB, size=(len(lengths), seq)), 0).astype(np.int32)
     out = {"input_ids": ids, "attention_mask": mask}
     if token_types:
-        out["token_type_ids"] = ((np.arange(seq)[None, :] >= np.array(lengths)[:, None] // 2) & mask).astype(np.int32)
+        out["token_type_ids"] = ((np.arange(seq)[None, :] >= np.array(lengths)[:, None] // 2) & mask).astype(
+            np.int32
+        )
     return out
 
 
@@ -145,10 +163,14 @@ def hf_forward(model, inputs: dict[str, np.ndarray]):
     import torch
 
     with torch.no_grad():
-        return model(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in inputs.items()}, output_hidden_states=True)
+        return model(
+            **{k: torch.from_numpy(v.astype(np.int64)) for k, v in inputs.items()}, output_hidden_states=True
+        )
 
 
-def our_forward(model: de.AbstractSequenceClassifier, inputs: dict[str, np.ndarray], **kwargs) -> de.ClassifierOutput:
+def our_forward(
+    model: de.AbstractSequenceClassifier, inputs: dict[str, np.ndarray], **kwargs
+) -> de.ClassifierOutput:
     """Our model in inference mode, vmapped over ``inputs``, with every hidden state."""
     model = eqx.nn.inference_mode(model)
     args = [jnp.asarray(inputs["input_ids"]), jnp.asarray(inputs["attention_mask"])]
@@ -169,7 +191,11 @@ def make_workspace(root: Path, rows: dict[str, int]) -> Path:
         lines = (sst2_dir() / f"{split}.tsv").read_text().splitlines()[: count + 1]
         (data / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
         max_position_embeddings=128,
     )
     teacher = root / "teacher"

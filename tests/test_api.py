@@ -77,15 +77,33 @@ def test_the_train_record_averages_the_losses_since_the_last_one():
 
     def records(log_every: int) -> list[dict]:
         student = tiny_student(teacher)
-        result = de.fit(teacher, student, original_objective(), optimizer, batches, dev_batches=dev,
-                        key=jax.random.key(0), learning_rate=schedule, log_every=log_every)
+        result = de.fit(
+            teacher,
+            student,
+            original_objective(),
+            optimizer,
+            batches,
+            dev_batches=dev,
+            key=jax.random.key(0),
+            learning_rate=schedule,
+            log_every=log_every,
+        )
         assert de.evaluate(student, dev)[1] == 8  # the caller's student was not donated
         return [r for r in result.records if "loss" in r]
 
     every_step, every_two = records(1), records(2)
-    with pytest.raises(ValueError, match=r"the loss terms \['kl', 'cos'\] compare the student with a teacher"):
-        de.fit(None, tiny_student(teacher), original_objective(), optimizer, batches, dev_batches=dev,
-               key=jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"the loss terms \['kl', 'cos'\] compare the student with a teacher"
+    ):
+        de.fit(
+            None,
+            tiny_student(teacher),
+            original_objective(),
+            optimizer,
+            batches,
+            dev_batches=dev,
+            key=jax.random.key(0),
+        )
     assert [r["step"] for r in every_two] == [2, 4]
     for i, record in enumerate(every_two):
         pair = every_step[2 * i : 2 * i + 2]

@@ -18,8 +18,9 @@ from epoch_time import round_order
 
 def _benchmark(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def _report(done: subprocess.CompletedProcess) -> tuple[str, dict]:
@@ -33,8 +34,12 @@ def test_device_check_quick_prints_one_table_and_the_json():
     table, result = _report(_benchmark(["benchmarks/device_check.py", "--quick", "--peak-tflops", "1"]))
     assert "| part | dtype | shape |" in table
     assert sum(line.startswith("|---") for line in table.splitlines()) == 1
-    for row in ("| step | bfloat16 | 8 x 16 |", "| step | float32 | 8 x 16 |", "| teacher pass | bfloat16 |",
-                "| 5-step run | bfloat16 |"):
+    for row in (
+        "| step | bfloat16 | 8 x 16 |",
+        "| step | float32 | 8 x 16 |",
+        "| teacher pass | bfloat16 |",
+        "| 5-step run | bfloat16 |",
+    ):
         assert row in table
     assert result["benchmark"] == "device_check" and result["platform"] == "cpu"
     assert {"steps", "teacher_pass", "run", "device_kind", "peak_device_mib"} <= result.keys()
@@ -69,8 +74,20 @@ def test_epoch_time_rounds_alternate_the_order():
 
 @pytest.mark.slow
 def test_epoch_time_quick_reports_each_ratio_over_rounds():
-    args = ["benchmarks/epoch_time.py", "--quick", "--variants", "b,e", "--rounds", "2",
-            "--torch-threads", "1", "--tokenizer", str(minilm_dir()), "--data-dir", str(sst2_dir())]
+    args = [
+        "benchmarks/epoch_time.py",
+        "--quick",
+        "--variants",
+        "b,e",
+        "--rounds",
+        "2",
+        "--torch-threads",
+        "1",
+        "--tokenizer",
+        str(minilm_dir()),
+        "--data-dir",
+        str(sst2_dir()),
+    ]
     done = _benchmark(args)
     table, result = _report(done)
     parent = [line for line in done.stderr.splitlines() if line.startswith("[parent] round")]

@@ -120,7 +120,10 @@ def document(root: Path, **changes) -> dict:
         "seeds": [1, 2],
         "control": "labels_only",
         "set": ["max_steps=2"],
-        "arms": [{"name": "labels_only", "set": ["alpha_kl=0", "alpha_cos=0"]}, {"name": "original", "set": []}],
+        "arms": [
+            {"name": "labels_only", "set": ["alpha_kl=0", "alpha_cos=0"]},
+            {"name": "original", "set": []},
+        ],
     }
     return values | changes
 
@@ -172,13 +175,19 @@ def _no_evaluation(*args, **kwargs):
     [
         (lambda d: d.update(sed=[1]), r"unknown key 'sed' in .*\. Did you mean 'seeds'"),
         (lambda d: d.pop("control"), "missing key 'control'"),
-        (lambda d: d.update(control="nope"), r"control='nope' is not one of the arms \(labels_only, original\)"),
+        (
+            lambda d: d.update(control="nope"),
+            r"control='nope' is not one of the arms \(labels_only, original\)",
+        ),
         (lambda d: d["arms"].append({"name": "original"}), r"arm names \['original'\] appear more than once"),
         (lambda d: d["arms"].append({"name": "../up"}), r"arms\[2\]: name='../up'; expected a folder name"),
         (lambda d: d["arms"].append({"name": "a b"}), r"arms\[2\]: name='a b'"),
         (lambda d: d["arms"].append({"set": []}), r"arms\[2\]: name=None"),
         (lambda d: d["arms"].append({"name": "x", "sets": []}), r"'sets' in .*\[2\]\. Did you mean 'set'"),
-        (lambda d: d["arms"].append({"name": "x", "set": "alpha_kl=0"}), r"arms\[2\] \(x\): set='alpha_kl=0'"),
+        (
+            lambda d: d["arms"].append({"name": "x", "set": "alpha_kl=0"}),
+            r"arms\[2\] \(x\): set='alpha_kl=0'",
+        ),
         (lambda d: d.update(arms=[]), "arms=.*expected a non-empty list"),
         (lambda d: d.update(seeds=[]), r"seeds=\[\]; expected a non-empty list of ints >= 0"),
         (lambda d: d.update(seeds=[1, True]), "expected a non-empty list of ints"),
@@ -187,7 +196,10 @@ def _no_evaluation(*args, **kwargs):
         (lambda d: d.update(output_root=""), "output_root=''; expected a non-empty string"),
         (lambda d: d.update(records=["a"]), r"records=\['a'\]; expected a non-empty string"),
         (lambda d: d.update(set=["seed=3"]), "set sets 'seed' .* remove it"),
-        (lambda d: d["arms"][1].update(set=["output_dir=elsewhere"]), r"arms\[1\] \(original\): set sets 'output_dir'"),
+        (
+            lambda d: d["arms"][1].update(set=["output_dir=elsewhere"]),
+            r"arms\[1\] \(original\): set sets 'output_dir'",
+        ),
     ],
 )
 def test_invalid_comparison_files_name_the_key(tmp_path, change, message):
@@ -224,7 +236,9 @@ def test_invalid_command_line_selections_and_config_typos_fail_before_any_run(tm
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments/comparisons").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments/comparisons").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_comparison_file_reads_and_every_run_config_loads(path, monkeypatch):
     monkeypatch.chdir(REPO)  # its paths are relative to the folder it is run from: the repository's root
     comparison = runner.read_comparison(path)
@@ -259,16 +273,31 @@ def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
     (root / "original/seed1/checkpoints/step_00000001").mkdir(parents=True)
     plan = compare.main([str(path), "--dry-run", "--seeds", "1", "2", "--data-dir", "/data"])
     assert [(r["arm"], r["seed"], r["status"]) for r in plan["runs"]] == [
-        ("labels_only", 1, "finished"), ("original", 1, "resumable"), ("labels_only", 2, "new"), ("original", 2, "new")
+        ("labels_only", 1, "finished"),
+        ("original", 1, "resumable"),
+        ("labels_only", 2, "new"),
+        ("original", 2, "new"),
     ]
     assert plan["runs"][0]["command"] is None
     assert plan["runs"][1]["command"] == [
-        sys.executable, str(REPO / "experiments/distill_sst2.py"), "--config", str(CONFIG), "--set", "max_steps=2",
-        "data_dir=/data", "seed=1", f"output_dir={root / 'original/seed1'}", "job_name=original-seed1",
+        sys.executable,
+        str(REPO / "experiments/distill_sst2.py"),
+        "--config",
+        str(CONFIG),
+        "--set",
+        "max_steps=2",
+        "data_dir=/data",
+        "seed=1",
+        f"output_dir={root / 'original/seed1'}",
+        "job_name=original-seed1",
         "resume_from_checkpoint=true",
     ]
     assert plan["runs"][2]["command"][-6:] == [
-        "alpha_kl=0", "alpha_cos=0", "data_dir=/data", "seed=2", f"output_dir={root / 'labels_only/seed2'}",
+        "alpha_kl=0",
+        "alpha_cos=0",
+        "data_dir=/data",
+        "seed=2",
+        f"output_dir={root / 'labels_only/seed2'}",
         "job_name=labels_only-seed2",
     ]
     # A new run whose folder an earlier try left without a checkpoint starts afresh over it.
@@ -279,7 +308,11 @@ def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "labels_only seed 1: finished\noriginal seed 1: resumable\n" in out
     only = compare.main([str(path), "--dry-run", "--only", "original"])
-    assert [(r["arm"], r["seed"]) for r in only["runs"]] == [("original", 1), ("original", 2), ("original", 3)]
+    assert [(r["arm"], r["seed"]) for r in only["runs"]] == [
+        ("original", 1),
+        ("original", 2),
+        ("original", 3),
+    ]
     assert not (root / "summary.json").exists()
 
 
@@ -308,10 +341,16 @@ def test_failed_runs_are_reported_at_the_end_and_retried_on_the_next_call(tmp_pa
         "2 run(s) failed: labels_only seed 2 (stopped before its last step); original seed 2 (exit status 1)."
     )
     assert launched == [
-        ("labels_only/seed1", False), ("original/seed1", False), ("labels_only/seed2", False), ("original/seed2", False)
+        ("labels_only/seed1", False),
+        ("original/seed1", False),
+        ("labels_only/seed2", False),
+        ("original/seed2", False),
     ]
     summary = json.loads((root / "summary.json").read_text())
-    assert summary["failed"] == ["labels_only seed 2 (stopped before its last step)", "original seed 2 (exit status 1)"]
+    assert summary["failed"] == [
+        "labels_only seed 2 (stopped before its last step)",
+        "original seed 2 (exit status 1)",
+    ]
     arms = {row["arm"]: row for row in summary["arms"]}
     assert arms["labels_only"]["finished_seeds"] == arms["original"]["finished_seeds"] == [1]
     assert arms["original"]["minus_control"]["best"] == expected_difference("original", [1], "best")
@@ -439,9 +478,11 @@ def test_a_run_whose_seed_was_recorded_with_another_teacher_is_refused_before_an
 
     monkeypatch.setattr(compare, "launch", launch)
     other = hashlib.sha256(b"another machine's teacher").hexdigest()
-    with pytest.raises(runner.ComparisonError,
-                       match=rf"original seed 1: its teacher .* sha256 .* seed 1's recorded "
-                       rf"runs had another teacher \(labels_only: {other}\).*\(--seeds\)"):
+    with pytest.raises(
+        runner.ComparisonError,
+        match=rf"original seed 1: its teacher .* sha256 .* seed 1's recorded "
+        rf"runs had another teacher \(labels_only: {other}\).*\(--seeds\)",
+    ):
         compare.main([str(path)])
     assert launched == []
     # Other seeds train with this teacher.
@@ -463,15 +504,25 @@ def test_each_run_is_recorded_as_soon_as_it_finishes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compare, "launch", launch)
     compare.main([str(path)])
-    assert seen == [[], ["labels_only/seed1.json"], ["labels_only/seed1.json", "original/seed1.json"],
-                    ["labels_only/seed1.json", "labels_only/seed2.json", "original/seed1.json"]]
+    assert seen == [
+        [],
+        ["labels_only/seed1.json"],
+        ["labels_only/seed1.json", "original/seed1.json"],
+        ["labels_only/seed1.json", "labels_only/seed2.json", "original/seed1.json"],
+    ]
 
 
 def test_missing_predictions_are_evaluated_with_the_runs_settings_and_cached(tmp_path, monkeypatch):
     out = tmp_path / "run"
     (out / "student").mkdir(parents=True)
-    config = {"data_dir": "/run/data", "dataset_id": "glue/sst2", "max_length": 64, "batch_size": 32,
-              "eval_batch_size": None, "length_buckets": [16, 64]}
+    config = {
+        "data_dir": "/run/data",
+        "dataset_id": "glue/sst2",
+        "max_length": 64,
+        "batch_size": 32,
+        "eval_batch_size": None,
+        "length_buckets": [16, 64],
+    }
     (out / "config.json").write_text(json.dumps(config))
     calls = []
 
@@ -487,8 +538,19 @@ def test_missing_predictions_are_evaluated_with_the_runs_settings_and_cached(tmp
         np.testing.assert_array_equal(labels, LABELS["dev"])
         np.testing.assert_array_equal(predictions, np.ones(len(LABELS["dev"])))
     # The second call read the cache.
-    assert calls == [(str(out / "student"), {"data_dir": "/run/data", "split": "dev", "dataset_id": "glue/sst2",
-                                             "max_length": 64, "batch_size": 32, "buckets": (16, 64)})]
+    assert calls == [
+        (
+            str(out / "student"),
+            {
+                "data_dir": "/run/data",
+                "split": "dev",
+                "dataset_id": "glue/sst2",
+                "max_length": 64,
+                "batch_size": 32,
+                "buckets": (16, 64),
+            },
+        )
+    ]
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["final_dev.jsonl"]
     runner.run_predictions(out, "best", "test", folder="best", data_dir="/other")
     assert calls[-1][1]["data_dir"] == "/other"
@@ -541,14 +603,30 @@ def test_a_tiny_comparison_end_to_end(workspace, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(workspace / "data"), "tokenizer_name": str(workspace / "teacher"),
-        "teacher_model": str(workspace / "teacher"), "student_init_layers": [0], "max_length": 64,
-        "length_buckets": [64], "batch_size": 8, "max_steps": 2, "log_every": 1, "log_val_every": 2,
-        "dtype": "float32", "do_checkpoint": True, "checkpoint_every": 2,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(workspace / "data"),
+                "tokenizer_name": str(workspace / "teacher"),
+                "teacher_model": str(workspace / "teacher"),
+                "student_init_layers": [0],
+                "max_length": 64,
+                "length_buckets": [64],
+                "batch_size": 8,
+                "max_steps": 2,
+                "log_every": 1,
+                "log_val_every": 2,
+                "dtype": "float32",
+                "do_checkpoint": True,
+                "checkpoint_every": 2,
+            }
+        )
+    )
     root = tmp_path / "runs"
-    arms = [{"name": "random", "set": ["group_by_length=false"]}, {"name": "grouped", "set": ["group_by_length=true"]}]
+    arms = [
+        {"name": "random", "set": ["group_by_length=false"]},
+        {"name": "grouped", "set": ["group_by_length=true"]},
+    ]
     path = write_comparison(tmp_path, document(root, config=str(config), control="random", set=[], arms=arms))
     summary = compare.main([str(path)])
     out = capfd.readouterr().out
@@ -566,7 +644,12 @@ def test_a_tiny_comparison_end_to_end(workspace, tmp_path, monkeypatch, capfd):
     assert rows["random"]["finished_seeds"] == rows["grouped"]["finished_seeds"] == [1, 2]
     best = rows["grouped"]["minus_control"]["best"]
     assert best["paired_seeds"] == [1, 2] and best["sentences"] == 20 + 16
-    assert all(0 <= rows[a]["accuracy"][m][s] <= 100 for a in rows for m in ("best", "final") for s in ("dev", "test"))
+    assert all(
+        0 <= rows[a]["accuracy"][m][s] <= 100
+        for a in rows
+        for m in ("best", "final")
+        for s in ("dev", "test")
+    )
 
     # A second call finds every run finished and every prediction cached.
     monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("launched a finished run"))

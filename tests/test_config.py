@@ -103,8 +103,14 @@ def test_defaults_match_the_original_table():
 
 @pytest.mark.parametrize(
     ("dtype", "backend", "expected"),
-    [("auto", "cpu", "float32"), ("auto", "gpu", "bfloat16"), ("auto", "tpu", "bfloat16"),
-     ("auto", "tt", "bfloat16"), ("bfloat16", "cpu", "bfloat16"), ("float32", "gpu", "float32")],
+    [
+        ("auto", "cpu", "float32"),
+        ("auto", "gpu", "bfloat16"),
+        ("auto", "tpu", "bfloat16"),
+        ("auto", "tt", "bfloat16"),
+        ("bfloat16", "cpu", "bfloat16"),
+        ("float32", "gpu", "float32"),
+    ],
 )
 def test_dtype_auto_follows_the_platform(dtype, backend, expected):
     assert load_config(None, [f"dtype={dtype}"]).dtype == dtype
@@ -113,7 +119,9 @@ def test_dtype_auto_follows_the_platform(dtype, backend, expected):
 
 def test_original_yaml_loads(tmp_path):
     # The original file's spellings: jax.bfloat16, and 1e-5, which PyYAML alone reads as a string.
-    text = "".join(f"{k}: {json.dumps(v)}\n" for k, v in ORIGINAL.items() if k not in ("dtype", "learning_rate"))
+    text = "".join(
+        f"{k}: {json.dumps(v)}\n" for k, v in ORIGINAL.items() if k not in ("dtype", "learning_rate")
+    )
     path = tmp_path / "original.yaml"
     path.write_text(text + "dtype: jax.bfloat16\nlearning_rate: 1e-5\n")
     assert load_config(path) == ExperimentConfig(dtype="bfloat16")
@@ -186,7 +194,9 @@ def test_unknown_key_in_file_lists_valid_keys_and_suggests(tmp_path):
 
 
 def test_unknown_key_in_override():
-    with pytest.raises(ConfigError, match=r"unknown config key 'batchsize' in override.*'batch_size'.*Valid keys"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'batchsize' in override.*'batch_size'.*Valid keys"
+    ):
         load_config(None, ["batchsize=3"])
 
 
@@ -314,17 +324,24 @@ def test_bad_value_message_in_full():
 
 
 def test_all_alphas_zero_rejected():
-    with pytest.raises(ConfigError, match=r"alpha_ce/alpha_kl/alpha_cos/alpha_hidden/.*=\(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0\).*at least one"):
+    with pytest.raises(
+        ConfigError,
+        match=r"alpha_ce/alpha_kl/alpha_cos/alpha_hidden/.*=\(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0\).*at least one",
+    ):
         load_config(None, ["alpha_kl=0", "alpha_ce=0", "alpha_cos=0"])
 
 
 def test_devices_must_divide_across_processes():
-    with pytest.raises(ConfigError, match=r"^num_devices=6 is invalid; expected a multiple of num_processes=4"):
+    with pytest.raises(
+        ConfigError, match=r"^num_devices=6 is invalid; expected a multiple of num_processes=4"
+    ):
         load_config(None, ["num_processes=4", "num_devices=6"])
 
 
 def test_eval_batch_size_must_divide_across_processes():
-    with pytest.raises(ConfigError, match="^eval_batch_size=6 is invalid; expected a multiple of num_devices=4"):
+    with pytest.raises(
+        ConfigError, match="^eval_batch_size=6 is invalid; expected a multiple of num_devices=4"
+    ):
         load_config(None, ["num_processes=4", "num_devices=4", "eval_batch_size=6"])
 
 
@@ -378,7 +395,9 @@ def test_command_line_arguments(tmp_path):
     path.write_text("batch_size: 16\n")
     parser = argparse.ArgumentParser()
     add_config_args(parser)
-    args = parser.parse_args(["--config", str(path), "--set", "num_epochs=1", "seed=7", "--set", "max_steps=2"])
+    args = parser.parse_args(
+        ["--config", str(path), "--set", "num_epochs=1", "seed=7", "--set", "max_steps=2"]
+    )
     config = config_from_args(args)
     assert (config.batch_size, config.num_epochs, config.seed, config.max_steps) == (16, 1, 7, 2)
     assert config_from_args(parser.parse_args([])) == ExperimentConfig()
@@ -408,7 +427,10 @@ def test_layer_map_is_pairs_and_round_trips(tmp_path):
     ("overrides", "message"),
     [
         (["intermediate_steps=10", "alpha_cos=0"], r"a term other than \['ce', 'kl'\] for the first stage"),
-        (["intermediate_steps=10", "alpha_ce=0", "alpha_kl=0"], r"one of the terms \['ce', 'kl'\] for the second stage"),
+        (
+            ["intermediate_steps=10", "alpha_ce=0", "alpha_kl=0"],
+            r"one of the terms \['ce', 'kl'\] for the second stage",
+        ),
         (["intermediate_steps=10", "max_steps=10"], "fewer than max_steps=10"),
         (["student_init_layers=[0, 2]", "student_hidden_size=192"], "one way to make the student"),
         (["student_embedding_init=teacher_pca"], "random unless the student is built at random"),
@@ -429,12 +451,21 @@ def test_a_loss_list_spells_the_same_terms_as_the_flat_keys(tmp_path):
     assert config.terms == ExperimentConfig().terms
     assert [type(t).__name__ for t in config.terms] == ["CE", "KL", "Cos"]
     # Written to config.json and read back unchanged, the settings of every term included.
-    layers = load_config(None, ["loss=[{type: hidden, weight: 1, layer_map: [[0, 0], [1, 2]], reduction: sum}, "
-                                "{type: attention_scores, weight: 0.5}]"])
+    layers = load_config(
+        None,
+        [
+            "loss=[{type: hidden, weight: 1, layer_map: [[0, 0], [1, 2]], reduction: sum}, "
+            "{type: attention_scores, weight: 0.5}]"
+        ],
+    )
     path.write_text(yaml.safe_dump(config_to_dict(layers)))
     assert load_config(path) == layers
     assert config_to_dict(layers)["loss"][0] == {
-        "type": "hidden", "weight": 1.0, "distance": "mse", "layer_map": [[0, 0], [1, 2]], "reduction": "sum"
+        "type": "hidden",
+        "weight": 1.0,
+        "distance": "mse",
+        "layer_map": [[0, 0], [1, 2]],
+        "reduction": "sum",
     }
     assert layers.terms[1].layer_map == "uniform"
 
@@ -442,12 +473,18 @@ def test_a_loss_list_spells_the_same_terms_as_the_flat_keys(tmp_path):
 @pytest.mark.parametrize(
     ("loss", "message"),
     [
-        ("[{type: kll, weight: 1}]", r"^loss\[0\]: unknown term type 'kll'. Did you mean 'kl'\? Types: ce, kl, "),
+        (
+            "[{type: kll, weight: 1}]",
+            r"^loss\[0\]: unknown term type 'kll'. Did you mean 'kl'\? Types: ce, kl, ",
+        ),
         ("[{type: kl, wieght: 1}]", r"^unknown key 'wieght' in loss\[0\] \(kl\). Did you mean 'weight'\?"),
         ("[{type: kl, temperature: hot}]", r"^loss\[0\].temperature='hot' has type str; expected float"),
         ("[{type: kl, temperature: -1}]", r"^loss\[0\] \(kl\): temperature must be positive, got -1.0"),
         ("[{type: ce, weight: -1}]", r"^loss\[0\] \(ce\): ce: weight=-1.0 is invalid; expected a float >= 0"),
-        ("[{type: hidden, layer_map: everything}]", r"layer_map='everything' is invalid; expected one of \['uniform'\]"),
+        (
+            "[{type: hidden, layer_map: everything}]",
+            r"layer_map='everything' is invalid; expected one of \['uniform'\]",
+        ),
         ("[{type: hidden, distance: l1}]", r"distance='l1'"),
         ("[{weight: 1}]", r"^loss\[0\]=\{'weight': 1\} is invalid; expected a mapping with a type"),
         ("[{type:kl}]", r"expected a mapping with a type.*put a space after each colon"),
@@ -467,7 +504,10 @@ def test_a_loss_list_and_changed_flat_loss_keys_are_one_spelling_too_many():
 
 
 def test_a_layer_map_no_term_reads_is_refused():
-    with pytest.raises(ConfigError, match=r"^layer_map=\[\[0, 0\]\] is invalid; expected null: no term reads it "
-                                          r"\(alpha_hidden=0, alpha_attention_scores=0\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^layer_map=\[\[0, 0\]\] is invalid; expected null: no term reads it "
+        r"\(alpha_hidden=0, alpha_attention_scores=0\)",
+    ):
         load_config(None, ["layer_map=[[0, 0]]"])
     assert load_config(None, ["layer_map=[[0, 0]]", "alpha_hidden=1"]).terms[-1].layer_map == ((0, 0),)

@@ -269,8 +269,9 @@ def test_train_order_depends_only_on_seed_and_epoch(group_by_length):
     split = synthetic_split(random_lengths(900))
 
     def order(seed: int, epoch: int) -> list[int]:
-        return seen_examples(list(train_batches(split, 4, BUCKETS, seed=seed, epoch=epoch,
-                                                group_by_length=group_by_length)))
+        return seen_examples(
+            list(train_batches(split, 4, BUCKETS, seed=seed, epoch=epoch, group_by_length=group_by_length))
+        )
 
     assert order(3, 0) == order(3, 0)
     assert order(3, 0) != order(3, 1)
@@ -326,7 +327,9 @@ def test_epoch_batches_run_on_across_epochs_and_resume_mid_epoch():
     stream = list(itertools.islice(epoch_batches(split, 8, BUCKETS, seed=5, group_by_length=True), 7))
     epochs = [list(train_batches(split, 8, BUCKETS, seed=5, epoch=e, group_by_length=True)) for e in range(3)]
     assert seen_examples(stream) == seen_examples([b for epoch in epochs for b in epoch][:7])
-    resumed = list(itertools.islice(epoch_batches(split, 8, BUCKETS, seed=5, group_by_length=True, start_step=4), 3))
+    resumed = list(
+        itertools.islice(epoch_batches(split, 8, BUCKETS, seed=5, group_by_length=True, start_step=4), 3)
+    )
     assert seen_examples(resumed) == seen_examples(stream[4:])
 
 
@@ -390,8 +393,10 @@ def test_tokenizer_padding_is_switched_off(padding_tokenizer_dir):
     sentences = ('a "good" movie !', "Bad", "very very very very very very very very very very good")
     raw = tokenizers.Tokenizer.from_file(str(padding_tokenizer_dir / "tokenizer.json"))
     assert {len(e.ids) for e in raw.encode_batch(list(sentences))} == {16}, "the fixture should pad"
-    split = tokenize_split(TextSplit("dev", sentences, np.array([1, 0, 1], np.int32)),
-                           load_tokenizer(str(padding_tokenizer_dir), 8))
+    split = tokenize_split(
+        TextSplit("dev", sentences, np.array([1, 0, 1], np.int32)),
+        load_tokenizer(str(padding_tokenizer_dir), 8),
+    )
     assert split.lengths.tolist() == [8, 3, 8]
     np.testing.assert_array_equal(split.token_ids[:8], [2, 5, 11, 6, 11, 8, 10, 3])
     np.testing.assert_array_equal(split.token_ids[8:11], [2, 7, 3])
@@ -412,7 +417,9 @@ def test_real_tokenizer_matches_transformers_without_padding():
 
     text = read_glue_tsv(data / "dev.tsv", "dev")
     sentences = list(text.sentences[:50])
-    ours = tokenize_split(TextSplit("dev", tuple(sentences), text.labels[:50]), load_tokenizer(str(folder), 128))
+    ours = tokenize_split(
+        TextSplit("dev", tuple(sentences), text.labels[:50]), load_tokenizer(str(folder), 128)
+    )
     reference = transformers.BertTokenizerFast.from_pretrained(folder)(
         sentences, padding=False, truncation=True, max_length=128
     )
@@ -439,4 +446,6 @@ def test_glue_folder_through_tokenizer_to_batches(tmp_path, padding_tokenizer_di
     dev = tokenize_split(load_text_split("dev", data_dir=folder), tokenizer)
     assert (dev.name, dev.lengths.tolist(), dev.labels.tolist()) == ("dev", [4, 4], [0, 1])
     batch = next(eval_batches(dev, 4, default_length_buckets(8)))
-    np.testing.assert_array_equal(batch.input_ids, [[2, 7, 8, 3, 0, 0, 0, 0], [2, 6, 8, 3, 0, 0, 0, 0]] + [[0] * 8] * 2)
+    np.testing.assert_array_equal(
+        batch.input_ids, [[2, 7, 8, 3, 0, 0, 0, 0], [2, 6, 8, 3, 0, 0, 0, 0]] + [[0] * 8] * 2
+    )

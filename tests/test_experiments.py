@@ -57,17 +57,33 @@ def interrupting_steps(interrupt_after: int | None):
 
 def common(workspace: Path, out: str) -> list[str]:
     settings = {
-        "data_dir": workspace / "data", "tokenizer_name": workspace / "teacher", "teacher_model": workspace / "teacher",
-        "max_steps": 2, "batch_size": 8, "log_every": 1, "log_val_every": 2, "dtype": "float32",
-        "output_dir": workspace / out, "max_length": 64,
+        "data_dir": workspace / "data",
+        "tokenizer_name": workspace / "teacher",
+        "teacher_model": workspace / "teacher",
+        "max_steps": 2,
+        "batch_size": 8,
+        "log_every": 1,
+        "log_val_every": 2,
+        "dtype": "float32",
+        "output_dir": workspace / out,
+        "max_length": 64,
     }
     return [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
 
 
 def test_finetune_evaluate_distill_scripts(workspace, capsys):
     summary = finetune_teacher.main(
-        common(workspace, "ft") + ["--set", "alpha_kl=0", "--set", "alpha_cos=0", "--set", "do_checkpoint=true",
-                                   "--set", "checkpoint_every=1"]
+        common(workspace, "ft")
+        + [
+            "--set",
+            "alpha_kl=0",
+            "--set",
+            "alpha_cos=0",
+            "--set",
+            "do_checkpoint=true",
+            "--set",
+            "checkpoint_every=1",
+        ]
     )
     assert summary["steps"] == 2
     out = workspace / "ft"
@@ -80,8 +96,16 @@ def test_finetune_evaluate_distill_scripts(workspace, capsys):
     predictions = workspace / "predictions.jsonl"
     capsys.readouterr()
     result = evaluate_script.main(
-        ["--model", str(out / "model"), "--data-dir", str(workspace / "data"), "--split", "dev",
-         "--predictions-out", str(predictions)]
+        [
+            "--model",
+            str(out / "model"),
+            "--data-dir",
+            str(workspace / "data"),
+            "--split",
+            "dev",
+            "--predictions-out",
+            str(predictions),
+        ]
     )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
@@ -91,7 +115,8 @@ def test_finetune_evaluate_distill_scripts(workspace, capsys):
 
     capsys.readouterr()
     summary = distill_sst2.main(
-        common(workspace, "kd") + ["--set", f"teacher_model={out / 'model'}", "--set", "student_init_layers=[0,1]"]
+        common(workspace, "kd")
+        + ["--set", f"teacher_model={out / 'model'}", "--set", "student_init_layers=[0,1]"]
     )
     assert summary["steps"] == 2
     # Human lines on stderr, the JSON result alone on stdout (a CI log gets lines, not a redrawn bar).
@@ -99,8 +124,12 @@ def test_finetune_evaluate_distill_scripts(workspace, capsys):
     assert json.loads(captured.out) == summary
     log = captured.err
     assert "\r" not in log
-    for start in ("devices: 1 of ", "data: 40 train examples, 20 dev; batch 8, 2 steps = 0.40 epochs of 5",
-                  "loss: ", "teacher outputs: the live teacher every step"):
+    for start in (
+        "devices: 1 of ",
+        "data: 40 train examples, 20 dev; batch 8, 2 steps = 0.40 epochs of 5",
+        "loss: ",
+        "teacher outputs: the live teacher every step",
+    ):
         assert f"\n{start}" in f"\n{log}", (start, log)
     assert "(student/teacher 1.00)" in log  # both models hold the tiny teacher's two layers
     assert "step 2/2: loss " in log and "(mean of 1 steps)" in log and "step 2: val_accuracy " in log
@@ -123,14 +152,24 @@ def _student_and_teacher(workspace: Path):
 
 def _splits(workspace: Path):
     tokenizer = load_tokenizer(str(workspace / "teacher"), 64)
-    return {s: tokenize_split(load_text_split(s, data_dir=workspace / "data"), tokenizer) for s in ("train", "dev")}
+    return {
+        s: tokenize_split(load_text_split(s, data_dir=workspace / "data"), tokenizer)
+        for s in ("train", "dev")
+    }
 
 
 @pytest.mark.parametrize("max_grad_norm", [None, 0.25])
 def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monkeypatch, max_grad_norm):
     value = "null" if max_grad_norm is None else max_grad_norm
-    config = load_config(None, [f"data_dir={workspace / 'data'}", "max_length=64",
-                                f"output_dir={workspace / 'gradclip'}", f"max_grad_norm={value}"])
+    config = load_config(
+        None,
+        [
+            f"data_dir={workspace / 'data'}",
+            "max_length=64",
+            f"output_dir={workspace / 'gradclip'}",
+            f"max_grad_norm={value}",
+        ],
+    )
     given = []
 
     class Stop(Exception):
@@ -142,23 +181,41 @@ def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monk
 
     monkeypatch.setattr(experiment, "make_optimizer", make_optimizer)
     with pytest.raises(Stop):
-        experiment.train_model(config, *_student_and_teacher(workspace), _splits(workspace), key=jax.random.key(7))
+        experiment.train_model(
+            config, *_student_and_teacher(workspace), _splits(workspace), key=jax.random.key(7)
+        )
     assert given[0][-1] == max_grad_norm
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
     overrides = [
-        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", "batch_size=8", "num_epochs=2", "log_every=1", "log_val_every=4",
-        "do_checkpoint=true", "checkpoint_every=4", "dtype=float32", "max_length=64", "learning_rate=1e-3",
+        f"data_dir={workspace / 'data'}",
+        f"tokenizer_name={workspace / 'teacher'}",
+        "batch_size=8",
+        "num_epochs=2",
+        "log_every=1",
+        "log_val_every=4",
+        "do_checkpoint=true",
+        "checkpoint_every=4",
+        "dtype=float32",
+        "max_length=64",
+        "learning_rate=1e-3",
     ]
     splits = _splits(workspace)
 
     def run(out: str, *, resume: bool, interrupt_after: int | None):
-        config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
+        config = load_config(
+            None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"]
+        )
         student, teacher = _student_and_teacher(workspace)
         summary = experiment.train_model(
-            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+            config,
+            student,
+            teacher,
+            splits,
+            key=jax.random.key(7),
+            make_steps=interrupting_steps(interrupt_after),
         )
         return summary, workspace / out
 
@@ -170,7 +227,9 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     assert full["steps"] == resumed["steps"] == 10
     a = de.from_pretrained(full_dir / "student")
     b = de.from_pretrained(resumed_dir / "student")
-    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))):
+    for x, y in zip(
+        jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))
+    ):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     logged = [json.loads(line)["step"] for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in logged if s <= 3][:3] == [1, 2, 3] and 4 in logged
@@ -181,9 +240,19 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     the disk cache, stopped by SIGINT after 3 steps and resumed (reading the cache again), trains the student that
     the live teacher does."""
     overrides = [
-        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", "batch_size=8", "num_epochs=2",
-        "log_every=1", "log_val_every=4", "do_checkpoint=true", "checkpoint_every=4", "dtype=float32",
-        "max_length=64", "learning_rate=1e-3", "alpha_hidden=1.0", f"teacher_cache_dir={workspace / 'cache'}",
+        f"data_dir={workspace / 'data'}",
+        f"tokenizer_name={workspace / 'teacher'}",
+        "batch_size=8",
+        "num_epochs=2",
+        "log_every=1",
+        "log_val_every=4",
+        "do_checkpoint=true",
+        "checkpoint_every=4",
+        "dtype=float32",
+        "max_length=64",
+        "learning_rate=1e-3",
+        "alpha_hidden=1.0",
+        f"teacher_cache_dir={workspace / 'cache'}",
     ]
     splits = _splits(workspace)
 
@@ -191,7 +260,12 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
         config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
         student, teacher = _student_and_teacher(workspace)
         summary = experiment.train_model(
-            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+            config,
+            student,
+            teacher,
+            splits,
+            key=jax.random.key(7),
+            make_steps=interrupting_steps(interrupt_after),
         )
         saved = workspace / out / "student"
         return summary, de.from_pretrained(saved) if saved.is_dir() else None
@@ -200,11 +274,16 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     stopped, _ = run("cached_teacher", "teacher_cache=disk", interrupt_after=3)
     assert stopped == {"interrupted": True, "steps": 3}
     first = capsys.readouterr().err
-    assert "teacher cache (float32, 40 examples): cos.last_hidden_state" in first and "teacher cache: saved" in first
+    assert (
+        "teacher cache (float32, 40 examples): cos.last_hidden_state" in first
+        and "teacher cache: saved" in first
+    )
     _, cached = run("cached_teacher", "teacher_cache=disk", "resume_from_checkpoint=true")
     assert "teacher cache: reading" in capsys.readouterr().err
     assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5
-    metrics = [json.loads(line) for line in (workspace / "cached_teacher" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (workspace / "cached_teacher" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert any("loss_hidden" in m for m in metrics)
 
 
@@ -217,11 +296,15 @@ def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):
 
     other = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=4, hidden_dim=48)
     transformers.DistilBertForSequenceClassification(other).save_pretrained(tmp_path / "small_vocab")
-    mismatch = base + ["--set", f"student_model={tmp_path / 'small_vocab'}", "--set", f"output_dir={tmp_path / 'out2'}"]
+    mismatch = base + [
+        "--set",
+        f"student_model={tmp_path / 'small_vocab'}",
+        "--set",
+        f"output_dir={tmp_path / 'out2'}",
+    ]
     with pytest.raises(DataError, match="vocabularies differ"):
         distill_sst2.main(mismatch)
     assert not (tmp_path / "out2").exists()
-
 
 
 def test_reproduce_offline_runs_the_three_models_and_prints_their_table(workspace, tmp_path, capsys):
@@ -233,11 +316,23 @@ def test_reproduce_offline_runs_the_three_models_and_prints_their_table(workspac
         (data / f"{split}.tsv").write_text((workspace / "data" / f"{split}.tsv").read_text())
     (data / "test.tsv").write_text("\n".join((sst2_dir() / "test.tsv").read_text().splitlines()[:17]) + "\n")
     rows = reproduce_offline.main(
-        ["--quick", "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"),
-         "--set", "max_steps=2", "log_every=1", "log_val_every=2", "batch_size=8"]
+        [
+            "--quick",
+            "--data-dir",
+            str(data),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--set",
+            "max_steps=2",
+            "log_every=1",
+            "log_val_every=2",
+            "batch_size=8",
+        ]
     )
     assert [r["model"] for r in rows] == [
-        "MiniLM-L6 teacher, fine-tuned", "3-layer student, distilled", "3-layer student, labels only"
+        "MiniLM-L6 teacher, fine-tuned",
+        "3-layer student, distilled",
+        "3-layer student, labels only",
     ]
     assert all(r["steps"] == 2 and 0 <= r["dev"] <= 1 and 0 <= r["test"] <= 1 for r in rows)
     quick = tmp_path / "runs" / "quick"
@@ -264,8 +359,13 @@ def test_saved_models_carry_label_names_and_a_model_card(workspace):
 
 def _script(args: list[str], **env) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], check=False, cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, **env}, timeout=300,
+        [sys.executable, *args],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
     )
 
 
@@ -273,8 +373,14 @@ def test_a_second_run_of_a_config_compiles_nothing_new(workspace, tmp_path):
     """With compilation_cache_dir set, the second run's programs (train steps, evaluation, per bucket) are all
     in the cache the first one wrote: it adds no entry."""
     cache = tmp_path / "jax_cache"
-    args = [str(REPO / "experiments/distill_sst2.py"), *common(workspace, "unused"), "--set", f"compilation_cache_dir={cache}",
-            "--set", "student_init_layers=[0,1]"]
+    args = [
+        str(REPO / "experiments/distill_sst2.py"),
+        *common(workspace, "unused"),
+        "--set",
+        f"compilation_cache_dir={cache}",
+        "--set",
+        "student_init_layers=[0,1]",
+    ]
 
     def run(out: str) -> set[str]:
         result = _script([*args, "--set", f"output_dir={tmp_path / out}"])
@@ -295,7 +401,9 @@ def test_scripts_report_a_user_error_in_one_line_and_write_nothing(tmp_path):
     assert not out.exists()
     debug = _script([*args, "--debug"])
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
-    missing = _script(["experiments/evaluate.py", "--model", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path)])
+    missing = _script(
+        ["experiments/evaluate.py", "--model", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path)]
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("error: checkpoint path")
 
@@ -323,20 +431,44 @@ def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
     data order and the schedule, follows from the step). The logged terms follow the stages, and the saved
     student is a plain DistilBERT without the projection."""
     overrides = [
-        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", f"teacher_model={workspace / 'teacher'}",
-        "batch_size=8", "max_steps=7", "log_every=1", "log_val_every=4", "do_checkpoint=true", "checkpoint_every=4",
-        "dtype=float32", "max_length=64", "learning_rate=1e-3", "student_init_layers=null", "student_num_layers=1",
-        "student_hidden_size=16", "student_intermediate_size=24", "alpha_hidden=1.0", "alpha_attention_scores=0.1",
-        "alpha_attention_kl=1.0", "alpha_value_relation=1.0", "intermediate_steps=3", "length_buckets=[64]",
+        f"data_dir={workspace / 'data'}",
+        f"tokenizer_name={workspace / 'teacher'}",
+        f"teacher_model={workspace / 'teacher'}",
+        "batch_size=8",
+        "max_steps=7",
+        "log_every=1",
+        "log_val_every=4",
+        "do_checkpoint=true",
+        "checkpoint_every=4",
+        "dtype=float32",
+        "max_length=64",
+        "learning_rate=1e-3",
+        "student_init_layers=null",
+        "student_num_layers=1",
+        "student_hidden_size=16",
+        "student_intermediate_size=24",
+        "alpha_hidden=1.0",
+        "alpha_attention_scores=0.1",
+        "alpha_attention_kl=1.0",
+        "alpha_value_relation=1.0",
+        "intermediate_steps=3",
+        "length_buckets=[64]",
     ]
     splits = _splits(workspace)
     teacher = eqx.nn.inference_mode(de.from_pretrained(workspace / "teacher"))
 
     def run(out: str, *, resume: bool, interrupt_after: int | None):
-        config = load_config(None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"])
+        config = load_config(
+            None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"]
+        )
         student = experiment.random_student_from_config(config, teacher, key=jax.random.key(1))
         return experiment.train_model(
-            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+            config,
+            student,
+            teacher,
+            splits,
+            key=jax.random.key(7),
+            make_steps=interrupting_steps(interrupt_after),
         )
 
     assert run("two_stage_full", resume=False, interrupt_after=None)["steps"] == 7
@@ -344,13 +476,19 @@ def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
     assert run("two_stage_resumed", resume=True, interrupt_after=None)["steps"] == 7
     a = de.from_pretrained(workspace / "two_stage_full" / "student")
     b = de.from_pretrained(workspace / "two_stage_resumed" / "student")
-    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))):
+    for x, y in zip(
+        jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))
+    ):
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
-    records = [json.loads(line) for line in (workspace / "two_stage_full" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (workspace / "two_stage_full" / "metrics.jsonl").read_text().splitlines()
+    ]
     terms = {r["step"]: {k for k in r if k.startswith("loss_")} for r in records if "loss" in r}
     first = {"loss_cos", "loss_hidden", "loss_attention_scores", "loss_attention_kl", "loss_value_relation"}
-    assert all(terms[s] == first for s in (1, 2, 3)) and all(terms[s] == {"loss_ce", "loss_kl"} for s in (4, 5, 6, 7))
+    assert all(terms[s] == first for s in (1, 2, 3)) and all(
+        terms[s] == {"loss_ce", "loss_kl"} for s in (4, 5, 6, 7)
+    )
     assert [r["stage"] for r in records if "loss" in r] == [1, 1, 1, 2, 2, 2, 2]
     _, info = transformers.DistilBertForSequenceClassification.from_pretrained(
         workspace / "two_stage_full" / "student", output_loading_info=True
@@ -370,10 +508,18 @@ def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
     ],
 )
 def test_layer_loss_settings_that_cannot_work_fail_before_training(workspace, settings, message):
-    config = load_config(None, [
-        f"data_dir={workspace / 'data'}", "max_length=64", f"output_dir={workspace / 'never'}",
-        "student_init_layers=null", "student_num_layers=1", "student_hidden_size=16", *settings,
-    ])
+    config = load_config(
+        None,
+        [
+            f"data_dir={workspace / 'data'}",
+            "max_length=64",
+            f"output_dir={workspace / 'never'}",
+            "student_init_layers=null",
+            "student_num_layers=1",
+            "student_hidden_size=16",
+            *settings,
+        ],
+    )
     teacher = eqx.nn.inference_mode(de.from_pretrained(workspace / "teacher"))
     student = experiment.random_student_from_config(config, teacher, key=jax.random.key(1))
     with pytest.raises(ConfigError, match=message):
@@ -386,9 +532,19 @@ def test_a_transfer_set_run_resumed_after_ctrl_c_equals_the_live_teacher_run(wor
     (KL on every row, the cosine on the labelled rows only), stopped by SIGINT and resumed: the student equals
     the one trained with the live teacher, uninterrupted, over the same pool."""
     overrides = [
-        f"data_dir={workspace / 'data'}", f"tokenizer_name={workspace / 'teacher'}", "batch_size=8", "max_steps=8",
-        "log_every=1", "log_val_every=4", "do_checkpoint=true", "checkpoint_every=4", "dtype=float32",
-        "max_length=64", "learning_rate=1e-3", "augment={copies: 2}", f"augment_dir={workspace / 'augment'}",
+        f"data_dir={workspace / 'data'}",
+        f"tokenizer_name={workspace / 'teacher'}",
+        "batch_size=8",
+        "max_steps=8",
+        "log_every=1",
+        "log_val_every=4",
+        "do_checkpoint=true",
+        "checkpoint_every=4",
+        "dtype=float32",
+        "max_length=64",
+        "learning_rate=1e-3",
+        "augment={copies: 2}",
+        f"augment_dir={workspace / 'augment'}",
         f"teacher_cache_dir={workspace / 'pool_cache'}",
     ]
     tokenizer = load_tokenizer(str(workspace / "teacher"), 64)
@@ -399,7 +555,12 @@ def test_a_transfer_set_run_resumed_after_ctrl_c_equals_the_live_teacher_run(wor
         splits = _splits(workspace)
         splits["train"] = experiment._with_augmented_pool(config, splits["train"], tokenizer, teacher)
         summary = experiment.train_model(
-            config, student, teacher, splits, key=jax.random.key(7), make_steps=interrupting_steps(interrupt_after)
+            config,
+            student,
+            teacher,
+            splits,
+            key=jax.random.key(7),
+            make_steps=interrupting_steps(interrupt_after),
         )
         saved = workspace / out / "student"
         return summary, splits["train"], de.from_pretrained(saved) if saved.is_dir() else None

@@ -50,15 +50,17 @@ def test_every_tensor_problem_reported_at_once(tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     del tensors["bert.encoder.layer.1.attention.self.key.weight"]
     tensors["bert.encoder.layer.0.output.dense.bias"] = np.zeros(5, np.float32)
-    tensors["bert.embeddings.word_embeddings.weight"] = tensors["bert.embeddings.word_embeddings.weight"].astype(
-        np.int32
-    )
+    tensors["bert.embeddings.word_embeddings.weight"] = tensors[
+        "bert.embeddings.word_embeddings.weight"
+    ].astype(np.int32)
     tensors["bert.encoder.extra.weight"] = np.zeros(3, np.float32)
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(de.CheckpointError) as info:
         de.from_pretrained(tmp_path)
     message = str(info.value)
-    assert "missing tensor bert.encoder.layer.1.attention.self.key.weight (expected shape (32, 32))" in message
+    assert (
+        "missing tensor bert.encoder.layer.1.attention.self.key.weight (expected shape (32, 32))" in message
+    )
     assert "tensor bert.encoder.layer.0.output.dense.bias has shape (5,), expected (32,)" in message
     assert "bert.embeddings.word_embeddings.weight has dtype int32" in message
     assert "unexpected tensor bert.encoder.extra.weight" in message
@@ -115,7 +117,8 @@ def test_masked_lm_distilbert_loads_for_classification(tmp_path):
     mlm.save_pretrained(tmp_path)
     ours = de.from_pretrained(tmp_path, num_labels=2)
     np.testing.assert_array_equal(
-        np.asarray(ours.encoder.layers[1].feed_forward.up.weight), mlm.distilbert.transformer.layer[1].ffn.lin1.weight.detach()
+        np.asarray(ours.encoder.layers[1].feed_forward.up.weight),
+        mlm.distilbert.transformer.layer[1].ffn.lin1.weight.detach(),
     )
 
 
@@ -145,7 +148,9 @@ def test_save_writes_tokenizer_files(tmp_path):
     folder = minilm_dir()
     tiny_hf("distilbert").save_pretrained(tmp_path / "src")
     de.save_pretrained(de.from_pretrained(tmp_path / "src"), tmp_path / "out", tokenizer=folder)
-    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= set(os.listdir(tmp_path / "out"))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= set(
+        os.listdir(tmp_path / "out")
+    )
 
 
 SST2_LABELS = ("negative", "positive")
@@ -176,7 +181,9 @@ def test_label_names_and_model_card_reach_a_transformers_pipeline(tmp_path):
     assert all(label in SST2_LABELS for label in predicted), predicted
 
 
-@pytest.mark.parametrize("label_names", [("negative",), ("negative", "neutral", "positive"), ("positive", "positive")])
+@pytest.mark.parametrize(
+    "label_names", [("negative",), ("negative", "neutral", "positive"), ("positive", "positive")]
+)
 def test_wrong_label_names_are_rejected_and_nothing_is_written(tmp_path, label_names):
     tiny_hf("distilbert", num_labels=2).save_pretrained(tmp_path / "src")
     model = de.from_pretrained(tmp_path / "src")
@@ -196,7 +203,10 @@ def test_student_loads_into_transformers_without_key_problems(tmp_path):
     assert {"missing_keys", "unexpected_keys", "mismatched_keys"} <= set(info)
     assert {k: list(v) for k, v in info.items() if v} == {}
     inputs = hf_inputs(token_types=False)
-    assert max_diff(our_forward(student, inputs).logits, hf_forward(hf.eval(), inputs).logits.numpy()) <= MODEL_TOL
+    assert (
+        max_diff(our_forward(student, inputs).logits, hf_forward(hf.eval(), inputs).logits.numpy())
+        <= MODEL_TOL
+    )
 
 
 @pytest.mark.slow

@@ -46,7 +46,10 @@ print(json.dumps(faults))
 def _faults_per_round(mode: str, size: int, where: str) -> list[int]:
     out = subprocess.run(
         [sys.executable, "-c", _ROUNDS, mode, str(size), where],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -67,11 +70,17 @@ def test_freed_block_is_reused_without_page_faults(size, where):
     assert max(retained[1:]) <= pages // 100, retained
 
 
-
-@pytest.mark.parametrize(("platform", "environment", "expected"), [
-    ("cpu", "", True), ("gpu", "", False), ("tpu", "cpu", False), ("tt", "", False),
-    (None, "cpu", True), (None, "cuda,cpu", False),
-])
+@pytest.mark.parametrize(
+    ("platform", "environment", "expected"),
+    [
+        ("cpu", "", True),
+        ("gpu", "", False),
+        ("tpu", "cpu", False),
+        ("tt", "", False),
+        (None, "cpu", True),
+        (None, "cuda,cpu", False),
+    ],
+)
 def test_applies_on_the_cpu_backend_only(monkeypatch, platform, environment, expected):
     monkeypatch.setenv("JAX_PLATFORMS", environment)
     assert host_memory.applies_to(platform) is expected

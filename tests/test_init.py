@@ -218,9 +218,16 @@ def test_random_student_with_teacher_pca_embeddings(teacher):
     assert words.shape == (CONFIG.vocab_size, 16)
     np.testing.assert_array_equal(words, teacher_pca_embeddings(table, 16, plain.config.initializer_range))
     # Everything else is the plain random student's.
-    same = eqx.tree_at(lambda s: s.encoder.embeddings.word.weight, student, plain.encoder.embeddings.word.weight)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), eqx.filter(same, eqx.is_array),
-                                     eqx.filter(plain, eqx.is_array)))
+    same = eqx.tree_at(
+        lambda s: s.encoder.embeddings.word.weight, student, plain.encoder.embeddings.word.weight
+    )
+    assert jax.tree.all(
+        jax.tree.map(
+            lambda a, b: bool(jnp.array_equal(a, b)),
+            eqx.filter(same, eqx.is_array),
+            eqx.filter(plain, eqx.is_array),
+        )
+    )
 
 
 def test_the_config_key_builds_a_pca_student_and_refuses_a_wider_one(teacher):
@@ -234,4 +241,6 @@ def test_the_config_key_builds_a_pca_student_and_refuses_a_wider_one(teacher):
     expected = teacher_pca_embeddings(teacher.encoder.embeddings.word.weight, 16, 0.02)
     np.testing.assert_array_equal(student.encoder.embeddings.word.weight, expected)
     with pytest.raises(ConfigError, match="student_hidden_size=48 is wider"):
-        random_student_from_config(load_config(None, [*shape, "student_hidden_size=48"]), teacher, key=jax.random.key(0))
+        random_student_from_config(
+            load_config(None, [*shape, "student_hidden_size=48"]), teacher, key=jax.random.key(0)
+        )

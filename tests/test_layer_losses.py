@@ -59,13 +59,23 @@ GRAD_RTOL = 1e-5
 # equal terms: a KL of 0.002 is the difference of two cross-entropies of about 2.5, of which float32 resolves
 # 1e-7, and both sides' rounding (transformers' float32 attention included) then nears 1e-5 of it. No dropout.
 TEACHER_CONFIG = {
-    "num_hidden_layers": TEACHER_LAYERS, "initializer_range": 0.05, "hidden_dropout_prob": 0.0,
+    "num_hidden_layers": TEACHER_LAYERS,
+    "initializer_range": 0.05,
+    "hidden_dropout_prob": 0.0,
     "attention_probs_dropout_prob": 0.0,
 }
-STUDENT_CONFIG = {"n_layers": STUDENT_LAYERS, "initializer_range": 0.1, "dropout": 0.0, "attention_dropout": 0.0}
+STUDENT_CONFIG = {
+    "n_layers": STUDENT_LAYERS,
+    "initializer_range": 0.1,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+}
 # The teacher's width and heads; half its width with half its heads (the value relation's 8 relation heads then
 # match neither model's heads).
-STUDENTS = {"wide": {"dim": 32, "n_heads": 4, "hidden_dim": 48}, "narrow": {"dim": 16, "n_heads": 2, "hidden_dim": 24}}
+STUDENTS = {
+    "wide": {"dim": 32, "n_heads": 4, "hidden_dim": 48},
+    "narrow": {"dim": 16, "n_heads": 2, "hidden_dim": 24},
+}
 
 
 class Models(NamedTuple):
@@ -91,7 +101,8 @@ def models(tmp_path_factory) -> Models:
         students[name] = eqx.nn.inference_mode(de.from_pretrained(folder / name))
         width = students[name].hidden_size
         projections[name] = (
-            None if width == teacher.hidden_size
+            None
+            if width == teacher.hidden_size
             else eqx.nn.Linear(width, teacher.hidden_size, key=jax.random.key(seed))
         )
     return Models(hf_teacher, teacher, hf_students, students, projections)
@@ -125,8 +136,13 @@ class TorchInternals(NamedTuple):
 
 def _qkv(model: torch.nn.Module) -> list[tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]]:
     if isinstance(model, transformers.BertForSequenceClassification):
-        return [(x.attention.self.query, x.attention.self.key, x.attention.self.value) for x in model.bert.encoder.layer]
-    return [(x.attention.q_lin, x.attention.k_lin, x.attention.v_lin) for x in model.distilbert.transformer.layer]
+        return [
+            (x.attention.self.query, x.attention.self.key, x.attention.self.value)
+            for x in model.bert.encoder.layer
+        ]
+    return [
+        (x.attention.q_lin, x.attention.k_lin, x.attention.v_lin) for x in model.distilbert.transformer.layer
+    ]
 
 
 def _linear64(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
@@ -151,7 +167,9 @@ def _torch_internals(model: torch.nn.Module, batch: Batch) -> TorchInternals:
 
 def _real_rows(batch: Batch) -> list[tuple[int, int]]:
     """``(row, length)`` of every real row: the sentences the formulas are written for."""
-    return [(b, int(batch.attention_mask[b].sum())) for b in range(len(batch.weights)) if batch.weights[b] > 0]
+    return [
+        (b, int(batch.attention_mask[b].sum())) for b in range(len(batch.weights)) if batch.weights[b] > 0
+    ]
 
 
 def _kl(target_log: torch.Tensor, log: torch.Tensor) -> torch.Tensor:
@@ -246,11 +264,15 @@ def _losses(term: str, hidden_loss: str = "mse", relation_heads: int | None = No
 @eqx.filter_jit
 def _teacher_outputs(teacher, batch: Batch) -> de.ClassifierOutput:
     """Every stack the layer losses read; compiled once and shared by the students' programs."""
-    return forward(teacher, batch, key=None, output_hidden_states=True, output_attention_scores=True, output_values=True)
+    return forward(
+        teacher, batch, key=None, output_hidden_states=True, output_attention_scores=True, output_values=True
+    )
 
 
 @eqx.filter_jit
-def _our_losses_and_grads(student, projection, teacher_out, batch: Batch, terms: tuple[tuple[str, Objective], ...]):
+def _our_losses_and_grads(
+    student, projection, teacher_out, batch: Batch, terms: tuple[tuple[str, Objective], ...]
+):
     """For each ``(term, objective)``: ``objective(...)[term].mean()`` through our student, and its gradients
     w.r.t. the student and the projection, as the train step computes them. One program (one student forward,
     one backward per term) for all of them: compiling is most of this file's time.
@@ -263,10 +285,12 @@ def _our_losses_and_grads(student, projection, teacher_out, batch: Batch, terms:
     def means(params):
         student, projection = eqx.combine(params, static)
         out = forward(student, batch, key=None, **outputs)
-        values = jnp.stack([
-            objective(out, objective.teacher_targets(teacher_out), projection, batch)[term].mean()
-            for term, objective in terms
-        ])
+        values = jnp.stack(
+            [
+                objective(out, objective.teacher_targets(teacher_out), projection, batch)[term].mean()
+                for term, objective in terms
+            ]
+        )
         return values, values
 
     grads, values = jax.jacrev(means, has_aux=True)(params)
@@ -312,8 +336,11 @@ def _ours(models: Models, student_name: str, batch: Batch) -> dict[str, tuple[fl
     cases, terms = _cases_of(student_name)
     batch = _on_device(batch)
     out = _our_losses_and_grads(
-        models.students[student_name], models.projections[student_name], _teacher_outputs(models.teacher, batch),
-        batch, terms,
+        models.students[student_name],
+        models.projections[student_name],
+        _teacher_outputs(models.teacher, batch),
+        batch,
+        terms,
     )
     return dict(zip(cases, _split(*out)))
 
@@ -354,8 +381,13 @@ def test_layer_loss_and_gradients_equal_pytorch(models, torch_teacher, ours, cas
 
     batch = _batch()
     expected = _torch_loss(
-        term, _torch_internals(hf_student, batch), torch_teacher, batch,
-        hidden_loss=hidden_loss, relation_heads=relation_heads, w_h=w_h,
+        term,
+        _torch_internals(hf_student, batch),
+        torch_teacher,
+        batch,
+        hidden_loss=hidden_loss,
+        relation_heads=relation_heads,
+        w_h=w_h,
     )
     expected_loss = expected.item()
     assert expected_loss > 5e-3, "a loss near 0 would compare rounding noise"
@@ -403,8 +435,10 @@ def _layer_terms(student, teacher, batch: Batch) -> dict[str, jax.Array]:
     means = {}
     for distance, objective in objectives.items():
         terms = objective(student_out, objective.teacher_targets(teacher_out), None, batch)
-        means |= {f"{name}_{distance}" if name == "loss_hidden" else name: sums.mean()
-                  for name, sums in terms.items()}
+        means |= {
+            f"{name}_{distance}" if name == "loss_hidden" else name: sums.mean()
+            for name, sums in terms.items()
+        }
     return means
 
 
@@ -483,9 +517,7 @@ def _mask_and_weights(batch: int = 2, seq: int = 5) -> tuple[jax.Array, jax.Arra
 def test_attention_losses_need_equal_head_counts(models, term):
     """Binding the term to a 2-head student of a 4-head teacher names both counts; the loss itself refuses
     scores of different head counts (its annotation gives both one ``heads`` axis)."""
-    message = (
-        f"the {term.name} term compares attention heads one to one, but the student has 2 heads and the teacher 4"
-    )
+    message = f"the {term.name} term compares attention heads one to one, but the student has 2 heads and the teacher 4"
     with pytest.raises(ConfigError, match=message):
         term.bind(models.students["narrow"], models.teacher)
     term.bind(models.students["wide"], models.teacher)

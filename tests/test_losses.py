@@ -356,8 +356,10 @@ def test_non_positive_temperature_is_rejected_by_the_term(temperature):
     ("alphas", "message"),
     [
         ({"alpha_ce": 0.0, "alpha_kl": 0.0, "alpha_cos": 0.0}, "at least one loss weight must be positive"),
-        ({"alpha_ce": -1.0, "alpha_kl": 1.0, "alpha_cos": 0.0}, 
-         r"ce: weight=-1.0 is invalid; expected a float >= 0"),
+        (
+            {"alpha_ce": -1.0, "alpha_kl": 1.0, "alpha_cos": 0.0},
+            r"ce: weight=-1.0 is invalid; expected a float >= 0",
+        ),
     ],
 )
 def test_bad_loss_weights_are_rejected(alphas, message):
@@ -456,7 +458,10 @@ def test_losses_do_no_collectives_so_each_device_gets_its_local_mean():
     per_device = jax.jit(
         jax.shard_map(
             lambda *a: {name: loss[None] for name, loss in _each_loss(*a).items()},
-            mesh=_mesh(), in_specs=(P("data"),) * 7, out_specs=P("data"), check_vma=True,
+            mesh=_mesh(),
+            in_specs=(P("data"),) * 7,
+            out_specs=P("data"),
+            check_vma=True,
         )
     )
     program = str(jax.make_jaxpr(per_device)(*args))

@@ -40,7 +40,11 @@ def test_embeddings_match(pair):
     hf, ours, inputs = pair
     base = hf.bert if isinstance(hf, transformers.BertForSequenceClassification) else hf.distilbert
     with torch.no_grad():
-        kwargs = {"token_type_ids": torch.from_numpy(inputs["token_type_ids"]).long()} if "token_type_ids" in inputs else {}
+        kwargs = (
+            {"token_type_ids": torch.from_numpy(inputs["token_type_ids"]).long()}
+            if "token_type_ids" in inputs
+            else {}
+        )
         expected = base.embeddings(torch.from_numpy(inputs["input_ids"]).long(), **kwargs).numpy()
     emb = eqx.nn.inference_mode(ours.encoder.embeddings)
     got = jax.vmap(emb)(*[jnp.asarray(inputs[k]) for k in ("input_ids", "token_type_ids") if k in inputs])
@@ -76,7 +80,11 @@ def test_ours_to_transformers_round_trip(model_type, tmp_path):
     # The noise is drawn in numpy: an eager jax.random.normal per parameter shape costs a compile each.
     rng = np.random.default_rng(3)
     ours = jax.tree.map(
-        lambda x: jnp.asarray(np.asarray(x) + 0.05 * rng.standard_normal(x.shape, np.float32)) if eqx.is_array(x) else x,
+        lambda x: (
+            jnp.asarray(np.asarray(x) + 0.05 * rng.standard_normal(x.shape, np.float32))
+            if eqx.is_array(x)
+            else x
+        ),
         ours,
     )
     de.save_pretrained(ours, tmp_path / "out")
@@ -84,7 +92,9 @@ def test_ours_to_transformers_round_trip(model_type, tmp_path):
         tmp_path / "out", attn_implementation="eager"
     ).eval()
     inputs = hf_inputs(token_types=model_type == "bert")
-    assert max_diff(our_forward(ours, inputs).logits, hf_forward(reloaded, inputs).logits.numpy()) <= MODEL_TOL
+    assert (
+        max_diff(our_forward(ours, inputs).logits, hf_forward(reloaded, inputs).logits.numpy()) <= MODEL_TOL
+    )
     # And back again: every parameter survives the trip bit for bit.
     again = de.from_pretrained(tmp_path / "out")
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(ours)))
@@ -158,7 +168,11 @@ def test_both_models_are_sequence_classifiers(classifiers):
     assert all(isinstance(m, de.AbstractSequenceClassifier) for m in classifiers)
     assert bert.takes_token_types is True
     assert distilbert.takes_token_types is False
-    assert (bert.num_layers, distilbert.num_layers) == (bert.config.num_layers, distilbert.config.num_layers) == (2, 2)
+    assert (
+        (bert.num_layers, distilbert.num_layers)
+        == (bert.config.num_layers, distilbert.config.num_layers)
+        == (2, 2)
+    )
 
 
 def test_distilbert_call_rejects_token_type_ids(classifiers):

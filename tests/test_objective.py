@@ -22,10 +22,17 @@ from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
 from helpers import flat_weights, original_objective, random_batch, tiny_bert_config, tiny_teacher
 
 # Every term on, resolved for a 2-layer student of a 4-layer teacher (the map and head count written out).
-EVERY_TERM = Objective([
-    CE(1.0), KL(0.5), Cos(0.1), Hidden(1.0, layer_map=uniform_layer_map(2, 4)),
-    AttentionScores(0.1, layer_map=uniform_layer_map(2, 4)), AttentionKL(1.0), ValueRelation(1.0, relation_heads=4),
-])
+EVERY_TERM = Objective(
+    [
+        CE(1.0),
+        KL(0.5),
+        Cos(0.1),
+        Hidden(1.0, layer_map=uniform_layer_map(2, 4)),
+        AttentionScores(0.1, layer_map=uniform_layer_map(2, 4)),
+        AttentionKL(1.0),
+        ValueRelation(1.0, relation_heads=4),
+    ]
+)
 
 
 def _batch(seed: int, **kwargs):
@@ -35,8 +42,13 @@ def _batch(seed: int, **kwargs):
 
 def _narrow_student(width: int = 16, layers: int = 2) -> de.DistilBertForSequenceClassification:
     student = random_student(
-        tiny_bert_config(num_hidden_layers=4), num_layers=layers, hidden_size=width, num_heads=4,
-        intermediate_size=24, num_labels=2, key=jax.random.key(3),
+        tiny_bert_config(num_hidden_layers=4),
+        num_layers=layers,
+        hidden_size=width,
+        num_heads=4,
+        intermediate_size=24,
+        num_labels=2,
+        key=jax.random.key(3),
     )
     return eqx.nn.inference_mode(student)
 
@@ -46,7 +58,11 @@ def test_plain_recipe_asks_the_models_for_no_stacks():
     assert original_objective().outputs() == {}
     out = forward(tiny_teacher(), _batch(0), key=None, **original_objective().outputs())
     assert out.hidden_states is None and out.attention_scores is None and out.values is None
-    assert EVERY_TERM.outputs() == {"output_hidden_states": True, "output_attention_scores": True, "output_values": True}
+    assert EVERY_TERM.outputs() == {
+        "output_hidden_states": True,
+        "output_attention_scores": True,
+        "output_values": True,
+    }
 
 
 def test_model_stacks_have_transformers_shapes():
@@ -74,8 +90,10 @@ def test_model_stacks_have_transformers_shapes():
         (lambda s, t: Hidden(1.0, layer_map=()).bind(s, t), "layer map is empty"),
         (lambda s, t: AttentionScores(1.0, layer_map=((0, 0),)).bind(s, t), "pairs no layers"),
         (lambda s, t: ValueRelation(1.0, relation_heads=0), "relation_heads=0 is invalid"),
-        (lambda s, t: ValueRelation(1.0, relation_heads=3).bind(s, t),
-         "relation_heads=3 does not divide the student's hidden size 16"),
+        (
+            lambda s, t: ValueRelation(1.0, relation_heads=3).bind(s, t),
+            "relation_heads=3 does not divide the student's hidden size 16",
+        ),
         (lambda s, t: Objective([CE(0.0), KL(0.0), Cos(0.0)]), "at least one loss weight"),
         (lambda s, t: Hidden(-1.0), r"hidden: weight=-1.0 is invalid; expected a float >= 0"),
         (lambda s, t: KL(0.5, temperature=0.0), "temperature must be positive"),
@@ -97,8 +115,13 @@ def test_unknown_hidden_distance_is_rejected():
 
 def test_stages_split_the_terms():
     first, second = EVERY_TERM.stage(prediction_layer=False), EVERY_TERM.stage(prediction_layer=True)
-    assert set(first.weights) == {"loss_cos", "loss_hidden", "loss_attention_scores", "loss_attention_kl",
-                                  "loss_value_relation"}
+    assert set(first.weights) == {
+        "loss_cos",
+        "loss_hidden",
+        "loss_attention_scores",
+        "loss_attention_kl",
+        "loss_value_relation",
+    }
     assert set(second.weights) == {"loss_ce", "loss_kl"}
     assert "output_hidden_states" not in second.outputs()
 
@@ -119,8 +142,10 @@ def test_every_term_is_computed_and_finite_for_a_narrow_student():
 @pytest.mark.parametrize(
     ("losses", "message"),
     [
-        (Objective([CE(1.0), KL(0.45), Hidden(1.0, layer_map=uniform_layer_map(2, 4))]),
-         "student width 16 and teacher width 32.*hidden_projection"),
+        (
+            Objective([CE(1.0), KL(0.45), Hidden(1.0, layer_map=uniform_layer_map(2, 4))]),
+            "student width 16 and teacher width 32.*hidden_projection",
+        ),
         (original_objective(), "student hidden size 16 and teacher hidden size 32.*hidden_projection"),
     ],
 )
@@ -138,7 +163,9 @@ def test_projection_maps_every_position():
     x = jax.random.normal(jax.random.key(5), (2, 3, 5, 16))
     y = project(projection, x)
     assert y.shape == (2, 3, 5, 32)
-    np.testing.assert_allclose(y[1, 2, 4], projection.weight @ x[1, 2, 4] + projection.bias, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        y[1, 2, 4], projection.weight @ x[1, 2, 4] + projection.bias, rtol=1e-6, atol=1e-6
+    )
     assert project(None, x) is x
 
 
@@ -150,8 +177,15 @@ def test_random_student_has_the_asked_shape_and_transformers_init():
     weight = student.encoder.layers[0].attention.query_proj.weight
     assert 0.015 < float(jnp.std(weight)) < 0.025
     with pytest.raises(ValueError, match="hidden size 18 is not divisible by its 4 heads"):
-        random_student(tiny_bert_config(), num_layers=1, hidden_size=18, num_heads=4, intermediate_size=8,
-                       num_labels=2, key=jax.random.key(0))
+        random_student(
+            tiny_bert_config(),
+            num_layers=1,
+            hidden_size=18,
+            num_heads=4,
+            intermediate_size=8,
+            num_labels=2,
+            key=jax.random.key(0),
+        )
 
 
 @pytest.mark.slow
@@ -199,14 +233,19 @@ def test_teacher_targets_hold_exactly_what_the_terms_read():
     assert _kept(Objective([CE(1.0), KL(0.45)]), t) == {"kl": ("logits",)}
     targets = EVERY_TERM.teacher_targets(t)
     assert _kept(EVERY_TERM, t) == {
-        "kl": ("logits",), "cos": ("last_hidden_state",), "hidden": ("hidden_states",),
-        "attention_scores": ("attention_scores",), "attention_kl": ("last_attention_scores",),
+        "kl": ("logits",),
+        "cos": ("last_hidden_state",),
+        "hidden": ("hidden_states",),
+        "attention_scores": ("attention_scores",),
+        "attention_kl": ("last_attention_scores",),
         "value_relation": ("last_values",),
     }
     rows, seq = batch.input_ids.shape
     # uniform_layer_map(2, 4) = (0, 0), (1, 2), (2, 4): three hidden states, two attention layers (2 and 4).
     np.testing.assert_array_equal(targets["hidden"]["hidden_states"], t.hidden_states[:, [0, 2, 4]])
-    np.testing.assert_array_equal(targets["attention_scores"]["attention_scores"], t.attention_scores[:, [1, 3]])
+    np.testing.assert_array_equal(
+        targets["attention_scores"]["attention_scores"], t.attention_scores[:, [1, 3]]
+    )
     np.testing.assert_array_equal(targets["attention_kl"]["last_attention_scores"], t.attention_scores[:, 3:])
     np.testing.assert_array_equal(targets["value_relation"]["last_values"], t.values[:, 3:])
     assert targets["value_relation"]["last_values"].shape == (rows, 1, seq, 32)

@@ -68,7 +68,9 @@ def sharded_run(num_devices: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Two devices in the fast tier: the check a researcher editing the step wants; 4 and 8 with the slow tests.
-@pytest.mark.parametrize("num_devices", [2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "num_devices", [2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)]
+)
 def test_sharded_steps_equal_single_device_steps(num_devices):
     """Three steps (all three loss terms, the last batch 5 real rows of 8, so on 4 and 8 devices some devices
     hold only padding) give the single-device losses, gradient norms and weights.
@@ -103,7 +105,9 @@ def test_two_processes_equal_one_process(tmp_path):
         workers = [
             subprocess.Popen(
                 [sys.executable, str(WORKER), str(port), str(process_id), str(tmp_path)],
-                stdout=stack.enter_context(open(log, "w")), stderr=subprocess.STDOUT, env=env,
+                stdout=stack.enter_context(open(log, "w")),
+                stderr=subprocess.STDOUT,
+                env=env,
             )
             for process_id, log in enumerate(logs)
         ]
@@ -240,18 +244,34 @@ def test_sharded_layer_losses_and_projection_equal_single_device(cached):
     norms, student and projection. ``cached``: the sharded steps read the teacher's outputs from the batches
     (as from the teacher-output cache, each device its own rows') and get no teacher."""
     layer_map = uniform_layer_map(1, 2)
-    losses = Objective([
-        CE(1.0), KL(0.5), Cos(0.1), Hidden(1.0, layer_map=layer_map), AttentionScores(0.1, layer_map=layer_map),
-        AttentionKL(1.0), ValueRelation(1.0, relation_heads=2),
-    ])
+    losses = Objective(
+        [
+            CE(1.0),
+            KL(0.5),
+            Cos(0.1),
+            Hidden(1.0, layer_map=layer_map),
+            AttentionScores(0.1, layer_map=layer_map),
+            AttentionKL(1.0),
+            ValueRelation(1.0, relation_heads=2),
+        ]
+    )
     teacher = tiny_teacher()
 
     def fresh_state():
-        student = eqx.nn.inference_mode(random_student(
-            tiny_bert_config(), num_layers=1, hidden_size=16, num_heads=4, intermediate_size=24, num_labels=2,
-            key=jax.random.key(3),
-        ))
-        return init_state(student, SGD, key=jax.random.key(2), projection=linear(16, 32, 0.02, key=jax.random.key(4)))
+        student = eqx.nn.inference_mode(
+            random_student(
+                tiny_bert_config(),
+                num_layers=1,
+                hidden_size=16,
+                num_heads=4,
+                intermediate_size=24,
+                num_labels=2,
+                key=jax.random.key(3),
+            )
+        )
+        return init_state(
+            student, SGD, key=jax.random.key(2), projection=linear(16, 32, 0.02, key=jax.random.key(4))
+        )
 
     def with_targets(batch):
         out = forward(teacher, jax.tree.map(jnp.asarray, batch), key=None, **losses.outputs())

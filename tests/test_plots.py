@@ -22,8 +22,17 @@ def test_a_runs_metrics_are_drawn(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     records = [
-        {"step": s, "epoch": s / 4, "loss": 1 / s, "loss_ce": 0.5 / s, "loss_kl": 0.4 / s, "grad_norm": 2.0,
-         "lr": 1e-4 * s, "examples_per_sec": 10.0, "time": "2026-12-06T03:00:00.000+00:00"}
+        {
+            "step": s,
+            "epoch": s / 4,
+            "loss": 1 / s,
+            "loss_ce": 0.5 / s,
+            "loss_kl": 0.4 / s,
+            "grad_norm": 2.0,
+            "lr": 1e-4 * s,
+            "examples_per_sec": 10.0,
+            "time": "2026-12-06T03:00:00.000+00:00",
+        }
         for s in range(1, 5)
     ]
     records.insert(2, {"step": 2, "val_accuracy": 0.8, "val_loss": 0.45, "val_examples": 20})
@@ -46,11 +55,19 @@ def test_a_recorded_comparison_is_drawn(tmp_path, monkeypatch):
     out = tmp_path / "three_epochs.png"
     plot.main(["comparison", "experiments/comparisons/three_epochs.yaml", "--out", str(out)])
     assert out.read_bytes().startswith(PNG)
-    summary = {"comparison": "c.yaml", "control": "a", "pooled_splits": "dev+test", "arms": [
-        {"arm": "a", "finished_seeds": [1]},
-        {"arm": "b", "finished_seeds": [1], "minus_control": {
-            "best": {"difference": 0.5, "interval_95": [-0.1, 1.0]}, "final": None}},
-    ]}
+    summary = {
+        "comparison": "c.yaml",
+        "control": "a",
+        "pooled_splits": "dev+test",
+        "arms": [
+            {"arm": "a", "finished_seeds": [1]},
+            {
+                "arm": "b",
+                "finished_seeds": [1],
+                "minus_control": {"best": {"difference": 0.5, "interval_95": [-0.1, 1.0]}, "final": None},
+            },
+        ],
+    }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     plot.main(["comparison", str(tmp_path / "summary.json")])
     assert (tmp_path / "summary.png").read_bytes().startswith(PNG)
@@ -65,8 +82,18 @@ def test_a_short_runs_log_is_drawn(tmp_path):
     teacher = tiny_teacher()
     optimizer, schedule = de.make_optimizer(1e-3, 0.0, 0.0, 4)
     batches = [random_batch(s) for s in range(4)]
-    de.fit(teacher, tiny_student(teacher), original_objective(), optimizer, batches,
-           dev_batches=[random_batch(9)], key=jax.random.key(0), learning_rate=schedule, log_every=1,
-           validate_every=2, metrics_path=tmp_path / "metrics.jsonl")
+    de.fit(
+        teacher,
+        tiny_student(teacher),
+        original_objective(),
+        optimizer,
+        batches,
+        dev_batches=[random_batch(9)],
+        key=jax.random.key(0),
+        learning_rate=schedule,
+        log_every=1,
+        validate_every=2,
+        metrics_path=tmp_path / "metrics.jsonl",
+    )
     plot.main(["run", str(tmp_path / "metrics.jsonl"), "--out", str(tmp_path / "run.png")])
     assert (tmp_path / "run.png").read_bytes().startswith(PNG)

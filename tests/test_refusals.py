@@ -25,9 +25,16 @@ def workspace(tmp_path_factory):
 
 def settings(workspace: Path, out: Path, **overrides) -> list[str]:
     values = {
-        "data_dir": workspace / "data", "tokenizer_name": workspace / "teacher",
-        "teacher_model": workspace / "teacher", "student_init_layers": "[0]", "max_steps": 2, "batch_size": 8,
-        "dtype": "float32", "max_length": 64, "output_dir": out, **overrides,
+        "data_dir": workspace / "data",
+        "tokenizer_name": workspace / "teacher",
+        "teacher_model": workspace / "teacher",
+        "student_init_layers": "[0]",
+        "max_steps": 2,
+        "batch_size": 8,
+        "dtype": "float32",
+        "max_length": 64,
+        "output_dir": out,
+        **overrides,
     }
     return ["--set", *(f"{k}={v}" for k, v in values.items())]
 

@@ -1,7 +1,6 @@
 """The teacher-output cache against the live teacher: stored values, padding, the train step's result, keys and
 atomic files."""
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,14 +23,25 @@ from helpers import VOCAB, copy_tree, flat_weights, max_diff, original_objective
 BUCKETS = (8, 16)
 # Every term that keeps something of the teacher: logits, last hidden state, mapped hidden states and scores,
 # MiniLM's last layer.
-EVERY_FIELD = Objective([
-    CE(1.0), KL(0.5), Cos(0.1), Hidden(1.0, layer_map=uniform_layer_map(2, 4)),
-    AttentionScores(0.1, layer_map=uniform_layer_map(2, 4)), AttentionKL(1.0), ValueRelation(1.0, relation_heads=4),
-])
+EVERY_FIELD = Objective(
+    [
+        CE(1.0),
+        KL(0.5),
+        Cos(0.1),
+        Hidden(1.0, layer_map=uniform_layer_map(2, 4)),
+        AttentionScores(0.1, layer_map=uniform_layer_map(2, 4)),
+        AttentionKL(1.0),
+        ValueRelation(1.0, relation_heads=4),
+    ]
+)
 # What the cache stores for EVERY_FIELD: "<term>.<kept field>".
 STORED = (
-    "attention_kl.last_attention_scores", "attention_scores.attention_scores", "cos.last_hidden_state",
-    "hidden.hidden_states", "kl.logits", "value_relation.last_values",
+    "attention_kl.last_attention_scores",
+    "attention_scores.attention_scores",
+    "cos.last_hidden_state",
+    "hidden.hidden_states",
+    "kl.logits",
+    "value_relation.last_values",
 )
 
 
@@ -60,7 +70,9 @@ def _computed(teacher, split, losses, **settings) -> TeacherCache:
 
 
 def _live(teacher, batch, objective):
-    return _flat(jax.device_get(objective.teacher_targets(forward(teacher, batch, key=None, **objective.outputs()))))
+    return _flat(
+        jax.device_get(objective.teacher_targets(forward(teacher, batch, key=None, **objective.outputs())))
+    )
 
 
 def _real(name: str, value: np.ndarray, mask: np.ndarray, rows: int) -> np.ndarray:
@@ -84,7 +96,7 @@ def test_cached_targets_equal_the_live_teachers_on_real_tokens(teacher, dtype):
     cache = _computed(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS, dtype=dtype)
     assert cache.fields == STORED
     assert cache.nbytes == field_bytes(teacher, EVERY_FIELD, split.lengths, dtype)
-    tolerance = 1e-6 if dtype == "float32" else 2 ** -8  # bfloat16 keeps 8 bits of mantissa
+    tolerance = 1e-6 if dtype == "float32" else 2**-8  # bfloat16 keeps 8 bits of mantissa
     stream = indexed_train_batches(split, 8, BUCKETS, seed=1, epoch=0, group_by_length=False)
     for batch in cache.attach(stream):
         live = _live(teacher, batch, EVERY_FIELD)
@@ -95,19 +107,24 @@ def test_cached_targets_equal_the_live_teachers_on_real_tokens(teacher, dtype):
             cached = stored[name]
             # Sent in the storage dtype: the terms compute in float32 on the device.
             assert cached.shape == live[name].shape and cached.dtype == cache.arrays[name].dtype, name
-            want, got = _real(name, live[name], batch.attention_mask, rows), _real(
-                name, cached, batch.attention_mask, rows
-            ).astype(np.float32)
+            want, got = (
+                _real(name, live[name], batch.attention_mask, rows),
+                _real(name, cached, batch.attention_mask, rows).astype(np.float32),
+            )
             assert want.size > 0
             # Nothing outside the real rows and tokens: padding and dummy rows are zeros.
             assert np.count_nonzero(cached) == np.count_nonzero(got), name
-            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max(), err_msg=name)
+            np.testing.assert_allclose(
+                got, want, rtol=tolerance, atol=tolerance * np.abs(want).max(), err_msg=name
+            )
 
 
 def test_a_cache_of_another_teacher_would_not_match(teacher):
     """The comparison above can fail: a different teacher's cache differs from this teacher's outputs."""
     split = _split()
-    other = _computed(tiny_teacher(seed=5, num_hidden_layers=4), split, EVERY_FIELD, batch_size=8, buckets=BUCKETS)
+    other = _computed(
+        tiny_teacher(seed=5, num_hidden_layers=4), split, EVERY_FIELD, batch_size=8, buckets=BUCKETS
+    )
     batch = next(other.attach(indexed_train_batches(split, 8, BUCKETS, seed=1, epoch=0)))
     live = _live(teacher, batch, EVERY_FIELD)
     assert not np.allclose(batch.teacher["kl"]["logits"], live["kl.logits"], atol=1e-3)
@@ -136,13 +153,17 @@ def test_twenty_steps_with_the_cache_train_the_same_student_dropout_on(teacher):
 def test_saved_caches_are_keyed_read_memory_mapped_and_written_atomically(teacher, tmp_path):
     split = _split()
     logs = []
-    cache = teacher_cache(teacher, split, original_objective(), batch_size=8, buckets=BUCKETS, folder=tmp_path, log=logs.append)
+    cache = teacher_cache(
+        teacher, split, original_objective(), batch_size=8, buckets=BUCKETS, folder=tmp_path, log=logs.append
+    )
     assert logs[0].startswith("teacher cache (float32, 37 examples): cos.last_hidden_state ")
     assert "kl.logits" in logs[0] and logs[-1].startswith("teacher cache: saved")
     assert logs[1].startswith("teacher cache: computed in ")
     (folder,) = tmp_path.iterdir()
     assert folder.name == cache.key
-    again = teacher_cache(teacher, split, original_objective(), batch_size=8, buckets=BUCKETS, folder=tmp_path, log=logs.append)
+    again = teacher_cache(
+        teacher, split, original_objective(), batch_size=8, buckets=BUCKETS, folder=tmp_path, log=logs.append
+    )
     assert logs[3:] == [logs[0], f"teacher cache: reading {folder}"]  # read back, not computed again
     assert isinstance(again.arrays["cos.last_hidden_state"], np.memmap)
     for name in cache.fields:
@@ -157,10 +178,14 @@ def test_saved_caches_are_keyed_read_memory_mapped_and_written_atomically(teache
         (teacher, split, Objective([CE(1.0), KL(0.45)]), "float32"),
         (teacher, split, original_objective(), "bfloat16"),
     ]:
-        teacher_cache(model, data, losses, batch_size=8, buckets=BUCKETS, dtype=dtype, folder=tmp_path, log=logs.append)
+        teacher_cache(
+            model, data, losses, batch_size=8, buckets=BUCKETS, dtype=dtype, folder=tmp_path, log=logs.append
+        )
         assert logs[-1].startswith("teacher cache: saved")
     assert len(list(tmp_path.iterdir())) == 5
-    bf16 = TeacherCache.load(next(p for p in tmp_path.iterdir() if "bfloat16" in (p / "meta.json").read_text()))
+    bf16 = TeacherCache.load(
+        next(p for p in tmp_path.iterdir() if "bfloat16" in (p / "meta.json").read_text())
+    )
     assert bf16.arrays["kl.logits"].dtype == jnp.bfloat16
 
 
@@ -181,8 +206,15 @@ def test_a_cache_over_the_limit_is_refused_before_it_is_computed(teacher):
     split = _split()
     sizes = field_bytes(teacher, original_objective(), split.lengths, "float32")
     with pytest.raises(TeacherCacheError, match=r"would take .*over the limit of .*teacher_cache_max_gb"):
-        teacher_cache(teacher, split, original_objective(), batch_size=8, buckets=BUCKETS, max_bytes=sum(sizes.values()) - 1,
-                      log=lambda _: None)
+        teacher_cache(
+            teacher,
+            split,
+            original_objective(),
+            batch_size=8,
+            buckets=BUCKETS,
+            max_bytes=sum(sizes.values()) - 1,
+            log=lambda _: None,
+        )
     with pytest.raises(TeacherCacheError, match="dtype='float16'; expected one of float32, bfloat16"):
         teacher_cache(teacher, split, original_objective(), batch_size=8, buckets=BUCKETS, dtype="float16")
     with pytest.raises(TeacherCacheError, match="nothing to cache"):
@@ -196,7 +228,9 @@ def test_a_map_pairing_the_student_embeddings_with_a_teacher_layer_caches_what_t
     (state 0 has no attention), and the cache allocated 3 (it counted teacher states > 0), failing with a numpy
     broadcast error while it was built. The layout now comes from the term's own selection."""
     layer_map = ((0, 2), (1, 3), (2, 4))
-    objective = Objective([CE(1.0), Hidden(1.0, layer_map=layer_map), AttentionScores(1.0, layer_map=layer_map)])
+    objective = Objective(
+        [CE(1.0), Hidden(1.0, layer_map=layer_map), AttentionScores(1.0, layer_map=layer_map)]
+    )
     split = _split()
     cache = _computed(teacher, split, objective, batch_size=8, buckets=BUCKETS)
     assert cache.layout["attention_scores.attention_scores"].row_shape == (2, 4)
@@ -209,5 +243,10 @@ def test_a_map_pairing_the_student_embeddings_with_a_teacher_layer_caches_what_t
         live, rows = _live(teacher, batch, objective), int(batch.weights.sum())
         for name, cached in _flat(batch.teacher).items():
             want = _real(name, live[name], batch.attention_mask, rows)
-            np.testing.assert_allclose(_real(name, cached, batch.attention_mask, rows), want, rtol=1e-6,
-                                       atol=1e-6 * np.abs(want).max(), err_msg=name)
+            np.testing.assert_allclose(
+                _real(name, cached, batch.attention_mask, rows),
+                want,
+                rtol=1e-6,
+                atol=1e-6 * np.abs(want).max(),
+                err_msg=name,
+            )

@@ -147,9 +147,12 @@ def test_values_and_gradients_are_finite(models, term_class):
     flags = dict.fromkeys(Objective([term]).outputs(), True)
     assert set(flags) <= set(FLAGS)
     shapes = eqx.filter_eval_shape(
-        lambda s, t, b: Objective([term])(forward(s, b, key=None, **flags),
-                                          _targets(term, forward(t, b, key=None, **flags)), None, b),
-        models.student, models.teacher, models.batch,
+        lambda s, t, b: Objective([term])(
+            forward(s, b, key=None, **flags), _targets(term, forward(t, b, key=None, **flags)), None, b
+        ),
+        models.student,
+        models.teacher,
+        models.batch,
     )
     assert shapes[term.metric].total.shape == ()
 
@@ -202,8 +205,10 @@ def test_padding_tokens_and_rows_leave_the_mean_unchanged(models, term_class):
     batch = models.batch
     padded = _more_padding(batch)
     student_out, teacher_out = _forward(models.student, padded), _forward(models.teacher, padded)
-    cut = [_cut(out, eqx.filter_eval_shape(_forward, model, batch))
-           for out, model in ((student_out, models.student), (teacher_out, models.teacher))]
+    cut = [
+        _cut(out, eqx.filter_eval_shape(_forward, model, batch))
+        for out, model in ((student_out, models.student), (teacher_out, models.teacher))
+    ]
     base = float(_live(term, *cut, batch).mean())
     more = float(_live(term, student_out, teacher_out, padded).mean())
     assert abs(more - base) <= TOL * abs(base), (more, base)
@@ -261,7 +266,8 @@ def cached(models) -> dict[str, tuple[Objective, list[Batch]]]:
     for name, layer_map in MAPS.items():
         terms = [
             _bound(term, models.student, models.teacher, layer_map if _has_layer_map(term) else None)
-            for term in DISTANCES if layer_map is None or _has_layer_map(term)
+            for term in DISTANCES
+            if layer_map is None or _has_layer_map(term)
         ]
         objective = Objective(terms)
         cache = _cache(models.teacher, split, objective)
@@ -272,7 +278,9 @@ def cached(models) -> dict[str, tuple[Objective, list[Batch]]]:
 
 CACHE_CASES = [
     pytest.param(term, name, id=f"{term.name}-{name.replace(' ', '_')}")
-    for term in TERMS.values() for name in MAPS if name == "defaults" or _has_layer_map(term)
+    for term in TERMS.values()
+    for name in MAPS
+    if name == "defaults" or _has_layer_map(term)
 ]
 
 

@@ -115,7 +115,9 @@ def test_dropout_key_advances_and_bfloat16_keeps_float32_master_weights():
         losses.append(float(metrics.loss))
     assert not np.array_equal(keys[0], keys[1]) and not np.array_equal(keys[1], keys[2])
     assert all(np.isfinite(losses))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(eqx.filter(state.student, eqx.is_inexact_array)))
+    assert all(
+        x.dtype == jnp.float32 for x in jax.tree.leaves(eqx.filter(state.student, eqx.is_inexact_array))
+    )
 
 
 def _record_gradients() -> optax.GradientTransformation:
@@ -143,15 +145,30 @@ def _hf_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
     teacher = transformers.BertForSequenceClassification(
         transformers.BertConfig(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=48, max_position_embeddings=32, attn_implementation="eager",
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.05,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=32,
+            attn_implementation="eager",
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            initializer_range=0.05,
         )
     ).eval()
     student = transformers.DistilBertForSequenceClassification(
         transformers.DistilBertConfig(
-            vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=48, max_position_embeddings=32,
-            attn_implementation="eager", dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+            vocab_size=VOCAB,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=48,
+            max_position_embeddings=32,
+            attn_implementation="eager",
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
             initializer_range=0.05,
         )
     ).train()
@@ -226,7 +243,9 @@ def test_gradients_clipped_adamw_steps_equal_pytorch(tmp_path):
             {"params": [p for p in params.values() if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params.values() if p.ndim < 2], "weight_decay": 0.0},
         ],
-        lr=lr, betas=(0.9, 0.999), eps=1e-8,
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
     )
     warmup = int(warmup_ratio * total_steps)
 
@@ -267,7 +286,9 @@ def test_distillation_learns_the_teacher():
     batches = []
     for i in range(4):
         b = random_batch(100 + i, batch=16)
-        labels = np.asarray(jnp.argmax(jax.vmap(teacher)(b.input_ids, b.attention_mask, b.token_type_ids).logits, -1))
+        labels = np.asarray(
+            jnp.argmax(jax.vmap(teacher)(b.input_ids, b.attention_mask, b.token_type_ids).logits, -1)
+        )
         batches.append(b._replace(labels=labels.astype(np.int32)))
 
     def agreement(model) -> float:
@@ -339,14 +360,18 @@ def test_optimizer_equals_torch_adamw_with_and_without_clipping(max_grad_norm):
     ours = jax.tree.map(jnp.asarray, params)
     opt_state = optimizer.init(ours)
     for g in grads:
-        with jax.numpy_dtype_promotion("standard"):  # as in train_step: optax computes b1 ** count (float ** int)
+        with jax.numpy_dtype_promotion(
+            "standard"
+        ):  # as in train_step: optax computes b1 ** count (float ** int)
             updates, opt_state = optimizer.update(jax.tree.map(jnp.asarray, g), opt_state, ours)
         ours = optax.apply_updates(ours, updates)
 
     w, b = (torch.nn.Parameter(torch.from_numpy(params[k].copy())) for k in ("w", "b"))
     reference = torch.optim.AdamW(
         [{"params": [w], "weight_decay": weight_decay}, {"params": [b], "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.999), eps=1e-8,
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
     )
     for step, g in enumerate(grads):
         w.grad, b.grad = torch.from_numpy(g["w"].copy()), torch.from_numpy(g["b"].copy())

@@ -39,11 +39,15 @@ def test_the_joined_split_keeps_both_parts_and_marks_the_originals():
     pool = with_transfer_set(train, variants)
     assert len(pool) == 50 and pool.labelled.tolist() == [True] * 20 + [False] * 30
     for i in (0, 19):
-        np.testing.assert_array_equal(pool.token_ids[pool.offsets[i] : pool.offsets[i + 1]],
-                                      train.token_ids[train.offsets[i] : train.offsets[i + 1]])
+        np.testing.assert_array_equal(
+            pool.token_ids[pool.offsets[i] : pool.offsets[i + 1]],
+            train.token_ids[train.offsets[i] : train.offsets[i + 1]],
+        )
     j = 7
-    np.testing.assert_array_equal(pool.token_ids[pool.offsets[20 + j] : pool.offsets[21 + j]],
-                                  variants.token_ids[variants.offsets[j] : variants.offsets[j + 1]])
+    np.testing.assert_array_equal(
+        pool.token_ids[pool.offsets[20 + j] : pool.offsets[21 + j]],
+        variants.token_ids[variants.offsets[j] : variants.offsets[j + 1]],
+    )
     batch = make_batch(pool, np.array([3, 25, 40]), 4, BUCKETS)
     assert batch.labelled.tolist() == [1.0, 0.0, 0.0, 0.0]  # the dummy fourth row is not labelled either
     assert make_batch(train, np.array([3]), 4, BUCKETS).labelled is None  # no pool: the step is unchanged

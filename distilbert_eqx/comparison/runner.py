@@ -109,12 +109,18 @@ def _fail(where: str, message: str) -> NoReturn:
 def _overrides(value: object, where: str) -> tuple[str, ...]:
     """A ``set`` list: strings ``key=value``; the keys this script sets per run are refused."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        _fail(where, f"set={value!r}; expected a list of key=value strings (quote values with commas or brackets)")
+        _fail(
+            where,
+            f"set={value!r}; expected a list of key=value strings (quote values with commas or brackets)",
+        )
     for override in value:
         name = override.partition("=")[0].strip()
         if name in RUNNER_KEYS:
-            _fail(where, f"set sets {name!r} ({override!r}), which the runner sets for every run "
-                         f"({', '.join(RUNNER_KEYS)}); remove it")
+            _fail(
+                where,
+                f"set sets {name!r} ({override!r}), which the runner sets for every run "
+                f"({', '.join(RUNNER_KEYS)}); remove it",
+            )
     return tuple(value)
 
 
@@ -124,8 +130,11 @@ def _arm(value: object, where: str) -> Arm:
     check_keys(value, ARM_KEYS, where, ComparisonError)
     name = value.get("name")
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        _fail(where, f"name={name!r}; expected a folder name of letters, digits, '.', '_' and '-' that starts "
-                     "with a letter or digit")
+        _fail(
+            where,
+            f"name={name!r}; expected a folder name of letters, digits, '.', '_' and '-' that starts "
+            "with a letter or digit",
+        )
     return Arm(name, _overrides(value.get("set", []), f"{where} ({name})"))
 
 
@@ -142,7 +151,10 @@ def read_comparison(path: str | Path) -> Comparison:
     check_keys(document, FILE_KEYS, where, ComparisonError)
     for key in REQUIRED_KEYS:
         if key not in document:
-            _fail(where, f"missing key {key!r}; a comparison file has {', '.join(REQUIRED_KEYS)} (and optionally set)")
+            _fail(
+                where,
+                f"missing key {key!r}; a comparison file has {', '.join(REQUIRED_KEYS)} (and optionally set)",
+            )
     script = document["script"]
     if script not in SCRIPTS:
         _fail(where, f"script={script!r}; expected one of {', '.join(SCRIPTS)}")
@@ -150,8 +162,10 @@ def read_comparison(path: str | Path) -> Comparison:
         if key in document and (not isinstance(document[key], str) or not document[key]):
             _fail(where, f"{key}={document[key]!r}; expected a non-empty string")
     seeds = document["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
     ):
         _fail(where, f"seeds={seeds!r}; expected a non-empty list of ints >= 0")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -168,9 +182,15 @@ def read_comparison(path: str | Path) -> Comparison:
     if document["control"] not in names:
         _fail(where, f"control={document['control']!r} is not one of the arms ({', '.join(names)})")
     return Comparison(
-        source=path, script=script, config=document["config"], output_root=Path(document["output_root"]),
-        seeds=tuple(seeds), control=document["control"], overrides=_overrides(document.get("set", []), where),
-        arms=arms, records=Path(document["records"]) if "records" in document else None,
+        source=path,
+        script=script,
+        config=document["config"],
+        output_root=Path(document["output_root"]),
+        seeds=tuple(seeds),
+        control=document["control"],
+        overrides=_overrides(document.get("set", []), where),
+        arms=arms,
+        records=Path(document["records"]) if "records" in document else None,
     )
 
 
@@ -190,8 +210,10 @@ def select_runs(comparison: Comparison, only: Sequence[str] | None, seeds: Seque
         )
     return [
         Run(arm, seed, comparison.output_root / arm.name / f"seed{seed}")
-        for seed in comparison.seeds if seeds is None or seed in seeds
-        for arm in comparison.arms if only is None or arm.name in only
+        for seed in comparison.seeds
+        if seeds is None or seed in seeds
+        for arm in comparison.arms
+        if only is None or arm.name in only
     ]
 
 
@@ -235,8 +257,12 @@ def status(comparison: Comparison, run: Run) -> str:
 def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume: bool) -> list[str]:
     """The run's ``--set`` list: the comparison's, the arm's, the command line's, then the run's own."""
     overrides = [
-        *comparison.overrides, *run.arm.overrides, *extra,
-        f"seed={run.seed}", f"output_dir={run.output_dir}", f"job_name={run.arm.name}-seed{run.seed}",
+        *comparison.overrides,
+        *run.arm.overrides,
+        *extra,
+        f"seed={run.seed}",
+        f"output_dir={run.output_dir}",
+        f"job_name={run.arm.name}-seed{run.seed}",
     ]
     return [*overrides, "resume_from_checkpoint=true"] if resume else overrides
 
@@ -253,7 +279,9 @@ def run_command(
     return [sys.executable, str(script), "--config", comparison.config, "--set", *overrides]
 
 
-def check_configs(comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]) -> dict[Run, ExperimentConfig]:
+def check_configs(
+    comparison: Comparison, runs: Sequence[Run], extra: Sequence[str]
+) -> dict[Run, ExperimentConfig]:
     """Load every run's config, so that a typo in an override fails now rather than hours into the comparison."""
     configs = {}
     for run in runs:
@@ -298,8 +326,13 @@ def check_teachers(comparison: Comparison, configs: Mapping[Run, ExperimentConfi
 
 
 def train(
-    comparison: Comparison, runs: Sequence[Run], extra: Sequence[str], data_dir: str | None, *,
-    scripts: Path, launch: Callable[[list[str]], int],
+    comparison: Comparison,
+    runs: Sequence[Run],
+    extra: Sequence[str],
+    data_dir: str | None,
+    *,
+    scripts: Path,
+    launch: Callable[[list[str]], int],
 ) -> list[str]:
     """Train every unfinished run, each by ``launch(command)`` (its exit status) with the training scripts in
     the folder ``scripts``; the failed runs, each with why. Each finished run is recorded at once."""
@@ -320,7 +353,9 @@ def train(
         elif run_status(run.output_dir, comparison.final_name) != FINISHED:
             failures.append(f"{run.label} (stopped before its last step)")
         elif comparison.records is not None:
-            write_record(comparison, run, extra, data_dir)  # now, not after the last run: a session can end first
+            write_record(
+                comparison, run, extra, data_dir
+            )  # now, not after the last run: a session can end first
     return failures
 
 
@@ -338,8 +373,11 @@ def run_predictions(
         partial = temp_sibling(path)
         try:
             evaluate_checkpoint(
-                str(output_dir / folder), data_dir=data_dir or config["data_dir"], split=split,
-                dataset_id=config["dataset_id"], max_length=config["max_length"],
+                str(output_dir / folder),
+                data_dir=data_dir or config["data_dir"],
+                split=split,
+                dataset_id=config["dataset_id"],
+                max_length=config["max_length"],
                 batch_size=config.get("eval_batch_size") or config["batch_size"],
                 buckets=tuple(config["length_buckets"]) if config.get("length_buckets") else None,
                 predictions_out=str(partial),
@@ -365,7 +403,9 @@ def teacher_sha256(teacher_model: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def make_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None) -> dict[str, Any]:
+def make_record(
+    comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None
+) -> dict[str, Any]:
     """A finished run's record: what the summary needs (predictions and labels) and what says how it was made."""
     config = json.loads((run.output_dir / "config.json").read_text(encoding="utf-8"))
     predictions: dict[str, dict[str, list[int]]] = {model: {} for model in MODELS}
@@ -378,16 +418,23 @@ def make_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir
             predictions[model][split] = predicted.tolist()
             labels[split] = split_labels.tolist()
     return {
-        "arm": run.arm.name, "seed": run.seed, "config": comparison.config,
+        "arm": run.arm.name,
+        "seed": run.seed,
+        "config": comparison.config,
         "overrides": run_overrides(comparison, run, extra, resume=False),
         "summary": _summary_metrics(run.output_dir / "metrics.jsonl"),
-        "teacher_sha256": teacher_sha256(config.get("teacher_model")), "machine": machine(),
+        "teacher_sha256": teacher_sha256(config.get("teacher_model")),
+        "machine": machine(),
         "recorded": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(), "predictions": predictions, "labels": labels,
+        "commit": git_commit(),
+        "predictions": predictions,
+        "labels": labels,
     }
 
 
-def write_record(comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None) -> dict[str, Any]:
+def write_record(
+    comparison: Comparison, run: Run, extra: Sequence[str], data_dir: str | None
+) -> dict[str, Any]:
     """Make the finished run's record and write it (atomically) to its `record_path`."""
     record, path = make_record(comparison, run, extra, data_dir), record_path(comparison, run)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -404,7 +451,9 @@ def read_record(path: Path) -> dict[str, Any]:
                 if len(record["predictions"][model][split]) != len(record["labels"][split]):
                     raise ValueError(f"{model} {split}: as many predictions as labels expected")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ComparisonError(f"cannot read the run record {path}: {e}; delete it to train its run again") from e
+        raise ComparisonError(
+            f"cannot read the run record {path}: {e}; delete it to train its run again"
+        ) from e
     return record
 
 
@@ -457,24 +506,40 @@ def summarise(comparison: Comparison, data_dir: str | None, extra: Sequence[str]
         seeds = finished_seeds[arm.name]
         row: dict[str, Any] = {"arm": arm.name, "runs": len(comparison.seeds), "finished_seeds": seeds}
         row["accuracy"] = {
-            model: {split: mean_accuracy(stacked(arm.name, seeds, model, split)) if seeds else None
-                    for split in SPLITS}
+            model: {
+                split: mean_accuracy(stacked(arm.name, seeds, model, split)) if seeds else None
+                for split in SPLITS
+            }
             for model in MODELS
         }
         if arm.name != comparison.control:
             with_control = [seed for seed in seeds if seed in finished_seeds[comparison.control]]
             # A seed is paired only when both runs had the same teacher (see `check_teachers`).
-            paired = [s for s in with_control if teacher_of[(arm.name, s)] == teacher_of[(comparison.control, s)]]
+            paired = [
+                s for s in with_control if teacher_of[(arm.name, s)] == teacher_of[(comparison.control, s)]
+            ]
             row["unpaired_seeds"] = [s for s in with_control if s not in paired]
             row["minus_control"] = {
-                model: {"paired_seeds": paired,
-                        **paired_difference(pooled(arm.name, paired, model), pooled(comparison.control, paired, model))}
-                if paired else None
+                model: {
+                    "paired_seeds": paired,
+                    **paired_difference(
+                        pooled(arm.name, paired, model), pooled(comparison.control, paired, model)
+                    ),
+                }
+                if paired
+                else None
                 for model in MODELS
             }
         rows.append(row)
-    return {"comparison": str(comparison.source), "control": comparison.control, "seeds": list(comparison.seeds),
-            "pooled_splits": "+".join(SPLITS), "arms": rows, "teachers": teachers, "machines": machines}
+    return {
+        "comparison": str(comparison.source),
+        "control": comparison.control,
+        "seeds": list(comparison.seeds),
+        "pooled_splits": "+".join(SPLITS),
+        "arms": rows,
+        "teachers": teachers,
+        "machines": machines,
+    }
 
 
 def _accuracy_cell(value: float | None) -> str:
@@ -491,10 +556,14 @@ def _difference_cell(result: dict[str, Any] | None) -> str:
 
 def print_table(summary: dict[str, Any]) -> None:
     control = summary["control"]
-    print(f"\nAccuracy in points, mean over the finished seeds. Minus control: each arm minus {control} on "
-          f"{summary['pooled_splits']} pooled, paired by seed, with the 95% interval of a bootstrap over seeds and "
-          "sentences.\n")
-    print("| arm | runs | best dev | best test | final dev | final test | best minus control | final minus control |")
+    print(
+        f"\nAccuracy in points, mean over the finished seeds. Minus control: each arm minus {control} on "
+        f"{summary['pooled_splits']} pooled, paired by seed, with the 95% interval of a bootstrap over seeds and "
+        "sentences.\n"
+    )
+    print(
+        "| arm | runs | best dev | best test | final dev | final test | best minus control | final minus control |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---|")
     for row in summary["arms"]:
         accuracy = row["accuracy"]
@@ -503,12 +572,16 @@ def print_table(summary: dict[str, Any]) -> None:
             differences = ["control", "control"]
         else:
             differences = [_difference_cell(row["minus_control"][model]) for model in MODELS]
-        print(f"| {row['arm']} | {len(row['finished_seeds'])}/{row['runs']} | {' | '.join(cells)} | "
-              f"{' | '.join(differences)} |")
+        print(
+            f"| {row['arm']} | {len(row['finished_seeds'])}/{row['runs']} | {' | '.join(cells)} | "
+            f"{' | '.join(differences)} |"
+        )
     for row in summary["arms"]:
         if row.get("unpaired_seeds"):
-            print(f"\n{row['arm']}: seed(s) {', '.join(map(str, row['unpaired_seeds']))} not compared with "
-                  f"{control}: their runs had different teachers")
+            print(
+                f"\n{row['arm']}: seed(s) {', '.join(map(str, row['unpaired_seeds']))} not compared with "
+                f"{control}: their runs had different teachers"
+            )
     for what, key in (("teacher (weights sha256)", "teachers"), ("machine", "machines")):
         groups = summary.get(key, {})
         if len(groups) > 1:

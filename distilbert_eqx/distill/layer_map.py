@@ -52,7 +52,8 @@ def check_layer_map(pairs: Sequence[object], student_layers: int, teacher_layers
     for pair in pairs:
         # Anything may come from a user; only [int, int] is a pair.
         if not (
-            isinstance(pair, Sequence) and len(pair) == 2
+            isinstance(pair, Sequence)
+            and len(pair) == 2
             and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
         ):
             raise LayerMapError(f"layer map entry {pair!r} is not a pair of ints [student, teacher]")
@@ -92,7 +93,9 @@ def resolve_layer_map(setting: LayerMapSetting, student_layers: int, teacher_lay
 def resolved(setting: LayerMapSetting, term: str) -> LayerMap:
     """The pairs of a bound term; ``uniform`` is only known once the term is bound to two models."""
     if setting == "uniform":
-        raise ValueError(f"the {term} term's layer map is still 'uniform': bind the term to the two models first")
+        raise ValueError(
+            f"the {term} term's layer map is still 'uniform': bind the term to the two models first"
+        )
     return setting
 
 

@@ -99,7 +99,9 @@ def masked_log_softmax(
 ) -> Float[Array, "batch pairs heads seq seq"]:
     """Log-probabilities over the real keys; masked keys get probability 0 (their log is not used)."""
     keys = attention_mask[:, None, None, None, :]
-    return jax.nn.log_softmax(jnp.where(keys, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min), axis=-1)
+    return jax.nn.log_softmax(
+        jnp.where(keys, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min), axis=-1
+    )
 
 
 def relation_kl(

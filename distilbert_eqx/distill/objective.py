@@ -21,7 +21,9 @@ from .term import AbstractTerm
 from .terms import TERMS
 
 
-def project(projection: eqx.nn.Linear | None, states: Float[Array, "*batch s_hidden"]) -> Float[Array, "*batch t_hidden"]:
+def project(
+    projection: eqx.nn.Linear | None, states: Float[Array, "*batch s_hidden"]
+) -> Float[Array, "*batch t_hidden"]:
     """The student's hidden states mapped to the teacher's width by the learned ``W_h`` (identity when ``None``)."""
     if projection is None:
         return states
@@ -41,7 +43,7 @@ class Objective(eqx.Module):
             raise ConfigError(f"the loss lists {repeated} more than once; each term may appear once")
         if not any(term.weight > 0 for term in terms):
             raise ConfigError(
-                f"at least one loss weight must be positive, got {({t.name: t.weight for t in terms})}"
+                f"at least one loss weight must be positive, got { ({t.name: t.weight for t in terms}) }"
             )
         self.terms = tuple(term for term in terms if term.weight > 0)
 
@@ -107,7 +109,9 @@ class Objective(eqx.Module):
         labelled = batch if batch.labelled is None else batch._replace(weights=batch.weights * batch.labelled)
         return {
             term.metric: term(
-                student, teacher[term.name] if term.reads_teacher else {}, batch if term.on_variants else labelled,
+                student,
+                teacher[term.name] if term.reads_teacher else {},
+                batch if term.on_variants else labelled,
                 projected,
             )
             for term in self.terms

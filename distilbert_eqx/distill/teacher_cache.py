@@ -76,8 +76,13 @@ def fields(teacher: AbstractSequenceClassifier, objective: Objective) -> dict[st
 
     def shapes(seq: int) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
         ids = jax.ShapeDtypeStruct((1, seq), jnp.int32)
-        batch = Batch(ids, jax.ShapeDtypeStruct((1, seq), jnp.bool_), ids, jax.ShapeDtypeStruct((1,), jnp.int32),
-                      jax.ShapeDtypeStruct((1,), jnp.float32))
+        batch = Batch(
+            ids,
+            jax.ShapeDtypeStruct((1, seq), jnp.bool_),
+            ids,
+            jax.ShapeDtypeStruct((1,), jnp.int32),
+            jax.ShapeDtypeStruct((1,), jnp.float32),
+        )
         return eqx.filter_eval_shape(_kept, teacher, batch, objective)
 
     short, long = (shapes(seq) for seq in _PROBE_LENGTHS)
@@ -88,8 +93,10 @@ def fields(teacher: AbstractSequenceClassifier, objective: Objective) -> dict[st
             example, other = value.shape[1:], long[term][field].shape[1:]
             axes = tuple(i for i, (a, b) in enumerate(zip(example, other)) if a != b)
             if any(example[i] != _PROBE_LENGTHS[0] for i in axes):
-                raise ValueError(f"term {term!r} keeps {field!r} with an axis that grows with the length but is not "
-                                 f"a token axis: shapes {example} and {other}")
+                raise ValueError(
+                    f"term {term!r} keeps {field!r} with an axis that grows with the length but is not "
+                    f"a token axis: shapes {example} and {other}"
+                )
             row_shape = tuple(d for i, d in enumerate(example) if i not in axes)
             layout[_key(term, field)] = Field(axes, row_shape, terms[term].on_variants)
     return layout
@@ -150,7 +157,9 @@ def field_bytes(
     joined with a transfer set), before building anything."""
     itemsize = DTYPES[dtype].itemsize
     return {
-        name: int(_rows_per_example(field, lengths, labelled).sum()) * int(np.prod(field.row_shape)) * itemsize
+        name: int(_rows_per_example(field, lengths, labelled).sum())
+        * int(np.prod(field.row_shape))
+        * itemsize
         for name, field in fields(teacher, objective).items()
     }
 
@@ -159,11 +168,14 @@ def _settings(objective: Objective) -> dict[str, dict[str, object]]:
     """What the kept values may depend on: every term's settings but its weight."""
     return {
         term.name: {f.name: getattr(term, f.name) for f in dataclasses.fields(term) if f.name != "weight"}
-        for term in objective.terms if term.reads_teacher
+        for term in objective.terms
+        if term.reads_teacher
     }
 
 
-def cache_key(teacher: AbstractSequenceClassifier, split: TokenizedSplit, objective: Objective, dtype: str) -> str:
+def cache_key(
+    teacher: AbstractSequenceClassifier, split: TokenizedSplit, objective: Objective, dtype: str
+) -> str:
     """A sha256 of everything the stored values depend on (see the module docstring)."""
     digest = hashlib.sha256()
     description = {
@@ -203,7 +215,9 @@ class TeacherCache:
         self.layout = dict(layout)
         self.key = key
         self.offsets = {
-            name: np.concatenate([[0], np.cumsum(_rows_per_example(self.layout[name], self.lengths, self.labelled))])
+            name: np.concatenate(
+                [[0], np.cumsum(_rows_per_example(self.layout[name], self.lengths, self.labelled))]
+            )
             for name in self.arrays
         }
         for name, array in self.arrays.items():
@@ -229,7 +243,13 @@ class TeacherCache:
         out: TeacherTargets = {}
         for name, array in self.arrays.items():
             padded = _gather_rows(
-                self.layout[name], array, self.offsets[name], self.lengths, np.asarray(indices), batch_size, seq
+                self.layout[name],
+                array,
+                self.offsets[name],
+                self.lengths,
+                np.asarray(indices),
+                batch_size,
+                seq,
             )
             term, kept = _split_key(name)
             out.setdefault(term, {})[kept] = padded
@@ -287,7 +307,9 @@ def _kept(teacher: AbstractSequenceClassifier, batch: Batch, objective: Objectiv
 _targets = eqx.filter_jit(_kept)
 
 
-def _length_sorted_batches(split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]) -> Iterator[IndexedBatch]:
+def _length_sorted_batches(
+    split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]
+) -> Iterator[IndexedBatch]:
     order = np.argsort(split.lengths, kind="stable")
     for indices in batch_indices(order, batch_size):
         yield indices, make_batch(split, indices, batch_size, buckets)
@@ -324,8 +346,11 @@ def teacher_cache(
     layout = fields(teacher, objective)
     sizes = field_bytes(teacher, objective, split.lengths, dtype, split.labelled)
     total = sum(sizes.values())
-    log(f"teacher cache ({dtype}, {len(split)} examples): "
-        + ", ".join(f"{name} {_gib(n)}" for name, n in sizes.items()) + f"; total {_gib(total)}")
+    log(
+        f"teacher cache ({dtype}, {len(split)} examples): "
+        + ", ".join(f"{name} {_gib(n)}" for name, n in sizes.items())
+        + f"; total {_gib(total)}"
+    )
     if max_bytes is not None and total > max_bytes:
         raise TeacherCacheError(
             f"the teacher cache would take {_gib(total)} ({', '.join(f'{k} {_gib(v)}' for k, v in sizes.items())}), "
@@ -339,15 +364,21 @@ def teacher_cache(
         return TeacherCache.load(target)
     # One inference pass in length-sorted batches, each padded to its bucket, on the run's devices (``place``).
     arrays = {
-        name: np.zeros((int(_rows_per_example(field, split.lengths, split.labelled).sum()), *field.row_shape),
-                       DTYPES[dtype])
+        name: np.zeros(
+            (int(_rows_per_example(field, split.lengths, split.labelled).sum()), *field.row_shape),
+            DTYPES[dtype],
+        )
         for name, field in layout.items()
     }
     cache = TeacherCache(split.lengths, arrays, layout, key, split.labelled)
     started = time.perf_counter()
     # The pass costs about the teacher's share of one epoch (minutes on a CPU), so it shows progress.
-    batches = tqdm(_length_sorted_batches(split, batch_size, buckets), total=-(-len(split) // batch_size),
-                   dynamic_ncols=True, desc="teacher cache")
+    batches = tqdm(
+        _length_sorted_batches(split, batch_size, buckets),
+        total=-(-len(split) // batch_size),
+        dynamic_ncols=True,
+        desc="teacher cache",
+    )
     for indices, batch in batches:
         targets = jax.device_get(_targets(teacher, place(batch), objective))
         for name, store in arrays.items():
@@ -357,7 +388,9 @@ def teacher_cache(
                 if offsets[i + 1] > offsets[i]:
                     store[offsets[i] : offsets[i + 1]] = _to_rows(field, value[row], int(cache.lengths[i]))
     seconds = time.perf_counter() - started
-    log(f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s, compiling included)")
+    log(
+        f"teacher cache: computed in {seconds:.1f} s ({len(split) / seconds:.1f} examples/s, compiling included)"
+    )
     if target is not None:
         cache.save(target)
         log(f"teacher cache: saved {target}")

@@ -61,7 +61,9 @@ class AbstractTerm(eqx.Module):
         """Its key in the step's metrics and metrics.jsonl."""
         return f"loss_{self.name}"
 
-    def bind(self, student: AbstractSequenceClassifier, teacher: AbstractSequenceClassifier) -> "AbstractTerm":
+    def bind(
+        self, student: AbstractSequenceClassifier, teacher: AbstractSequenceClassifier
+    ) -> "AbstractTerm":
         """This term with its model-dependent settings resolved (``uniform`` layer maps, head counts), after
         checking that the two models can be compared this way; raises ``ConfigError`` otherwise."""
         del student, teacher
@@ -73,7 +75,9 @@ class AbstractTerm(eqx.Module):
         return {}
 
     @abc.abstractmethod
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         """The term's sums over the batch.
 
         Arguments:

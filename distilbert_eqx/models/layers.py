@@ -84,11 +84,15 @@ class Embeddings(eqx.Module):
         kw, kp, kt = jax.random.split(key, 3)
         self.word = embedding(vocab_size, hidden_size, init_std, key=kw)
         self.position = embedding(max_positions, hidden_size, init_std, key=kp)
-        self.token_type = None if type_vocab_size is None else embedding(type_vocab_size, hidden_size, init_std, key=kt)
+        self.token_type = (
+            None if type_vocab_size is None else embedding(type_vocab_size, hidden_size, init_std, key=kt)
+        )
         self.norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
         self.dropout = eqx.nn.Dropout(dropout)
 
-    def __call__(self, input_ids: TokenIds, token_type_ids: TokenIds | None = None, *, key: Key | None = None) -> Hidden:
+    def __call__(
+        self, input_ids: TokenIds, token_type_ids: TokenIds | None = None, *, key: Key | None = None
+    ) -> Hidden:
         """Embed one sequence. Returns float32 ``(seq, hidden)``."""
         (seq_len,) = input_ids.shape
         x = self.word.weight[input_ids] + self.position.weight[jnp.arange(seq_len)]
@@ -165,10 +169,19 @@ class FeedForward(eqx.Module):
     activation: str = eqx.field(static=True)
 
     def __init__(
-        self, hidden_size: int, intermediate_size: int, activation: str, *, dropout: float, init_std: float, key: Key
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        activation: str,
+        *,
+        dropout: float,
+        init_std: float,
+        key: Key,
     ):
         if activation not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"unsupported activation {activation!r}; expected one of {SUPPORTED_ACTIVATIONS}")
+            raise ValueError(
+                f"unsupported activation {activation!r}; expected one of {SUPPORTED_ACTIVATIONS}"
+            )
         ku, kd = jax.random.split(key)
         self.up = linear(hidden_size, intermediate_size, init_std, key=ku)
         self.down = linear(intermediate_size, hidden_size, init_std, key=kd)

@@ -51,7 +51,12 @@ class AttentionKL(AbstractTerm):
     def keep(self, teacher: ClassifierOutput) -> Kept:
         return {"last_attention_scores": teacher.attention_scores[:, -1:]}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         return attention_kl_loss(
-            student.attention_scores[:, -1:], teacher["last_attention_scores"], batch.attention_mask, batch.weights
+            student.attention_scores[:, -1:],
+            teacher["last_attention_scores"],
+            batch.attention_mask,
+            batch.weights,
         )

@@ -83,9 +83,13 @@ class AttentionScores(AbstractTerm):
 
     def __check_init__(self):
         if self.reduction not in ("mean", "sum"):
-            raise ConfigError(f"attention_scores: reduction={self.reduction!r} is invalid; expected mean or sum")
+            raise ConfigError(
+                f"attention_scores: reduction={self.reduction!r} is invalid; expected mean or sum"
+            )
 
-    def bind(self, student: AbstractSequenceClassifier, teacher: AbstractSequenceClassifier) -> "AttentionScores":
+    def bind(
+        self, student: AbstractSequenceClassifier, teacher: AbstractSequenceClassifier
+    ) -> "AttentionScores":
         pairs = resolve_layer_map(self.layer_map, student.num_layers, teacher.num_layers)
         if not attention_pairs(pairs):
             raise ConfigError(
@@ -101,7 +105,9 @@ class AttentionScores(AbstractTerm):
     def keep(self, teacher: ClassifierOutput) -> Kept:
         return {"attention_scores": teacher.attention_scores[:, jnp.array([t for _, t in self._layers()])]}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         layers = self._layers()
         scores = student.attention_scores[:, jnp.array([s for s, _ in layers])]
         sums = attention_score_loss(scores, teacher["attention_scores"], batch.attention_mask, batch.weights)

@@ -40,5 +40,7 @@ class CE(AbstractTerm):
 
     weight: float = eqx.field(static=True, default=1.0)
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         return hard_loss(student.logits, batch.labels, batch.weights)

@@ -41,7 +41,9 @@ def cosine_loss(
             f"cosine loss needs equal hidden sizes, got student hidden size {s_hidden} and teacher hidden "
             f"size {t_hidden}; set alpha_cos=0 or project the student's hidden states (hidden_projection)"
         )
-    return weighted_sum(cosine_distance(student_hidden, teacher_hidden), token_weights(attention_mask, weights))
+    return weighted_sum(
+        cosine_distance(student_hidden, teacher_hidden), token_weights(attention_mask, weights)
+    )
 
 
 class Cos(AbstractTerm):
@@ -58,7 +60,12 @@ class Cos(AbstractTerm):
     def keep(self, teacher: ClassifierOutput) -> Kept:
         return {"last_hidden_state": teacher.last_hidden_state}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         return cosine_loss(
-            project(student.last_hidden_state), teacher["last_hidden_state"], batch.attention_mask, batch.weights
+            project(student.last_hidden_state),
+            teacher["last_hidden_state"],
+            batch.attention_mask,
+            batch.weights,
         )

@@ -78,7 +78,11 @@ class Hidden(AbstractTerm):
     title: ClassVar[str] = "hidden-state"
     outputs: ClassVar[tuple[str, ...]] = ("output_hidden_states",)
     projects_student: ClassVar[bool] = True
-    shorthand: ClassVar[dict[str, str]] = {"alpha_hidden": "weight", "hidden_loss": "distance", "layer_map": "layer_map"}
+    shorthand: ClassVar[dict[str, str]] = {
+        "alpha_hidden": "weight",
+        "hidden_loss": "distance",
+        "layer_map": "layer_map",
+    }
 
     weight: float = eqx.field(static=True, default=1.0)
     distance: Literal["mse", "cosine"] = eqx.field(static=True, default="mse")
@@ -99,7 +103,9 @@ class Hidden(AbstractTerm):
         pairs = resolved(self.layer_map, self.name)
         return {"hidden_states": teacher.hidden_states[:, jnp.array([t for _, t in pairs])]}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         pairs = resolved(self.layer_map, self.name)
         states = project(student.hidden_states[:, jnp.array([s for s, _ in pairs])])
         loss = hidden_mse_loss if self.distance == "mse" else hidden_cosine_loss

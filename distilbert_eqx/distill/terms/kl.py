@@ -87,7 +87,9 @@ class KL(AbstractTerm):
     def keep(self, teacher: ClassifierOutput) -> Kept:
         return {"logits": teacher.logits}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         return soft_loss(student.logits, teacher["logits"], batch.weights, self.temperature)
 
     def describe(self) -> str:

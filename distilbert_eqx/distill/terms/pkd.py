@@ -58,7 +58,9 @@ class PKD(AbstractTerm):
         pairs = resolved(self.layer_map, self.name)
         return {"cls_states": teacher.hidden_states[:, jnp.array([t for _, t in pairs]), 0]}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         pairs = resolved(self.layer_map, self.name)
         states = project(student.hidden_states[:, jnp.array([s for s, _ in pairs]), 0])
         diff = _normalised(states) - _normalised(teacher["cls_states"])

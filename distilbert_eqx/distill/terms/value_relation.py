@@ -16,7 +16,9 @@ from ..losses import WeightedSum, relation_kl
 from ..term import AbstractTerm, Kept, Projection
 
 
-def _relations(values: Float[Array, "batch pairs seq hidden"], heads: int) -> Float[Array, "batch pairs heads seq seq"]:
+def _relations(
+    values: Float[Array, "batch pairs seq hidden"], heads: int
+) -> Float[Array, "batch pairs heads seq seq"]:
     """``V V^T / sqrt(d)`` of each relation head, ``d = hidden / heads``."""
     batch, pairs, seq, hidden = values.shape
     d = hidden // heads
@@ -73,7 +75,10 @@ class ValueRelation(AbstractTerm):
     name: ClassVar[str] = "value_relation"
     title: ClassVar[str] = "value-relation KL"
     outputs: ClassVar[tuple[str, ...]] = ("output_values",)
-    shorthand: ClassVar[dict[str, str]] = {"alpha_value_relation": "weight", "relation_heads": "relation_heads"}
+    shorthand: ClassVar[dict[str, str]] = {
+        "alpha_value_relation": "weight",
+        "relation_heads": "relation_heads",
+    }
 
     weight: float = eqx.field(static=True, default=1.0)
     relation_heads: int | None = eqx.field(static=True, default=None)
@@ -85,7 +90,9 @@ class ValueRelation(AbstractTerm):
                 "int >= 1"
             )
 
-    def bind(self, student: AbstractSequenceClassifier, teacher: AbstractSequenceClassifier) -> "ValueRelation":
+    def bind(
+        self, student: AbstractSequenceClassifier, teacher: AbstractSequenceClassifier
+    ) -> "ValueRelation":
         heads = teacher.num_heads if self.relation_heads is None else self.relation_heads
         for name, model in (("student", student), ("teacher", teacher)):
             if model.hidden_size % heads:
@@ -98,11 +105,18 @@ class ValueRelation(AbstractTerm):
     def keep(self, teacher: ClassifierOutput) -> Kept:
         return {"last_values": teacher.values[:, -1:]}
 
-    def __call__(self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection) -> WeightedSum:
+    def __call__(
+        self, student: ClassifierOutput, teacher: Kept, batch: Batch, project: Projection
+    ) -> WeightedSum:
         if self.relation_heads is None:
-            raise ValueError("the value_relation term's relation_heads is unset: bind the term to the two models")
+            raise ValueError(
+                "the value_relation term's relation_heads is unset: bind the term to the two models"
+            )
         return value_relation_loss(
-            student.values[:, -1:], teacher["last_values"], batch.attention_mask, batch.weights,
+            student.values[:, -1:],
+            teacher["last_values"],
+            batch.attention_mask,
+            batch.weights,
             relation_heads=self.relation_heads,
         )
 
