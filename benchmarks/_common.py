@@ -161,7 +161,7 @@ def run_child(
     env = dict(os.environ)
     for name, value in (env_defaults or {"JAX_PLATFORMS": "cpu"}).items():
         env.setdefault(name, value)
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO, check=False)
     result = None
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -200,10 +200,10 @@ class OursDistiller:
         import equinox as eqx
         import jax
 
-        from distilbert_eqx.init import student_from_teacher
-        from distilbert_eqx.models import BertConfig, BertForSequenceClassification
         from distilbert_eqx.distill import Objective
         from distilbert_eqx.distill.terms import CE, KL, Cos
+        from distilbert_eqx.init import student_from_teacher
+        from distilbert_eqx.models import BertConfig, BertForSequenceClassification
         from distilbert_eqx.train import init_state, make_optimizer
 
         config = BertConfig(
@@ -369,10 +369,10 @@ def synthetic_batch(batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000, VOCAB_SIZE, size=(batch, seq), dtype=np.int32)
     ids[:, 0] = 101  # [CLS]
-    return dict(
-        input_ids=ids,
-        attention_mask=np.ones((batch, seq), np.bool_),
-        token_type_ids=np.zeros((batch, seq), np.int32),
-        labels=rng.integers(0, 2, size=batch, dtype=np.int32),
-        weights=np.ones(batch, np.float32),
-    )
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones((batch, seq), np.bool_),
+        "token_type_ids": np.zeros((batch, seq), np.int32),
+        "labels": rng.integers(0, 2, size=batch, dtype=np.int32),
+        "weights": np.ones(batch, np.float32),
+    }

@@ -153,8 +153,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     fill_defaults(
         args,
-        dict(size="mini", max_steps=200, train_examples=0, torch_warmup=3, rounds=3),
-        dict(size="tiny", max_steps=3, train_examples=2000, torch_warmup=1, rounds=1),
+        {"size": "mini", "max_steps": 200, "train_examples": 0, "torch_warmup": 3, "rounds": 3},
+        {"size": "tiny", "max_steps": 3, "train_examples": 2000, "torch_warmup": 1, "rounds": 1},
     )
     if args.max_steps < 0 or args.train_examples < 0 or args.torch_warmup < 0:
         parser.error("--max-steps, --train-examples and --torch-warmup must be >= 0")

@@ -89,8 +89,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     fill_defaults(
         args,
-        dict(size="mini", batch_size=32, seq_len=128, repeats=5, min_time=0.5, steps=10, warmup=2),
-        dict(size="tiny", batch_size=4, seq_len=16, repeats=2, min_time=0.0, steps=2, warmup=1),
+        {
+            "size": "mini",
+            "batch_size": 32,
+            "seq_len": 128,
+            "repeats": 5,
+            "min_time": 0.5,
+            "steps": 10,
+            "warmup": 2,
+        },
+        {
+            "size": "tiny",
+            "batch_size": 4,
+            "seq_len": 16,
+            "repeats": 2,
+            "min_time": 0.0,
+            "steps": 2,
+            "warmup": 1,
+        },
     )
     if args.repeats < 1 or args.steps < 1 or args.warmup < 1:
         parser.error("--repeats, --steps and --warmup must be at least 1")

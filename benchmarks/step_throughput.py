@@ -138,22 +138,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--size", choices=tuple(SIZES), help="internal: the size for --framework")
     args = parser.parse_args(argv)
-    defaults = dict(
-        sizes="base,mini",
-        dtype="float32",
-        batch_size=32,
-        seq_len=128,
-        steps=10,
-        warmup=2,
-        matmul_size=2048,
-        matmul_repeats=10,
-    )
+    defaults = {
+        "sizes": "base,mini",
+        "dtype": "float32",
+        "batch_size": 32,
+        "seq_len": 128,
+        "steps": 10,
+        "warmup": 2,
+        "matmul_size": 2048,
+        "matmul_repeats": 10,
+    }
     if args.device == "gpu":
         defaults.update(dtype="bfloat16", batch_size=256, steps=20, warmup=3, matmul_size=8192)
     fill_defaults(
         args,
         defaults,
-        dict(sizes="tiny", batch_size=4, seq_len=16, steps=2, warmup=1, matmul_size=256, matmul_repeats=3),
+        {
+            "sizes": "tiny",
+            "batch_size": 4,
+            "seq_len": 16,
+            "steps": 2,
+            "warmup": 1,
+            "matmul_size": 256,
+            "matmul_repeats": 3,
+        },
     )
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import itertools
 import operator
 import re
 import types
@@ -518,7 +519,7 @@ def _validate(c: ExperimentConfig) -> None:
 
 
 def _increasing(values: tuple[int, ...]) -> bool:
-    return all(a < b for a, b in zip(values, values[1:]))
+    return all(a < b for a, b in itertools.pairwise(values))
 
 
 class _YamlLoader(yaml.SafeLoader):

@@ -246,7 +246,7 @@ def _read_tensors(folder: Path) -> dict[str, Array]:
         try:
             # framework="flax" reads bfloat16 tensors too, which numpy cannot represent.
             with safe_open(folder / file, framework="flax") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                     tensors[name] = f.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(

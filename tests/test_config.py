@@ -454,8 +454,10 @@ def test_a_loss_list_spells_the_same_terms_as_the_flat_keys(tmp_path):
     layers = load_config(
         None,
         [
-            "loss=[{type: hidden, weight: 1, layer_map: [[0, 0], [1, 2]], reduction: sum}, "
-            "{type: attention_scores, weight: 0.5}]"
+            (
+                "loss=[{type: hidden, weight: 1, layer_map: [[0, 0], [1, 2]], reduction: sum}, "
+                "{type: attention_scores, weight: 0.5}]"
+            )
         ],
     )
     path.write_text(yaml.safe_dump(config_to_dict(layers)))

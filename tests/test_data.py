@@ -282,7 +282,7 @@ def test_train_order_depends_only_on_seed_and_epoch(group_by_length):
 @pytest.mark.parametrize("group_by_length", [False, True])
 def test_start_skips_exactly_the_first_batches(group_by_length):
     split = synthetic_split(random_lengths(101))
-    kwargs = dict(seed=5, epoch=2, group_by_length=group_by_length)
+    kwargs = {"seed": 5, "epoch": 2, "group_by_length": group_by_length}
     full = list(train_batches(split, 8, BUCKETS, **kwargs))
     for start in (0, 1, 7, len(full)):
         resumed = list(train_batches(split, 8, BUCKETS, start=start, **kwargs))

@@ -18,10 +18,10 @@ import pytest
 
 from distilbert_eqx import loop, parallel
 from distilbert_eqx.data import TokenizedSplit, eval_batches
-from distilbert_eqx.init import random_student
 from distilbert_eqx.distill import Objective
 from distilbert_eqx.distill.layer_map import uniform_layer_map
 from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
+from distilbert_eqx.init import random_student
 from distilbert_eqx.models.layers import linear
 from distilbert_eqx.train import (
     forward,
