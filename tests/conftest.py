@@ -6,3 +6,10 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from distilbert_eqx import host_memory
+
+# A run started inside this process (experiment.distill/finetune, as the script tests do) would change glibc's
+# allocator process-wide for every later test, mid-process and after XLA's threads exist: a state no real run
+# is in (a run applies it before XLA starts). tests/test_host_memory.py checks the call in processes of its own.
+host_memory.retain_freed_memory = lambda: False
