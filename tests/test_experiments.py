@@ -187,13 +187,12 @@ def test_fit_gives_the_optimizer_the_max_grad_norm_of_the_config(workspace, monk
     assert given[0][-1] == max_grad_norm
 
 
-def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
-    """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
-    overrides = [
+def _resumable(workspace: Path) -> list[str]:
+    """The resume tests' runs: batches of 8, dropout on, a checkpoint every 4 steps, validation as often."""
+    return [
         f"data_dir={workspace / 'data'}",
         f"tokenizer_name={workspace / 'teacher'}",
         "batch_size=8",
-        "num_epochs=2",
         "log_every=1",
         "log_val_every=4",
         "do_checkpoint=true",
@@ -202,6 +201,11 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
         "max_length=64",
         "learning_rate=1e-3",
     ]
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
+    """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
+    overrides = [*_resumable(workspace), "num_epochs=2"]
     splits = _splits(workspace)
 
     def run(out: str, *, resume: bool, interrupt_after: int | None):
@@ -240,17 +244,8 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     the disk cache, stopped by SIGINT after 3 steps and resumed (reading the cache again), trains the student that
     the live teacher does."""
     overrides = [
-        f"data_dir={workspace / 'data'}",
-        f"tokenizer_name={workspace / 'teacher'}",
-        "batch_size=8",
+        *_resumable(workspace),
         "num_epochs=2",
-        "log_every=1",
-        "log_val_every=4",
-        "do_checkpoint=true",
-        "checkpoint_every=4",
-        "dtype=float32",
-        "max_length=64",
-        "learning_rate=1e-3",
         "alpha_hidden=1.0",
         f"teacher_cache_dir={workspace / 'cache'}",
     ]
@@ -532,17 +527,8 @@ def test_a_transfer_set_run_resumed_after_ctrl_c_equals_the_live_teacher_run(wor
     (KL on every row, the cosine on the labelled rows only), stopped by SIGINT and resumed: the student equals
     the one trained with the live teacher, uninterrupted, over the same pool."""
     overrides = [
-        f"data_dir={workspace / 'data'}",
-        f"tokenizer_name={workspace / 'teacher'}",
-        "batch_size=8",
+        *_resumable(workspace),
         "max_steps=8",
-        "log_every=1",
-        "log_val_every=4",
-        "do_checkpoint=true",
-        "checkpoint_every=4",
-        "dtype=float32",
-        "max_length=64",
-        "learning_rate=1e-3",
         "augment={copies: 2}",
         f"augment_dir={workspace / 'augment'}",
         f"teacher_cache_dir={workspace / 'pool_cache'}",
