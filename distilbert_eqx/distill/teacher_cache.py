@@ -155,12 +155,21 @@ def field_bytes(
 ) -> dict[str, int]:
     """The bytes each stored field takes for examples of these token ``lengths`` (``labelled``: of a split
     joined with a transfer set), before building anything."""
+    return _layout_bytes(fields(teacher, objective), lengths, dtype, labelled)
+
+
+def _layout_bytes(
+    layout: Mapping[str, Field],
+    lengths: Int64[np.ndarray, " examples"],
+    dtype: str,
+    labelled: Bool[np.ndarray, " examples"] | None,
+) -> dict[str, int]:
     itemsize = DTYPES[dtype].itemsize
     return {
         name: int(_rows_per_example(field, lengths, labelled).sum())
         * int(np.prod(field.row_shape))
         * itemsize
-        for name, field in fields(teacher, objective).items()
+        for name, field in layout.items()
     }
 
 
@@ -344,7 +353,7 @@ def teacher_cache(
             f"the loss terms {objective.names} read nothing of the teacher; there is nothing to cache"
         )
     layout = fields(teacher, objective)
-    sizes = field_bytes(teacher, objective, split.lengths, dtype, split.labelled)
+    sizes = _layout_bytes(layout, split.lengths, dtype, split.labelled)
     total = sum(sizes.values())
     log(
         f"teacher cache ({dtype}, {len(split)} examples): "
