@@ -23,6 +23,7 @@ import numpy as np
 from . import host_memory, hub
 from ._types import ComputeDtype
 from .checkpoint import CheckpointManager, atomic_write_text
+from .compilations import Compilations
 from .config import PROVENANCE_KEY, STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
 from .data import (
     LABEL_NAMES,
@@ -393,6 +394,23 @@ def train_model(
     Returns:
         the fit loop's summary.
     """
+    with Compilations() as compilations:
+        return _train_model(
+            config, model, teacher, splits, key, make_steps, final_name, started_from, compilations
+        )
+
+
+def _train_model(
+    config: ExperimentConfig,
+    model: AbstractSequenceClassifier,
+    teacher: AbstractSequenceClassifier | None,
+    splits: dict[str, TokenizedSplit],
+    key: jax.Array,
+    make_steps: Callable[[Objective, Any], Steps],
+    final_name: str,
+    started_from: str,
+    compilations: Compilations,
+) -> dict[str, Any]:
     train_split, dev_split = splits["train"], splits["dev"]
     buckets = length_buckets(config)
     objective = build_objective(config, model, teacher)
@@ -490,6 +508,7 @@ def train_model(
             final_name=final_name,
             resume=config.resume_from_checkpoint,
             first_stage_train=first_stage_train,
+            compilations=compilations,
         )
 
 

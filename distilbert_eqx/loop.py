@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .batch import Batch
 from .checkpoint import CheckpointManager
+from .compilations import Compilations
 from .metrics_log import MetricsLog, say
 from .models import AbstractSequenceClassifier
 from .train import StepMetrics, Steps, TrainState, TrainStep, eval_step
@@ -112,6 +113,7 @@ def fit(
     final_name: str,
     resume: bool = False,
     first_stage_train: TrainStep | None = None,
+    compilations: Compilations | None = None,
 ) -> dict[str, Any]:
     """Train ``state.student``, distilling from ``teacher`` when the steps' losses need one.
 
@@ -132,6 +134,8 @@ def fit(
         resume: continue from the latest checkpoint, if there is one.
         first_stage_train: the train step of the first ``plan.first_stage_steps`` steps (a two-stage run), in
             place of ``steps.train``; the stage follows from the step number, so a resumed run is in the right one.
+        compilations: an open ``Compilations`` (see ``compilations.py``); the summary then says what the run
+            compiled, and the run ends with its line.
 
     Returns:
         a summary: steps run, final and best validation accuracy, wall time, examples/s; or
@@ -267,6 +271,10 @@ def fit(
         "wall_time_sec": elapsed,
         "train_examples_per_sec": run_examples / (elapsed - eval_seconds),
     }
+    if compilations is not None:
+        summary |= {"compiled_programs": compilations.count, "compile_sec": compilations.compile_seconds}
+        if writer:
+            say(compilations.summary())
     log.write({"step": step, **{f"summary/{k}": v for k, v in summary.items()}})
     log.close()
     return summary
