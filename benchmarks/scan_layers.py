@@ -1,0 +1,111 @@
+"""Compile time and steady step time of the distillation step in two checkouts, e.g. layers unrolled in Python
+(before) against layers run by ``jax.lax.scan`` (after): the original recipe's step (CE + KL + cosine, the
+student's dropout off unless ``--dropout``), mini and base pairs, batch 32 at the given lengths.
+
+Each measurement is its own child process (a fresh compilation cache), and the checkouts alternate within each
+round (before, after, after, before, ...), so a drift of the machine falls on both. Per checkout, size and
+shape it prints the median over rounds and the spread (min-max) of: the first call (trace + compile + one step),
+the steady step (median of ``--steps`` steps), and the compiled program's instruction count.
+
+    git worktree add /tmp/unrolled <commit before the scan>
+    python benchmarks/scan_layers.py /tmp/unrolled . --sizes mini base --seq-len 16 128 --rounds 3
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+SIZES = {  # teacher layers, hidden, heads, intermediate: benchmarks/_common.py's pairs
+    "mini": (6, 384, 12, 1536),
+    "base": (12, 768, 12, 3072),
+    "tiny": (2, 64, 4, 128),  # for a smoke run of this script; its numbers mean nothing
+}
+
+CHILD = r"""
+import json, statistics, sys, time
+repo, layers, hidden, heads, intermediate, seq, steps, dropout = sys.argv[1], *map(int, sys.argv[2:9])
+sys.path.insert(0, repo)
+import equinox as eqx, jax, numpy as np
+import distilbert_eqx
+from distilbert_eqx.batch import Batch
+from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.terms import CE, KL, Cos
+from distilbert_eqx.init import student_from_teacher
+from distilbert_eqx.models import BertConfig, BertForSequenceClassification
+from distilbert_eqx.train import init_state, make_optimizer, train_step
+assert distilbert_eqx.__file__.startswith(repo), distilbert_eqx.__file__
+config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                    intermediate_size=intermediate)
+kt, ks, kk = jax.random.split(jax.random.key(0), 3)
+teacher = eqx.nn.inference_mode(BertForSequenceClassification(config, key=kt))
+student = student_from_teacher(teacher, key=ks)
+student = student if dropout else eqx.nn.inference_mode(student)
+optimizer, _ = make_optimizer(5e-5, 0.01, 0.06, 10_000)
+objective = Objective([CE(1.0), KL(0.45, temperature=2.0), Cos(0.1)])
+state = init_state(student, optimizer, key=kk)
+rng = np.random.default_rng(0)
+ids = rng.integers(1000, 30000, (32, seq)).astype(np.int32)
+batch = Batch(ids, np.ones((32, seq), bool), np.zeros_like(ids), rng.integers(0, 2, 32).astype(np.int32),
+              np.ones(32, np.float32))
+jax.block_until_ready(state)
+start = time.perf_counter()
+state, metrics = train_step(teacher, state, batch, optimizer, objective)
+jax.block_until_ready((state, metrics))
+first = time.perf_counter() - start
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = train_step(teacher, state, batch, optimizer, objective)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+text = train_step.lower(teacher, state, batch, optimizer, objective).compile().compiled.as_text()
+instructions = sum(" = " in line for line in text.splitlines())
+print("RESULT " + json.dumps({"first_s": first, "step_s": statistics.median(times), "instructions": instructions}))
+"""
+
+
+def measure(repo: Path, size: str, seq: int, steps: int, dropout: bool) -> dict:
+    argv = [str(repo.resolve()), *map(str, SIZES[size]), str(seq), str(steps), str(int(dropout))]
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *argv], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
+
+
+def spread(values: list[float], scale: float, digits: int) -> str:
+    values = [v * scale for v in values]
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--sizes", nargs="+", default=["mini", "base"], choices=sorted(SIZES))
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[16, 128])
+    parser.add_argument("--steps", type=int, default=10, help="steady steps timed per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dropout", action="store_true", help="the student's dropout on, as in a real run")
+    args = parser.parse_args()
+    trees = {"before": args.before, "after": args.after}
+    print("| size | batch x seq | checkout | first call (s) | steady step (ms) | instructions |")
+    print("|---|---|---|---:|---:|---:|")
+    for size in args.sizes:
+        for seq in args.seq_len:
+            results: dict[str, list[dict]] = {name: [] for name in trees}
+            for round_ in range(args.rounds):
+                order = list(trees) if round_ % 2 == 0 else list(trees)[::-1]
+                for name in order:
+                    results[name].append(measure(trees[name], size, seq, args.steps, args.dropout))
+                    print(f"{size} 32x{seq} round {round_ + 1} {name}: {results[name][-1]}", file=sys.stderr)
+            for name, runs in results.items():
+                first = spread([r["first_s"] for r in runs], 1, 2)
+                step = spread([r["step_s"] for r in runs], 1000, 1)
+                print(f"| {size} | 32 x {seq} | {name} | {first} | {step} | {runs[0]['instructions']:,} |")
+
+
+if __name__ == "__main__":
+    main()
