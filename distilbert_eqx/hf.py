@@ -37,26 +37,6 @@ logger = logging.getLogger(__name__)
 
 Getter = Callable[[Any], Array]
 
-
-@dataclasses.dataclass(frozen=True)
-class Slot:
-    """Where one ``transformers`` tensor lives in our model: an array leaf, and for a tensor of encoder layer
-    ``layer`` its row of that leaf (the layers' arrays are stacked, ``LayerStack``). Called on a model (or any
-    tree of its shape, such as its gradients) it returns the tensor."""
-
-    leaf: Getter
-    layer: int | None = None
-
-    def __call__(self, model: Any) -> Array:
-        array = self.leaf(model)
-        return array if self.layer is None else array[self.layer]
-
-    def shape(self, model: Any) -> tuple[int, ...]:
-        """The tensor's shape in ``model``, which may be a shape-only template (``eqx.filter_eval_shape``)."""
-        shape = tuple(self.leaf(model).shape)
-        return shape if self.layer is None else shape[1:]
-
-
 # Tensors that belong to other heads (pre-training, masked LM) or are non-persistent buffers: a sequence classifier
 # skips them, as transformers does when it loads e.g. distilbert-base-uncased for classification.
 IGNORED_SUFFIXES = (".position_ids",)
@@ -150,32 +130,27 @@ _LAYER_PATHS: tuple[Callable[[Any], Any], ...] = (
 )
 
 
-def _affine(name: str, get: Callable[[Any], Any]) -> dict[str, Slot]:
+def _affine(name: str, get: Callable[[Any], Any]) -> dict[str, Getter]:
     """A Linear or LayerNorm: ``name.weight`` and ``name.bias``."""
-    return {f"{name}.weight": Slot(lambda m: get(m).weight), f"{name}.bias": Slot(lambda m: get(m).bias)}
+    return {f"{name}.weight": lambda m: get(m).weight, f"{name}.bias": lambda m: get(m).bias}
 
 
-def weight_map(arch: Architecture, num_layers: int) -> dict[str, Slot]:
-    """Every ``transformers`` tensor name of ``arch`` mapped to the ``Slot`` that holds it in our model."""
+def weight_map(arch: Architecture, num_layers: int) -> dict[str, Getter]:
+    """Every ``transformers`` tensor name of ``arch`` mapped to a function returning our array for it."""
     p = arch.prefix
-    names: dict[str, Slot] = {
-        f"{p}embeddings.word_embeddings.weight": Slot(lambda m: m.encoder.embeddings.word.weight),
-        f"{p}embeddings.position_embeddings.weight": Slot(lambda m: m.encoder.embeddings.position.weight),
+    names: dict[str, Getter] = {
+        f"{p}embeddings.word_embeddings.weight": lambda m: m.encoder.embeddings.word.weight,
+        f"{p}embeddings.position_embeddings.weight": lambda m: m.encoder.embeddings.position.weight,
         **_affine(f"{p}embeddings.LayerNorm", lambda m: m.encoder.embeddings.norm),
     }
     if arch.has_token_types:
-        names[f"{p}embeddings.token_type_embeddings.weight"] = Slot(
-            lambda m: m.encoder.embeddings.token_type.weight
+        names[f"{p}embeddings.token_type_embeddings.weight"] = lambda m: (
+            m.encoder.embeddings.token_type.weight
         )
-    # One getter per stacked leaf, shared by its layers' slots (loading groups the layers' tensors by it).
-    stacked = {
-        (hf_name, part): lambda m, path=path, part=part: getattr(path(m.encoder.layers.stacked), part)
-        for hf_name, path in zip(arch.layer_names, _LAYER_PATHS)
-        for part in ("weight", "bias")
-    }
     for i in range(num_layers):
-        for (hf_name, part), leaf in stacked.items():
-            names[f"{p}{arch.stack}.{i}.{hf_name}.{part}"] = Slot(leaf, i)
+        for hf_name, path in zip(arch.layer_names, _LAYER_PATHS):
+            get = lambda m, i=i, path=path: path(m.encoder.layers[i])
+            names.update(_affine(f"{p}{arch.stack}.{i}.{hf_name}", get))
     names.update(_affine(arch.pooler_name, arch.pooler))
     names.update(_affine("classifier", lambda m: m.classifier))
     return names
@@ -348,15 +323,17 @@ def from_pretrained(
 
     problems, fresh = [], []
     head_prefixes = HEAD_PREFIXES[arch.model_type]
-    for name, slot in expected.items():
-        want = slot.shape(template)
+    for name, get in expected.items():
+        want = get(template)
         if name not in tensors:
             if name.startswith(head_prefixes):
                 fresh.append(name)
             else:
-                problems.append(f"missing tensor {name} (expected shape {want})")
-        elif tensors[name].shape != want:
-            problems.append(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {want}")
+                problems.append(f"missing tensor {name} (expected shape {tuple(want.shape)})")
+        elif tensors[name].shape != want.shape:
+            problems.append(
+                f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(want.shape)}"
+            )
         elif not jnp.issubdtype(tensors[name].dtype, jnp.floating):
             problems.append(f"tensor {name} has dtype {tensors[name].dtype}, expected a floating dtype")
     ignored = [
@@ -374,16 +351,9 @@ def from_pretrained(
         )
 
     initialised = arch.model_cls(config, key=key, compute_dtype=dtype) if fresh else None
-    # Each leaf gets its tensor, or its layers' tensors stacked in layer order (weight_map lists them so).
-    by_leaf: dict[Getter, list[Array]] = {}
-    stacked = set()
-    for name, slot in expected.items():
-        value = slot(initialised) if name in fresh else tensors[name].astype(jnp.float32)
-        by_leaf.setdefault(slot.leaf, []).append(value)
-        if slot.layer is not None:
-            stacked.add(slot.leaf)
-    values = [jnp.stack(v) if leaf in stacked else v[0] for leaf, v in by_leaf.items()]
-    model = eqx.tree_at(lambda m: [leaf(m) for leaf in by_leaf], template, values)
+    names = list(expected)
+    values = [expected[n](initialised) if n in fresh else tensors[n].astype(jnp.float32) for n in names]
+    model = eqx.tree_at(lambda m: [expected[n](m) for n in names], template, values)
     if fresh:
         logger.warning(
             "%s: these tensors are not in the checkpoint and were freshly initialised: %s", folder, fresh

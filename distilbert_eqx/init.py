@@ -20,7 +20,7 @@ from .models.distilbert import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
 )
-from .models.layers import Encoder, LayerStack
+from .models.layers import Encoder, TransformerLayer
 
 
 def default_student_layers(num_teacher_layers: int) -> list[int]:
@@ -145,16 +145,17 @@ def student_from_teacher(
         (jnp.copy(t_emb.word.weight), positions, _copy_arrays(t_emb.norm)),
     )
 
-    # Arrays (weights) come from the teacher's chosen layers, one gather on its stack; every other leaf (the
-    # dropout rates and inference flags) from the freshly built student, since DistilBERT has no dropout after
-    # the attention projection.
-    chosen = jax.tree.map(
-        lambda a: a[jnp.asarray(tuple(layers))], eqx.filter(teacher.encoder.layers.stacked, eqx.is_array)
+    # Arrays (weights) come from the teacher layer; every other leaf (the dropout rates and inference flags)
+    # from the freshly built student layer, since DistilBERT has no dropout after the attention projection.
+    def copy_layer(fresh: TransformerLayer, source: TransformerLayer) -> TransformerLayer:
+        weights = _copy_arrays(eqx.filter(source, eqx.is_array))
+        return eqx.combine(weights, eqx.filter(fresh, eqx.is_array, inverse=True))
+
+    fresh_layers = student.encoder.layers
+    student_layers = tuple(
+        copy_layer(fresh, teacher.encoder.layers[i]) for fresh, i in zip(fresh_layers, layers)
     )
-    fresh = eqx.filter(student.encoder.layers.stacked, eqx.is_array, inverse=True)
-    return eqx.tree_at(
-        lambda s: s.encoder, student, Encoder(embeddings, LayerStack(eqx.combine(chosen, fresh)))
-    )
+    return eqx.tree_at(lambda s: s.encoder, student, Encoder(embeddings, student_layers))
 
 
 def teacher_pca_embeddings(

@@ -61,20 +61,8 @@ class StepMetrics(NamedTuple):
 
 
 def decay_mask(params: PyTree) -> PyTree:
-    """Weight decay on weight matrices and embedding tables only, not on biases or LayerNorms (BERT convention).
-
-    Decided by module, not by rank alone: the encoder's layers are stacked (``LayerStack``), so there a bias is
-    a matrix and a weight matrix has three axes.
-    """
-
-    def decays(node: Any) -> Any:
-        if isinstance(node, eqx.nn.LayerNorm):
-            return jax.tree.map(lambda _: False, node)
-        if isinstance(node, eqx.nn.Linear):
-            return eqx.tree_at(lambda linear: linear.weight, jax.tree.map(lambda _: False, node), True)
-        return node.ndim >= 2
-
-    return jax.tree.map(decays, params, is_leaf=lambda x: isinstance(x, (eqx.nn.LayerNorm, eqx.nn.Linear)))
+    """Weight decay on weight matrices and embedding tables only, not on biases or LayerNorms (BERT convention)."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import distilbert_eqx as de
-from distilbert_eqx.models.layers import LayerStack, MultiHeadAttention, TransformerLayer
+from distilbert_eqx.models.layers import MultiHeadAttention
 from helpers import VOCAB, hf_forward, hf_inputs, max_diff, our_forward, tiny_hf, tiny_student, tiny_teacher
 
 BLOCK_TOL = 1e-5
@@ -192,50 +192,3 @@ def test_attention_projections_are_named_as_in_equinox(classifiers):
         for layer in model.encoder.layers:
             for name in sorted(linears):
                 assert getattr(layer.attention, name).weight.shape == (32, 32), name
-
-
-def test_layer_stack_reads_like_a_tuple_of_layers():
-    teacher = tiny_teacher(num_hidden_layers=3)
-    stack = teacher.encoder.layers
-    layers = list(stack)
-    assert len(stack) == len(layers) == 3 and all(isinstance(x, TransformerLayer) for x in layers)
-    assert layers[0].attention.query_proj.weight.shape == (32, 32)
-    assert eqx.tree_equal(LayerStack.of(layers), stack)
-    assert eqx.tree_equal(stack[-1], layers[2])
-    with pytest.raises(IndexError, match="layer 3 of a 3-layer stack"):
-        stack[3]
-    # DistilBERT has no dropout after the attention projection: its layers cannot join a BERT stack.
-    student_layer = tiny_student(teacher, layers=(0,)).encoder.layers[0]
-    with pytest.raises(ValueError, match="differ in a non-array field"):
-        LayerStack.of([layers[0], student_layer])
-
-
-def test_scanned_layers_equal_the_layers_called_in_turn_with_dropout():
-    """The scan gives layer i the i-th of the layer keys, as the loop over layers it replaced did; dropout is on
-    so that a wrong key would show."""
-    model = de.BertForSequenceClassification(
-        dataclasses.replace(tiny_teacher().config, num_hidden_layers=3), key=jax.random.key(3)
-    )
-    ids = jnp.arange(1, 8) % VOCAB
-    mask = jnp.arange(7) < 5
-    key = jax.random.key(7)
-    got = model.encoder(
-        ids,
-        mask,
-        compute_dtype=jnp.dtype(jnp.float32),
-        key=key,
-        output_hidden_states=True,
-        output_attention_scores=True,
-    )
-    k_embeddings, k_layers = jax.random.split(key)
-    x = model.encoder.embeddings(ids, key=k_embeddings)
-    states, scores = [x], []
-    for layer, k in zip(model.encoder.layers, jax.random.split(k_layers, 3)):
-        x, layer_scores, _ = layer(x, mask, key=k)
-        states.append(x)
-        scores.append(layer_scores)
-    # Eager layers round differently from the compiled scan (float32, ~1e-7); a wrong dropout key would zero
-    # other activations outright.
-    assert max_diff(got.hidden_states, jnp.stack(states)) <= 1e-6
-    assert max_diff(got.attention_scores, jnp.stack(scores)) <= 1e-6
-    assert max_diff(got.last_hidden_state, x) <= 1e-6

@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 
 from .._types import ComputeDtype, Key
 from .classifier import AbstractSequenceClassifier
-from .layers import Embeddings, Encoder, LayerStack, TransformerLayer, dense, linear
+from .layers import Embeddings, Encoder, TransformerLayer, dense, linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +65,8 @@ class BertForSequenceClassification(AbstractSequenceClassifier):
             key=ke,
         )
         word = embeddings.word.weight.at[c.pad_token_id].set(0.0)
-        layers = LayerStack.build(
-            lambda k: TransformerLayer(
+        layers = tuple(
+            TransformerLayer(
                 c.hidden_size,
                 c.num_attention_heads,
                 c.intermediate_size,
@@ -77,8 +77,8 @@ class BertForSequenceClassification(AbstractSequenceClassifier):
                 attention_output_dropout=c.hidden_dropout_prob,
                 init_std=std,
                 key=k,
-            ),
-            jax.random.split(kl, c.num_hidden_layers),
+            )
+            for k in jax.random.split(kl, c.num_hidden_layers)
         )
         self.encoder = Encoder(eqx.tree_at(lambda e: e.word.weight, embeddings, word), layers)
         self.pooler = linear(c.hidden_size, c.hidden_size, std, key=kp)

@@ -57,7 +57,7 @@ class AbstractSequenceClassifier(eqx.Module):
 
     @property
     def num_heads(self) -> int:
-        return self.encoder.layers.stacked.attention.num_heads
+        return self.encoder.layers[0].attention.num_heads
 
     @property
     def takes_token_types(self) -> bool:

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 
 from .._types import ComputeDtype, Key
 from .classifier import AbstractSequenceClassifier
-from .layers import Embeddings, Encoder, LayerStack, TransformerLayer, dense, linear
+from .layers import Embeddings, Encoder, TransformerLayer, dense, linear
 
 # transformers hard-codes this for every DistilBERT LayerNorm; it is not in config.json.
 DISTILBERT_LAYER_NORM_EPS = 1e-12
@@ -83,8 +83,8 @@ class DistilBertForSequenceClassification(AbstractSequenceClassifier):
         if c.sinusoidal_pos_embds:
             table = sinusoidal_positions(c.max_position_embeddings, c.dim)
             embeddings = eqx.tree_at(lambda e: e.position.weight, embeddings, table)
-        layers = LayerStack.build(
-            lambda k: TransformerLayer(
+        layers = tuple(
+            TransformerLayer(
                 c.dim,
                 c.n_heads,
                 c.hidden_dim,
@@ -95,8 +95,8 @@ class DistilBertForSequenceClassification(AbstractSequenceClassifier):
                 attention_output_dropout=0.0,
                 init_std=std,
                 key=k,
-            ),
-            jax.random.split(kl, c.n_layers),
+            )
+            for k in jax.random.split(kl, c.n_layers)
         )
         self.encoder = Encoder(embeddings, layers)
         self.pre_classifier = linear(c.dim, c.dim, std, key=kp)

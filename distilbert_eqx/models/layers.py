@@ -6,14 +6,12 @@ LayerNorm run in float32, as ``transformers`` does under autocast.
 """
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jaxtyping
-from jaxtyping import Array, Float, UInt32
+from jaxtyping import Array, Float
 
 from .._types import AttentionScores, Hidden, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack
 
@@ -242,91 +240,6 @@ class TransformerLayer(eqx.Module):
         return AttentionOutput(out, attention.scores, attention.values)
 
 
-class LayerOutputs(NamedTuple):
-    """Every layer's outputs, each stacked on a leading ``layers`` axis; a stack nobody asked for is ``None``."""
-
-    outputs: Float[Array, "layers seq hidden"] | None
-    scores: ScoreStack | None
-    values: ValueStack | None
-
-
-# One PRNG key per layer: a typed key array, or a legacy uint32 one.
-LayerKeys = jaxtyping.Key[Array, " layers"] | UInt32[Array, "layers 2"]
-
-
-class LayerStack(eqx.Module):
-    """The encoder's layers as one ``TransformerLayer`` whose arrays carry a leading ``layers`` axis, run with
-    ``jax.lax.scan`` (Equinox's scan-over-layers): a compiled program holds one copy of a layer whatever the
-    depth, so compiling does not grow with it.
-
-    It reads like a tuple of layers: ``stack[i]`` is layer ``i`` as a plain ``TransformerLayer``, ``len(stack)``
-    the depth, ``for layer in stack`` each layer; ``LayerStack.of(layers)`` stacks layers built separately.
-    """
-
-    stacked: TransformerLayer
-
-    @classmethod
-    def build(cls, make: Callable[[Key], TransformerLayer], keys: LayerKeys) -> "LayerStack":
-        """One layer per key of ``keys`` (a ``(layers,)`` key array), each as ``make(key)`` builds it."""
-        return cls(eqx.filter_vmap(make)(keys))
-
-    @classmethod
-    def of(cls, layers: Sequence[TransformerLayer]) -> "LayerStack":
-        """Stack separately built layers; their non-array fields (dropout rates, activation) must agree."""
-        if not layers:
-            raise ValueError("an encoder needs at least one layer")
-        statics = [eqx.filter(layer, eqx.is_array, inverse=True) for layer in layers]
-        if any(not eqx.tree_equal(statics[0], other) for other in statics[1:]):
-            raise ValueError("layers to stack differ in a non-array field (a dropout rate, the activation)")
-        arrays = [eqx.filter(layer, eqx.is_array) for layer in layers]
-        return cls(eqx.combine(jax.tree.map(lambda *xs: jnp.stack(xs), *arrays), statics[0]))
-
-    def __len__(self) -> int:
-        return self.stacked.attention.query_proj.weight.shape[0]
-
-    def __getitem__(self, index: int) -> TransformerLayer:
-        """Layer ``index``. On a tree of the model's shape that holds no arrays (a shape-only template from
-        ``eqx.filter_eval_shape`` gives shape-only layers; a mask of bools, such as an optimizer's, gives the
-        layer's bools) non-array leaves pass through."""
-        if hasattr(self.stacked.attention.query_proj.weight, "shape") and not -len(self) <= index < len(self):
-            raise IndexError(f"layer {index} of a {len(self)}-layer stack")
-
-        def row(leaf: Any) -> Any:
-            if isinstance(leaf, jax.ShapeDtypeStruct):
-                return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
-            return leaf[index] if eqx.is_array(leaf) else leaf
-
-        return jax.tree.map(row, self.stacked)
-
-    def __iter__(self) -> Iterator[TransformerLayer]:
-        return (self[i] for i in range(len(self)))
-
-    def __call__(
-        self,
-        x: Hidden,
-        mask: TokenMask,
-        *,
-        key: Key | None = None,
-        output_hidden_states: bool = False,
-        output_attention_scores: bool = False,
-        output_values: bool = False,
-    ) -> tuple[Hidden, LayerOutputs]:
-        """Run every layer in order on ``x``; the last layer's output, and the stacks that were asked for."""
-        arrays, static = eqx.partition(self.stacked, eqx.is_array)
-        keys = None if key is None else jax.random.split(key, len(self))
-
-        def layer_step(h: Hidden, slices: tuple[TransformerLayer, Key | None]) -> tuple[Hidden, LayerOutputs]:
-            layer_arrays, layer_key = slices
-            out = eqx.combine(layer_arrays, static)(h, mask, key=layer_key)
-            return out.output, LayerOutputs(
-                out.output if output_hidden_states else None,
-                out.scores if output_attention_scores else None,
-                out.values if output_values else None,
-            )
-
-        return jax.lax.scan(layer_step, x, (arrays, keys))
-
-
 class EncoderOutput(NamedTuple):
     """The last layer's output and, when asked, the stacks the layer-matching losses read."""
 
@@ -340,7 +253,7 @@ class Encoder(eqx.Module):
     """Embeddings and a stack of post-LN layers: the part BERT and DistilBERT share, up to their heads."""
 
     embeddings: Embeddings
-    layers: LayerStack
+    layers: tuple[TransformerLayer, ...]
 
     def __call__(
         self,
@@ -362,13 +275,15 @@ class Encoder(eqx.Module):
         """
         k_embeddings, k_layers = split_key(key, 2)
         x = self.embeddings(input_ids, token_type_ids, key=k_embeddings).astype(compute_dtype)
-        last, stacks = self.layers(
+        states, scores, values = [x], [], []
+        for layer, k in zip(self.layers, split_key(k_layers, len(self.layers))):
+            x, layer_scores, layer_values = layer(x, attention_mask, key=k)
+            states.append(x)
+            scores.append(layer_scores)
+            values.append(layer_values)
+        return EncoderOutput(
             x,
-            attention_mask,
-            key=k_layers,
-            output_hidden_states=output_hidden_states,
-            output_attention_scores=output_attention_scores,
-            output_values=output_values,
+            jnp.stack(states) if output_hidden_states else None,
+            jnp.stack(scores) if output_attention_scores else None,
+            jnp.stack(values) if output_values else None,
         )
-        states = None if stacks.outputs is None else jnp.concatenate([x[None], stacks.outputs])
-        return EncoderOutput(last, states, stacks.scores, stacks.values)
