@@ -4,8 +4,9 @@ student's dropout off unless ``--dropout``), mini and base pairs, batch 32 at th
 
 Each measurement is its own child process (a fresh compilation cache), and the checkouts alternate within each
 round (before, after, after, before, ...), so a drift of the machine falls on both. Per checkout, size and
-shape it prints the median over rounds and the spread (min-max) of: the first call (trace + compile + one step),
-the steady step (median of ``--steps`` steps), and the compiled program's instruction count.
+shape it prints the median over rounds and the spread (min-max) of: the first call (trace + compile + one step)
+and, from ``jax.monitoring``'s events, its tracing + lowering and XLA compile; the steady step (median of
+``--steps`` steps); and the compiled program's instruction count.
 
     git worktree add /tmp/unrolled <commit before the scan>
     python benchmarks/scan_layers.py /tmp/unrolled . --sizes mini base --seq-len 16 128 --rounds 3
@@ -51,10 +52,18 @@ ids = rng.integers(1000, 30000, (32, seq)).astype(np.int32)
 batch = Batch(ids, np.ones((32, seq), bool), np.zeros_like(ids), rng.integers(0, 2, 32).astype(np.int32),
               np.ones(32, np.float32))
 jax.block_until_ready(state)
+seconds = {}  # jax.monitoring's events of the first call: tracing, lowering to MLIR, XLA's compile
+def listen(event, duration, **kwargs):
+    seconds[event] = seconds.get(event, 0.0) + duration
+jax.monitoring.register_event_duration_secs_listener(listen)
 start = time.perf_counter()
 state, metrics = train_step(teacher, state, batch, optimizer, objective)
 jax.block_until_ready((state, metrics))
 first = time.perf_counter() - start
+jax.monitoring.unregister_event_duration_listener(listen)
+phases = {name: seconds.get(f"/jax/core/compile/{event}", 0.0) for name, event in
+          [("trace_s", "jaxpr_trace_duration"), ("lower_s", "jaxpr_to_mlir_module_duration"),
+           ("compile_s", "backend_compile_duration")]}
 times = []
 for _ in range(steps):
     start = time.perf_counter()
@@ -63,7 +72,8 @@ for _ in range(steps):
     times.append(time.perf_counter() - start)
 text = train_step.lower(teacher, state, batch, optimizer, objective).compile().compiled.as_text()
 instructions = sum(" = " in line for line in text.splitlines())
-print("RESULT " + json.dumps({"first_s": first, "step_s": statistics.median(times), "instructions": instructions}))
+print("RESULT " + json.dumps({"first_s": first, **phases, "step_s": statistics.median(times),
+                              "instructions": instructions}))
 """
 
 
@@ -91,8 +101,11 @@ def main() -> None:
     parser.add_argument("--dropout", action="store_true", help="the student's dropout on, as in a real run")
     args = parser.parse_args()
     trees = {"before": args.before, "after": args.after}
-    print("| size | batch x seq | checkout | first call (s) | steady step (ms) | instructions |")
-    print("|---|---|---|---:|---:|---:|")
+    print(
+        "| size | batch x seq | checkout | first call (s) | of which trace + lower (s) | XLA compile (s) | "
+        "steady step (ms) | instructions |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         for seq in args.seq_len:
             results: dict[str, list[dict]] = {name: [] for name in trees}
@@ -103,8 +116,13 @@ def main() -> None:
                     print(f"{size} 32x{seq} round {round_ + 1} {name}: {results[name][-1]}", file=sys.stderr)
             for name, runs in results.items():
                 first = spread([r["first_s"] for r in runs], 1, 2)
+                trace = spread([r["trace_s"] + r["lower_s"] for r in runs], 1, 2)
+                compile_ = spread([r["compile_s"] for r in runs], 1, 2)
                 step = spread([r["step_s"] for r in runs], 1000, 1)
-                print(f"| {size} | 32 x {seq} | {name} | {first} | {step} | {runs[0]['instructions']:,} |")
+                print(
+                    f"| {size} | 32 x {seq} | {name} | {first} | {trace} | {compile_} | {step} | "
+                    f"{runs[0]['instructions']:,} |"
+                )
 
 
 if __name__ == "__main__":
