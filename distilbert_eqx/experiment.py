@@ -574,10 +574,12 @@ def compute_dtype(dtype: str, backend: str) -> ComputeDtype:
 
 
 def _resolve_dtype(config: ExperimentConfig) -> ExperimentConfig:
-    """The config with ``dtype`` resolved for the run's backend (config.json records it), said at start-up."""
+    """The config with ``dtype`` resolved for the run's backend (config.json records it); ``auto`` is said at
+    start-up."""
     backend = config.platform or jax.default_backend()
     dtype = compute_dtype(config.dtype, backend)
-    say(f"dtype: {dtype}" + (f" (auto on {backend})" if config.dtype == "auto" else ""))
+    if config.dtype == "auto":  # the devices line names the dtype; this says where `auto` took it
+        say(f"dtype: {dtype} (auto on {backend})")
     return dataclasses.replace(config, dtype=dtype)
 
 
