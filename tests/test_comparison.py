@@ -285,6 +285,7 @@ def test_dry_run_lists_each_runs_state_and_command(tmp_path, capsys):
         "--config",
         str(CONFIG),
         "--set",
+        f"compilation_cache_dir={root / 'xla_cache'}",
         "max_steps=2",
         "data_dir=/data",
         "seed=1",
@@ -599,9 +600,7 @@ def workspace(tmp_path_factory):
 @pytest.mark.slow
 def test_a_tiny_comparison_end_to_end(workspace, tmp_path, monkeypatch, capfd):
     # Most of a tiny run is compiling. The arms differ only in batch order, so every run compiles the same
-    # programs, and JAX's persistent cache shares them between the runs' processes.
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # programs, and the runner's persistent cache (output_root/xla_cache) shares them between the runs.
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -640,6 +639,7 @@ def test_a_tiny_comparison_end_to_end(workspace, tmp_path, monkeypatch, capfd):
             assert sorted(p.name for p in (run / "predictions").iterdir()) == [
                 f"{model}_{split}.jsonl" for model in ("best", "final") for split in ("dev", "test")
             ]
+    assert any((root / "xla_cache").iterdir()), "the runs share a compilation cache"
     rows = {row["arm"]: row for row in summary["arms"]}
     assert rows["random"]["finished_seeds"] == rows["grouped"]["finished_seeds"] == [1, 2]
     best = rows["grouped"]["minus_control"]["best"]

@@ -255,8 +255,15 @@ def status(comparison: Comparison, run: Run) -> str:
 
 
 def run_overrides(comparison: Comparison, run: Run, extra: Sequence[str], resume: bool) -> list[str]:
-    """The run's ``--set`` list: the comparison's, the arm's, the command line's, then the run's own."""
+    """The run's ``--set`` list: a compilation cache shared by the comparison's runs, then the comparison's,
+    the arm's, the command line's overrides and the run's own.
+
+    The seeds of an arm (and arms that differ only in settings the programs do not see) compile the same
+    programs; with one persistent cache in ``output_root/xla_cache`` only the first run compiles them. A
+    ``compilation_cache_dir`` in ``set`` (``null`` for none) comes later and wins.
+    """
     overrides = [
+        f"compilation_cache_dir={comparison.output_root / 'xla_cache'}",
         *comparison.overrides,
         *run.arm.overrides,
         *extra,
