@@ -1,6 +1,6 @@
-"""Compile time and steady step time of the distillation step in two checkouts, e.g. layers unrolled in Python
-(before) against layers run by ``jax.lax.scan`` (after): the original recipe's step (CE + KL + cosine, the
-student's dropout off unless ``--dropout``), mini and base pairs, batch 32 at the given lengths.
+"""Compile time and steady step time of the distillation step in two checkouts (a change's before and after,
+e.g. the layers unrolled against ``jax.lax.scan``): the original recipe's step (CE + KL + cosine, the student's
+dropout off unless ``--dropout``), mini and base pairs, batch 32 at the given lengths.
 
 Each measurement is its own child process (a fresh compilation cache), and the checkouts alternate within each
 round (before, after, after, before, ...), so a drift of the machine falls on both. Per checkout, size and
@@ -8,8 +8,8 @@ shape it prints the median over rounds and the spread (min-max) of: the first ca
 and, from ``jax.monitoring``'s events, its tracing + lowering and XLA compile; the steady step (median of
 ``--steps`` steps); and the compiled program's instruction count.
 
-    git worktree add /tmp/unrolled <commit before the scan>
-    python benchmarks/scan_layers.py /tmp/unrolled . --sizes mini base --seq-len 16 128 --rounds 3
+    git worktree add /tmp/before <commit>
+    python benchmarks/compile_and_step.py /tmp/before . --sizes mini base --seq-len 16 128 --rounds 3
 """
 
 import argparse
