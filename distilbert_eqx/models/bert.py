@@ -10,6 +10,7 @@ from jaxtyping import Array, Float
 
 from .._types import ComputeDtype, Key
 from .classifier import AbstractSequenceClassifier
+from .dropout import Dropout
 from .layers import Embeddings, Encoder, TransformerLayer, dense, linear
 
 
@@ -45,7 +46,7 @@ class BertForSequenceClassification(AbstractSequenceClassifier):
 
     encoder: Encoder
     pooler: eqx.nn.Linear
-    classifier_dropout: eqx.nn.Dropout
+    classifier_dropout: Dropout
     classifier: eqx.nn.Linear
     config: BertConfig = eqx.field(static=True)
     compute_dtype: ComputeDtype = eqx.field(static=True)
@@ -83,7 +84,7 @@ class BertForSequenceClassification(AbstractSequenceClassifier):
         self.encoder = Encoder(eqx.tree_at(lambda e: e.word.weight, embeddings, word), layers)
         self.pooler = linear(c.hidden_size, c.hidden_size, std, key=kp)
         head_dropout = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        self.classifier_dropout = eqx.nn.Dropout(head_dropout)
+        self.classifier_dropout = Dropout(head_dropout)
         self.classifier = linear(c.hidden_size, c.num_labels, std, key=kc)
         self.config = config
         self.compute_dtype = compute_dtype

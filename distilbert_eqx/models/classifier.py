@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._types import ComputeDtype, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack, to_jnp_dtype
+from .dropout import Dropout
 from .layers import Encoder, dense, split_key
 
 
@@ -36,7 +37,7 @@ class AbstractSequenceClassifier(eqx.Module):
     """
 
     encoder: eqx.AbstractVar[Encoder]
-    classifier_dropout: eqx.AbstractVar[eqx.nn.Dropout]
+    classifier_dropout: eqx.AbstractVar[Dropout]
     classifier: eqx.AbstractVar[eqx.nn.Linear]
     compute_dtype: eqx.AbstractVar[ComputeDtype]
     # The model's config dataclass (BertConfig, DistilBertConfig): transformers' config.json fields, and in

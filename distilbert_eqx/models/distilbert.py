@@ -11,6 +11,7 @@ from jaxtyping import Array, Float
 
 from .._types import ComputeDtype, Key
 from .classifier import AbstractSequenceClassifier
+from .dropout import Dropout
 from .layers import Embeddings, Encoder, TransformerLayer, dense, linear
 
 # transformers hard-codes this for every DistilBERT LayerNorm; it is not in config.json.
@@ -59,7 +60,7 @@ class DistilBertForSequenceClassification(AbstractSequenceClassifier):
 
     encoder: Encoder
     pre_classifier: eqx.nn.Linear
-    classifier_dropout: eqx.nn.Dropout
+    classifier_dropout: Dropout
     classifier: eqx.nn.Linear
     config: DistilBertConfig = eqx.field(static=True)
     compute_dtype: ComputeDtype = eqx.field(static=True)
@@ -100,7 +101,7 @@ class DistilBertForSequenceClassification(AbstractSequenceClassifier):
         )
         self.encoder = Encoder(embeddings, layers)
         self.pre_classifier = linear(c.dim, c.dim, std, key=kp)
-        self.classifier_dropout = eqx.nn.Dropout(c.seq_classif_dropout)
+        self.classifier_dropout = Dropout(c.seq_classif_dropout)
         self.classifier = linear(c.dim, c.num_labels, std, key=kc)
         self.config = config
         self.compute_dtype = compute_dtype

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._types import AttentionScores, Hidden, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack
+from .dropout import Dropout
 
 
 def dense(layer: eqx.nn.Linear, x: Float[Array, "seq d_in"]) -> Float[Array, "seq d_out"]:
@@ -67,7 +68,7 @@ class Embeddings(eqx.Module):
     position: eqx.nn.Embedding
     token_type: eqx.nn.Embedding | None
     norm: eqx.nn.LayerNorm
-    dropout: eqx.nn.Dropout
+    dropout: Dropout
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class Embeddings(eqx.Module):
             None if type_vocab_size is None else embedding(type_vocab_size, hidden_size, init_std, key=kt)
         )
         self.norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
-        self.dropout = eqx.nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def __call__(
         self, input_ids: TokenIds, token_type_ids: TokenIds | None = None, *, key: Key | None = None
@@ -123,7 +124,7 @@ class MultiHeadAttention(eqx.Module):
     key_proj: eqx.nn.Linear
     value_proj: eqx.nn.Linear
     output_proj: eqx.nn.Linear
-    dropout: eqx.nn.Dropout
+    dropout: Dropout
     num_heads: int = eqx.field(static=True)
 
     def __init__(self, hidden_size: int, num_heads: int, *, dropout: float, init_std: float, key: Key):
@@ -134,7 +135,7 @@ class MultiHeadAttention(eqx.Module):
         self.key_proj = linear(hidden_size, hidden_size, init_std, key=kk)
         self.value_proj = linear(hidden_size, hidden_size, init_std, key=kv)
         self.output_proj = linear(hidden_size, hidden_size, init_std, key=ko)
-        self.dropout = eqx.nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.num_heads = num_heads
 
     def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> AttentionOutput:
@@ -165,7 +166,7 @@ class FeedForward(eqx.Module):
 
     up: eqx.nn.Linear
     down: eqx.nn.Linear
-    dropout: eqx.nn.Dropout
+    dropout: Dropout
     activation: str = eqx.field(static=True)
 
     def __init__(
@@ -185,7 +186,7 @@ class FeedForward(eqx.Module):
         ku, kd = jax.random.split(key)
         self.up = linear(hidden_size, intermediate_size, init_std, key=ku)
         self.down = linear(intermediate_size, hidden_size, init_std, key=kd)
-        self.dropout = eqx.nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = activation
 
     def __call__(self, x: Hidden, *, key: Key | None = None) -> Hidden:
@@ -201,7 +202,7 @@ class TransformerLayer(eqx.Module):
     """
 
     attention: MultiHeadAttention
-    attention_dropout: eqx.nn.Dropout
+    attention_dropout: Dropout
     attention_norm: eqx.nn.LayerNorm
     feed_forward: FeedForward
     output_norm: eqx.nn.LayerNorm
@@ -224,7 +225,7 @@ class TransformerLayer(eqx.Module):
         self.attention = MultiHeadAttention(
             hidden_size, num_heads, dropout=attention_probs_dropout, init_std=init_std, key=ka
         )
-        self.attention_dropout = eqx.nn.Dropout(attention_output_dropout)
+        self.attention_dropout = Dropout(attention_output_dropout)
         self.attention_norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
         self.feed_forward = FeedForward(
             hidden_size, intermediate_size, activation, dropout=hidden_dropout, init_std=init_std, key=kf
