@@ -394,122 +394,107 @@ def train_model(
     Returns:
         the fit loop's summary.
     """
+    # Everything the run compiles from here on (the teacher cache's pass, train and eval steps) is counted.
     with Compilations() as compilations:
-        return _train_model(
-            config, model, teacher, splits, key, make_steps, final_name, started_from, compilations
+        train_split, dev_split = splits["train"], splits["dev"]
+        buckets = length_buckets(config)
+        objective = build_objective(config, model, teacher)
+        # A key of its own, so that runs without a projection keep the train state's key they always had.
+        projection = build_projection(config, objective, model, teacher, key=jax.random.fold_in(key, 1))
+        per_epoch = num_batches(train_split, config.batch_size)
+        total_steps = config.max_steps or config.num_epochs * per_epoch
+        if config.intermediate_steps >= total_steps:
+            raise ConfigError(
+                f"intermediate_steps={config.intermediate_steps} leaves no steps for the second stage: the run has "
+                f"{total_steps} steps"
+            )
+        plan = FitPlan(
+            total_steps=total_steps,
+            steps_per_epoch=per_epoch,
+            log_every=config.log_every,
+            log_val_every=config.log_val_every,
+            checkpoint_every=config.checkpoint_every if config.do_checkpoint else None,
+            first_stage_steps=config.intermediate_steps,
         )
-
-
-def _train_model(
-    config: ExperimentConfig,
-    model: AbstractSequenceClassifier,
-    teacher: AbstractSequenceClassifier | None,
-    splits: dict[str, TokenizedSplit],
-    key: jax.Array,
-    make_steps: Callable[[Objective, Any], Steps],
-    final_name: str,
-    started_from: str,
-    compilations: Compilations,
-) -> dict[str, Any]:
-    train_split, dev_split = splits["train"], splits["dev"]
-    buckets = length_buckets(config)
-    objective = build_objective(config, model, teacher)
-    # A key of its own, so that runs without a projection keep the train state's key they always had.
-    projection = build_projection(config, objective, model, teacher, key=jax.random.fold_in(key, 1))
-    per_epoch = num_batches(train_split, config.batch_size)
-    total_steps = config.max_steps or config.num_epochs * per_epoch
-    if config.intermediate_steps >= total_steps:
-        raise ConfigError(
-            f"intermediate_steps={config.intermediate_steps} leaves no steps for the second stage: the run has "
-            f"{total_steps} steps"
+        optimizer, schedule = make_optimizer(
+            config.learning_rate,
+            config.weight_decay,
+            config.warmup_ratio,
+            plan.total_steps,
+            config.max_grad_norm,
+            first_stage_steps=config.intermediate_steps,
         )
-    plan = FitPlan(
-        total_steps=total_steps,
-        steps_per_epoch=per_epoch,
-        log_every=config.log_every,
-        log_val_every=config.log_val_every,
-        checkpoint_every=config.checkpoint_every if config.do_checkpoint else None,
-        first_stage_steps=config.intermediate_steps,
-    )
-    optimizer, schedule = make_optimizer(
-        config.learning_rate,
-        config.weight_decay,
-        config.warmup_ratio,
-        plan.total_steps,
-        config.max_grad_norm,
-        first_stage_steps=config.intermediate_steps,
-    )
-    first_stage_train = None
-    if config.intermediate_steps:
-        first_stage_train = make_steps(objective.stage(prediction_layer=False), optimizer).train
-        steps: Steps = make_steps(objective.stage(prediction_layer=True), optimizer)
-    else:
-        steps = make_steps(objective, optimizer)
-    out = Path(config.output_dir)
-    tokenizer = _tokenizer_to_save(config)
+        first_stage_train = None
+        if config.intermediate_steps:
+            first_stage_train = make_steps(objective.stage(prediction_layer=False), optimizer).train
+            steps: Steps = make_steps(objective.stage(prediction_layer=True), optimizer)
+        else:
+            steps = make_steps(objective, optimizer)
+        out = Path(config.output_dir)
+        tokenizer = _tokenizer_to_save(config)
 
-    def save_model(m: AbstractSequenceClassifier, name: str, dev_accuracy: float | None) -> None:
-        card = _model_card(config, started_from, objective, dev_accuracy)
-        save_pretrained(m, out / name, tokenizer, label_names=LABEL_NAMES, model_card=card)
+        def save_model(m: AbstractSequenceClassifier, name: str, dev_accuracy: float | None) -> None:
+            card = _model_card(config, started_from, objective, dev_accuracy)
+            save_pretrained(m, out / name, tokenizer, label_names=LABEL_NAMES, model_card=card)
 
-    wandb = None
-    if config.use_wandb:
-        wandb = {
-            "project": config.project_name,
-            "name": config.job_name,
-            "group": config.experiment_name,
-            "config": config_to_dict(config),
-        }
-    # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
-    cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
-    summary = startup_summary(config, model, teacher, train_split, dev_split, plan, objective, cache)
-    if cache is not None:
-        teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
+        wandb = None
+        if config.use_wandb:
+            wandb = {
+                "project": config.project_name,
+                "name": config.job_name,
+                "group": config.experiment_name,
+                "config": config_to_dict(config),
+            }
+        # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
+        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
+        summary = startup_summary(config, model, teacher, train_split, dev_split, plan, objective, cache)
+        if cache is not None:
+            teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
 
-    def train_batches(start: int):
-        stream = indexed_epoch_batches(
-            train_split,
-            config.batch_size,
-            buckets,
-            seed=config.seed,
-            group_by_length=config.group_by_length,
-            start_step=start,
-        )
-        return (batch for _, batch in stream) if cache is None else cache.attach(stream)
+        def train_batches(start: int):
+            stream = indexed_epoch_batches(
+                train_split,
+                config.batch_size,
+                buckets,
+                seed=config.seed,
+                group_by_length=config.group_by_length,
+                start_step=start,
+            )
+            return (batch for _, batch in stream) if cache is None else cache.attach(stream)
 
-    if steps.is_writer:
-        for line in summary:
-            say(line)
-    # Only the writing process holds the folder: the others write nothing into it.
-    lock = OutputDirLock(out) if steps.is_writer else contextlib.nullcontext()
-    with lock:
         if steps.is_writer:
-            provenance = {"versions": package_versions(), "commit": git_commit(), "machine": machine()}
-            record = {**config_to_dict(config), PROVENANCE_KEY: provenance}
-            atomic_write_text(out / "config.json", json.dumps(record, indent=2))
-        return fit(
-            init_state(
-                model if config.dropout else eqx.nn.inference_mode(model),
-                optimizer,
-                key=key,
-                projection=projection,
-            ),
-            None if teacher is None else eqx.nn.inference_mode(teacher),
-            train_batches=train_batches,
-            dev_batches=lambda: eval_batches(dev_split, eval_batch_size(config), buckets),
-            steps=steps,
-            plan=plan,
-            learning_rate=schedule,
-            checkpoints=CheckpointManager(
-                out / "checkpoints", config.keep_top_k_checkpoints, is_writer=steps.is_writer
-            ),
-            log=MetricsLog(out / "metrics.jsonl", enabled=steps.is_writer, wandb_settings=wandb),
-            save_model=save_model,
-            final_name=final_name,
-            resume=config.resume_from_checkpoint,
-            first_stage_train=first_stage_train,
-            compilations=compilations,
-        )
+            for line in summary:
+                say(line)
+        # Only the writing process holds the folder: the others write nothing into it.
+        lock = OutputDirLock(out) if steps.is_writer else contextlib.nullcontext()
+        with lock:
+            if steps.is_writer:
+                provenance = {"versions": package_versions(), "commit": git_commit(), "machine": machine()}
+                record = {**config_to_dict(config), PROVENANCE_KEY: provenance}
+                atomic_write_text(out / "config.json", json.dumps(record, indent=2))
+            return fit(
+                init_state(
+                    model if config.dropout else eqx.nn.inference_mode(model),
+                    optimizer,
+                    key=key,
+                    projection=projection,
+                ),
+                None if teacher is None else eqx.nn.inference_mode(teacher),
+                train_batches=train_batches,
+                dev_batches=lambda: eval_batches(dev_split, eval_batch_size(config), buckets),
+                steps=steps,
+                plan=plan,
+                learning_rate=schedule,
+                checkpoints=CheckpointManager(
+                    out / "checkpoints", config.keep_top_k_checkpoints, is_writer=steps.is_writer
+                ),
+                log=MetricsLog(out / "metrics.jsonl", enabled=steps.is_writer, wandb_settings=wandb),
+                save_model=save_model,
+                final_name=final_name,
+                resume=config.resume_from_checkpoint,
+                first_stage_train=first_stage_train,
+                compilations=compilations,
+            )
 
 
 def count_parameters(model: AbstractSequenceClassifier) -> int:
