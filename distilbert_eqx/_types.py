@@ -13,6 +13,8 @@ ComputeDtype = Literal["float32", "bfloat16"]
 
 TokenIds = Int[Array, " seq"]
 TokenMask = Bool[Array, " seq"]
+# Which keys each query may attend to: what a packed row (several sentences) attends with.
+PairMask = Bool[Array, "seq seq"]
 Hidden = Float[Array, "seq hidden"]
 HiddenStack = Float[Array, "layers_plus_one seq hidden"]
 AttentionScores = Float[Array, "heads seq seq"]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
 
-from .batch import Batch
+from .batch import Batch, PackedRows
 from .distill.objective import Objective
 from .models import AbstractSequenceClassifier, ClassifierOutput
 
@@ -158,13 +158,34 @@ def forward(
     """
     keys = row_keys
     if keys is None and key is not None:
-        keys = jax.random.split(key, batch.input_ids.shape[0])
+        keys = jax.random.split(key, batch.model_rows)
+    if batch.packed is not None:
+        return _forward_packed(model, batch.packed, keys, outputs)
     types = batch.token_type_ids if model.takes_token_types else None
 
     def one(ids, mask, types, k):
         return model(ids, mask, types, key=k, **outputs)
 
     return jax.vmap(one)(batch.input_ids, batch.attention_mask, types, keys)
+
+
+def _forward_packed(
+    model: AbstractSequenceClassifier,
+    packed: PackedRows,
+    keys: Key[Array, " rows"] | None,
+    outputs: dict[str, bool],
+) -> ClassifierOutput:
+    """``forward`` on packed rows: one output per sentence, sentence ``r * slots + s`` from slot ``s`` of row
+    ``r``, as the batch's one-to-a-row fields list them."""
+    types = packed.token_type_ids if model.takes_token_types else None
+
+    def row(ids, segments, positions, tokens, types, k):
+        return model.classify_packed(ids, segments, positions, tokens, types, key=k, **outputs)
+
+    per_row = jax.vmap(row)(
+        packed.input_ids, packed.segment_ids, packed.position_ids, packed.sentence_tokens, types, keys
+    )
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), per_row)
 
 
 def row_dropout_keys(state_key: PRNGKeyArray, rows: int) -> Key[Array, " rows"]:
@@ -192,7 +213,7 @@ def train_step_body(
         teacher = eqx.nn.inference_mode(teacher)
     key = jax.random.split(state.key)[0]
     if row_keys is None:
-        row_keys = row_dropout_keys(state.key, batch.input_ids.shape[0])
+        row_keys = row_dropout_keys(state.key, batch.model_rows)
     outputs = objective.outputs()
     targets = batch.teacher  # the teacher-output cache's, if the run has one
     if objective.needs_teacher and targets is None:

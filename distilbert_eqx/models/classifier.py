@@ -9,8 +9,9 @@ import abc
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._types import ComputeDtype, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack, to_jnp_dtype
 from .dropout import Dropout
@@ -106,16 +107,77 @@ class AbstractSequenceClassifier(eqx.Module):
             output_values=output_values,
         )
         last = encoded.last_hidden_state
-        pooled = self.pool(last[:1].astype(jnp.float32))
-        logits = dense(self.classifier, self.classifier_dropout(pooled, key=k_head))[0]
-
-        def float32(x):
-            return None if x is None else x.astype(jnp.float32)
-
         return ClassifierOutput(
-            logits,
+            self._head(last[:1], key=k_head),
             last.astype(jnp.float32),
-            float32(encoded.hidden_states),
-            float32(encoded.attention_scores),
-            float32(encoded.values),
+            _float32(encoded.hidden_states),
+            _float32(encoded.attention_scores),
+            _float32(encoded.values),
         )
+
+    def classify_packed(
+        self,
+        input_ids: TokenIds,
+        segment_ids: TokenIds,
+        position_ids: TokenIds,
+        sentence_tokens: Int[Array, "slots sentence"],
+        token_type_ids: TokenIds | None = None,
+        *,
+        key: Key | None = None,
+        output_hidden_states: bool = False,
+        output_attention_scores: bool = False,
+        output_values: bool = False,
+    ) -> ClassifierOutput:
+        """Classify the sentences packed into one row: each attends only within itself, from positions that
+        restart at its first token, and is pooled at its own first token, so each sentence's outputs are those
+        of ``__call__`` on the sentence alone (up to rounding).
+
+        Arguments:
+            input_ids: ``(seq,)`` the row's tokens, sentence after sentence, then padding.
+            segment_ids: ``(seq,)`` ``k >= 1`` on the tokens of the row's ``k``-th sentence, 0 on padding.
+            position_ids: ``(seq,)`` each token's position within its sentence.
+            sentence_tokens: ``(slots, sentence)`` row positions of each slot's tokens, first token first; entries
+                past a sentence's end (and empty slots) may point anywhere in the row: the outputs there are
+                not meaningful, as at padding in ``__call__``.
+            token_type_ids, key, output_*: as in ``__call__``.
+
+        Returns:
+            ``ClassifierOutput`` with a leading ``slots`` axis, its ``seq`` axes of length ``sentence``.
+        """
+        k_encoder, k_head = split_key(key, 2)
+        attends = segment_ids[:, None] == segment_ids[None, :]
+        encoded = self.encoder(
+            input_ids,
+            attends,
+            token_type_ids,
+            position_ids,
+            compute_dtype=to_jnp_dtype(self.compute_dtype),
+            key=k_encoder,
+            output_hidden_states=output_hidden_states,
+            output_attention_scores=output_attention_scores,
+            output_values=output_values,
+        )
+
+        def sentence(tokens: Int[Array, " sentence"], key: Key | None) -> ClassifierOutput:
+            last = encoded.last_hidden_state[tokens]
+            scores = encoded.attention_scores
+            return ClassifierOutput(
+                self._head(last[:1], key=key),
+                last.astype(jnp.float32),
+                None if encoded.hidden_states is None else _float32(encoded.hidden_states[:, tokens]),
+                None if scores is None else _float32(scores[:, :, tokens][:, :, :, tokens]),
+                None if encoded.values is None else _float32(encoded.values[:, tokens]),
+            )
+
+        slots = sentence_tokens.shape[0]
+        keys = None if k_head is None else jax.random.split(k_head, slots)
+        return jax.vmap(sentence)(sentence_tokens, keys)
+
+    def _head(self, first_token: Float[Array, "1 hidden"], *, key: Key | None) -> Float[Array, " classes"]:
+        """Pooling, dropout and the classifier on the first token's state: float32 logits."""
+        pooled = self.pool(first_token.astype(jnp.float32))
+        return dense(self.classifier, self.classifier_dropout(pooled, key=key))[0]
+
+
+def _float32(x: Float[Array, "..."] | None) -> Float[Array, "..."] | None:
+    return None if x is None else x.astype(jnp.float32)

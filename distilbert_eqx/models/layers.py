@@ -13,7 +13,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._types import AttentionScores, Hidden, HiddenStack, Key, ScoreStack, TokenIds, TokenMask, ValueStack
+from .._types import (
+    AttentionScores,
+    Hidden,
+    HiddenStack,
+    Key,
+    PairMask,
+    ScoreStack,
+    TokenIds,
+    TokenMask,
+    ValueStack,
+)
 from .dropout import Dropout
 
 
@@ -92,11 +102,18 @@ class Embeddings(eqx.Module):
         self.dropout = Dropout(dropout)
 
     def __call__(
-        self, input_ids: TokenIds, token_type_ids: TokenIds | None = None, *, key: Key | None = None
+        self,
+        input_ids: TokenIds,
+        token_type_ids: TokenIds | None = None,
+        position_ids: TokenIds | None = None,
+        *,
+        key: Key | None = None,
     ) -> Hidden:
-        """Embed one sequence. Returns float32 ``(seq, hidden)``."""
-        (seq_len,) = input_ids.shape
-        x = self.word.weight[input_ids] + self.position.weight[jnp.arange(seq_len)]
+        """Embed one sequence at positions ``0 .. seq - 1``, or at ``position_ids`` (a packed row restarts them
+        at each sentence). Returns float32 ``(seq, hidden)``."""
+        if position_ids is None:
+            position_ids = jnp.arange(input_ids.shape[0])
+        x = self.word.weight[input_ids] + self.position.weight[position_ids]
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = jnp.zeros_like(input_ids)
@@ -138,8 +155,9 @@ class MultiHeadAttention(eqx.Module):
         self.dropout = Dropout(dropout)
         self.num_heads = num_heads
 
-    def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> AttentionOutput:
-        """Attend from every position to the unmasked positions.
+    def __call__(self, x: Hidden, mask: TokenMask | PairMask, *, key: Key | None = None) -> AttentionOutput:
+        """Attend from every position to the unmasked positions: ``mask`` is ``(seq,)`` over the keys, or
+        ``(seq, seq)`` with ``mask[q, k]`` saying whether query ``q`` sees key ``k`` (a packed row).
 
         Returns the ``(seq, hidden)`` output in ``x``'s dtype, and what the attention losses read: the float32
         pre-softmax scores ``q k^T / sqrt(head_dim)`` of every head *before* masking (entries at masked keys are
@@ -155,7 +173,8 @@ class MultiHeadAttention(eqx.Module):
         q, k, v = heads(self.query_proj), heads(self.key_proj), heads(self.value_proj)
         scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
         # Masked keys get the most negative float, as transformers' additive mask does: exp() underflows to 0.
-        masked = jnp.where(mask[None, None, :], scores, jnp.finfo(jnp.float32).min)
+        allowed = mask[None, None, :] if mask.ndim == 1 else mask[None]
+        masked = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = self.dropout(jax.nn.softmax(masked, axis=-1), key=key).astype(x.dtype)
         context = jnp.einsum("hqk,khd->qhd", probs, v).reshape(seq_len, hidden)
         return AttentionOutput(dense(self.output_proj, context), scores, v.reshape(seq_len, hidden))
@@ -232,7 +251,7 @@ class TransformerLayer(eqx.Module):
         )
         self.output_norm = eqx.nn.LayerNorm(hidden_size, eps=eps)
 
-    def __call__(self, x: Hidden, mask: TokenMask, *, key: Key | None = None) -> AttentionOutput:
+    def __call__(self, x: Hidden, mask: TokenMask | PairMask, *, key: Key | None = None) -> AttentionOutput:
         """Returns the layer's ``(seq, hidden)`` output in ``x``'s dtype, with its attention's scores and values."""
         k_attn, k_drop, k_ff = split_key(key, 3)
         attention = self.attention(x, mask, key=k_attn)
@@ -259,8 +278,9 @@ class Encoder(eqx.Module):
     def __call__(
         self,
         input_ids: TokenIds,
-        attention_mask: TokenMask,
+        attention_mask: TokenMask | PairMask,
         token_type_ids: TokenIds | None = None,
+        position_ids: TokenIds | None = None,
         *,
         compute_dtype: jnp.dtype,
         key: Key | None = None,
@@ -268,14 +288,15 @@ class Encoder(eqx.Module):
         output_attention_scores: bool = False,
         output_values: bool = False,
     ) -> EncoderOutput:
-        """Encode one sequence; the layers compute in ``compute_dtype``.
+        """Encode one sequence; the layers compute in ``compute_dtype``. ``attention_mask`` and ``position_ids``
+        are as in ``MultiHeadAttention`` and ``Embeddings``.
 
         Returns the last layer's output and, each only when asked (a stack copies every layer's activations):
         the embeddings and every layer's output stacked in ``transformers``' ``hidden_states`` order, every
         layer's pre-softmax attention scores, and every layer's attention values.
         """
         k_embeddings, k_layers = split_key(key, 2)
-        x = self.embeddings(input_ids, token_type_ids, key=k_embeddings).astype(compute_dtype)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, key=k_embeddings).astype(compute_dtype)
         states, scores, values = [x], [], []
         for layer, k in zip(self.layers, split_key(k_layers, len(self.layers))):
             x, layer_scores, layer_values = layer(x, attention_mask, key=k)

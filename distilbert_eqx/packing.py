@@ -1,0 +1,139 @@
+"""Packing: several sentences to a row, so that a step computes real tokens instead of padding.
+
+Length buckets pad each sentence to its batch's bucket (SST-2: about 80% of the computed tokens real) and compile
+one program per bucket met. Packed, the sentences of an epoch are laid into rows of ``length`` tokens by
+best-fit decreasing bin packing (a row holds at most ``slots`` sentences), the rows are shuffled and taken
+``rows`` at a time: every step has the same shape, so one program, and nearly every token is real. A step then
+holds as many sentences as fit rather than a fixed count (fairseq's ``--max-tokens`` batching). The models see to
+it that a sentence attends only within itself, at positions restarting at its first token (``classify_packed``),
+so its outputs are those of the sentence alone.
+
+Everything here is numpy, and an epoch's steps depend only on ``(seed, epoch)``, as in ``data.py``.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+from jaxtyping import Int64
+
+from .batch import Batch, PackedRows
+from .data import DataError, TokenizedSplit, make_batch
+
+
+def pack_rows(
+    lengths: Int64[np.ndarray, " examples"], order: Int64[np.ndarray, " examples"], length: int, slots: int
+) -> list[list[int]]:
+    """The examples of each row, packed by best-fit decreasing: longest first (ties in ``order``'s order), each
+    into the open row with the least room that still holds it, else a new row; a row closes at ``slots``
+    sentences.
+
+    Returns one list of example indices per row, in the order the rows were opened.
+    """
+    too_long = [int(i) for i in order if lengths[i] > length]
+    if too_long:
+        raise DataError(
+            f"example {too_long[0]} has {int(lengths[too_long[0]])} tokens, more than the packed row length "
+            f"{length}; the row length must be at least the tokenizer's max_length"
+        )
+    rows: list[list[int]] = []
+    # open_rows[room]: the open rows with `room` tokens free; `has_room` has bit `room` set when any are.
+    open_rows: list[list[int]] = [[] for _ in range(length + 1)]
+    has_room = 0
+    room_of: list[int] = []
+    for i in order[np.argsort(-lengths[order], kind="stable")]:
+        need = int(lengths[i])
+        fits = has_room >> need
+        if fits:
+            room = need + (fits & -fits).bit_length() - 1
+            row = open_rows[room].pop()
+            if not open_rows[room]:
+                has_room &= ~(1 << room)
+        else:
+            room, row = length, len(rows)
+            rows.append([])
+            room_of.append(length)
+        rows[row].append(int(i))
+        room -= need
+        room_of[row] = room
+        if len(rows[row]) < slots and room > 0:
+            open_rows[room].append(row)
+            has_room |= 1 << room
+    return rows
+
+
+def packed_steps(
+    lengths: Int64[np.ndarray, " examples"], rows: int, length: int, slots: int, *, seed: int, epoch: int
+) -> list[list[list[int]]]:
+    """The steps of one training epoch: each a list of at most ``rows`` rows of example indices. Every example
+    appears exactly once; rows are shuffled across steps; only the last step may have fewer rows."""
+    rng = np.random.default_rng([seed, epoch])
+    packed = pack_rows(lengths, rng.permutation(len(lengths)), length, slots)
+    shuffled = [packed[i] for i in rng.permutation(len(packed))]
+    return [shuffled[i : i + rows] for i in range(0, len(shuffled), rows)]
+
+
+def make_packed_batch(
+    split: TokenizedSplit,
+    step: Sequence[Sequence[int]],
+    rows: int,
+    length: int,
+    slots: int,
+    seq: int,
+) -> Batch:
+    """One step's batch: its sentences one to a row, ``(rows * slots, seq)``, sentence ``r * slots + s`` the
+    ``s``-th of packed row ``r`` (empty slots and rows are weight-0 dummies), with ``packed`` holding the rows.
+
+    ``seq`` is the length of the one-to-a-row view (the tokenizer's max_length, so the shape never changes).
+    """
+    if len(step) > rows:
+        raise ValueError(f"a step of {len(step)} rows does not fit rows={rows}")
+    slot_of = np.full(rows * slots, -1, np.int64)
+    for r, row in enumerate(step):
+        if len(row) > slots:
+            raise ValueError(f"row {r} holds {len(row)} sentences; slots={slots}")
+        slot_of[r * slots : r * slots + len(row)] = row
+    filled = slot_of >= 0
+    sentences = make_batch(split, slot_of[filled], int(filled.sum()), [seq])
+    batch = _spread(sentences, filled, rows * slots, split.pad_id)
+
+    input_ids = np.full((rows, length), split.pad_id, np.int32)
+    token_type_ids = np.zeros((rows, length), np.int32)
+    segment_ids = np.zeros((rows, length), np.int32)
+    position_ids = np.zeros((rows, length), np.int32)
+    sentence_tokens = np.zeros((rows, slots, seq), np.int32)
+    for r, row in enumerate(step):
+        at = 0
+        for s, i in enumerate(row):
+            start, end = int(split.offsets[i]), int(split.offsets[i + 1])
+            n = end - start
+            input_ids[r, at : at + n] = split.token_ids[start:end]
+            token_type_ids[r, at : at + n] = split.token_type_ids[start:end]
+            segment_ids[r, at : at + n] = s + 1
+            position_ids[r, at : at + n] = np.arange(n)
+            sentence_tokens[r, s] = np.minimum(at + np.arange(seq), length - 1)
+            at += n
+    packed = PackedRows(input_ids, token_type_ids, segment_ids, position_ids, sentence_tokens)
+    return batch._replace(packed=packed)
+
+
+def _spread(sentences: Batch, filled: np.ndarray, size: int, pad_id: int) -> Batch:
+    """``sentences`` (one row per filled slot) spread over ``size`` rows, the unfilled ones weight-0 dummies
+    that attend to their first token only (as ``data.make_batch`` pads)."""
+
+    def spread(field: np.ndarray | None, fill) -> np.ndarray | None:
+        if field is None:
+            return None
+        out = np.full((size, *field.shape[1:]), fill, field.dtype)
+        out[filled] = field
+        return out
+
+    batch = Batch(
+        spread(sentences.input_ids, pad_id),
+        spread(sentences.attention_mask, False),
+        spread(sentences.token_type_ids, 0),
+        spread(sentences.labels, 0),
+        spread(sentences.weights, 0.0),
+        labelled=spread(sentences.labelled, 0.0),
+    )
+    batch.attention_mask[~filled, 0] = True
+    return batch

@@ -1,0 +1,190 @@
+"""Packing several sentences to a row: every sentence once, nearly every token real, and each sentence's outputs
+(logits, every stack the loss terms read, the step's loss and gradients) those of the sentence alone."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distilbert_eqx import packing
+from distilbert_eqx.data import DataError, TokenizedSplit
+from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
+from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
+from helpers import VOCAB, copy_tree, max_diff, tiny_student, tiny_teacher
+
+MAX_LENGTH = 16  # the tokenizer's max_length: the one-to-a-row view's width
+ROW_LENGTH = 32  # at most the tiny models' 32 positions
+SLOTS = 6
+
+
+def random_split(n: int, seed: int = 0, labelled: bool = False) -> TokenizedSplit:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, MAX_LENGTH + 1, size=n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens = rng.integers(1, VOCAB, size=int(offsets[-1])).astype(np.int32)
+    types = (rng.random(int(offsets[-1])) < 0.3).astype(np.int32)
+    return TokenizedSplit(
+        "train",
+        rng.integers(0, 2, size=n).astype(np.int32),
+        offsets,
+        tokens,
+        types,
+        pad_id=0,
+        labelled=(rng.random(n) < 0.5) if labelled else None,
+    )
+
+
+def one_step(split: TokenizedSplit, rows: int = 3, seed: int = 0):
+    steps = packing.packed_steps(split.lengths, rows, ROW_LENGTH, SLOTS, seed=seed, epoch=0)
+    return packing.make_packed_batch(split, steps[0], rows, ROW_LENGTH, SLOTS, MAX_LENGTH)
+
+
+def test_rows_hold_every_example_once_within_their_length_and_slots():
+    lengths = np.random.default_rng(0).integers(1, 30, size=500)
+    rows = packing.pack_rows(lengths, np.arange(500), 32, 4)
+    flat = sorted(i for row in rows for i in row)
+    assert flat == list(range(500))
+    assert all(sum(lengths[row]) <= 32 and 1 <= len(row) <= 4 for row in rows)
+
+
+def best_fit_decreasing(lengths: list[int], length: int) -> list[list[int]]:
+    """The textbook algorithm, one scan of the open rows per item: the lengths packed into each row."""
+    rows: list[list[int]] = []
+    for need in sorted(lengths, reverse=True):
+        fitting = [row for row in rows if length - sum(row) >= need]
+        if fitting:
+            min(fitting, key=lambda row: length - sum(row)).append(need)
+        else:
+            rows.append([need])
+    return rows
+
+
+def test_rows_are_those_of_textbook_best_fit_decreasing():
+    lengths = np.random.default_rng(1).integers(1, 30, size=400)
+    rows = packing.pack_rows(lengths, np.arange(400), 32, 400)
+    # Rows with equal room are interchangeable, so which of them takes an item may differ; the rooms may not.
+    ours = sorted(int(lengths[row].sum()) for row in rows)
+    assert ours == sorted(sum(row) for row in best_fit_decreasing(lengths.tolist(), 32))
+
+
+def test_steps_cover_the_epoch_once_and_depend_on_seed_and_epoch():
+    lengths = random_split(300).lengths
+    steps = packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=1, epoch=0)
+    assert sorted(i for step in steps for row in step for i in row) == list(range(300))
+    assert all(len(step) == 4 for step in steps[:-1]) and 1 <= len(steps[-1]) <= 4
+    assert steps == packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=1, epoch=0)
+    assert steps != packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=1, epoch=1)
+    assert steps != packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=2, epoch=0)
+
+
+def test_nearly_every_packed_token_is_real():
+    # SST-2-like lengths: mostly short, a long tail.
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.gamma(2.5, 5.5, size=20_000).astype(np.int64) + 3, 3, 66)
+    steps = packing.packed_steps(lengths, 8, 128, 32, seed=0, epoch=0)
+    real = lengths.sum()
+    computed = len(steps) * 8 * 128
+    assert real / computed >= 0.95
+
+
+def test_an_example_longer_than_a_row_is_refused_by_index_and_length():
+    with pytest.raises(DataError, match="example 2 has 40 tokens, more than the packed row length 32"):
+        packing.pack_rows(np.array([5, 6, 40]), np.arange(3), 32, 4)
+
+
+def test_the_batch_lists_each_slot_as_a_padded_sentence():
+    split = random_split(40, labelled=True)
+    steps = packing.packed_steps(split.lengths, 3, ROW_LENGTH, SLOTS, seed=0, epoch=0)
+    batch = packing.make_packed_batch(split, steps[0], 3, ROW_LENGTH, SLOTS, MAX_LENGTH)
+    assert batch.input_ids.shape == (3 * SLOTS, MAX_LENGTH) and batch.packed.input_ids.shape == (
+        3,
+        ROW_LENGTH,
+    )
+    assert batch.model_rows == 3
+    for r, row in enumerate(steps[0]):
+        for s in range(SLOTS):
+            sentence = r * SLOTS + s
+            if s >= len(row):
+                assert batch.weights[sentence] == 0 and batch.attention_mask[sentence].tolist() == [True] + [
+                    False
+                ] * (MAX_LENGTH - 1)
+                continue
+            i = row[s]
+            tokens = split.token_ids[split.offsets[i] : split.offsets[i + 1]]
+            n = len(tokens)
+            assert batch.weights[sentence] == 1 and batch.labels[sentence] == split.labels[i]
+            assert batch.labelled[sentence] == split.labelled[i]
+            np.testing.assert_array_equal(batch.input_ids[sentence, :n], tokens)
+            assert batch.attention_mask[sentence].sum() == n
+            at = batch.packed.sentence_tokens[r, s, :n]
+            np.testing.assert_array_equal(batch.packed.input_ids[r, at], tokens)
+            np.testing.assert_array_equal(batch.packed.position_ids[r, at], np.arange(n))
+            assert set(batch.packed.segment_ids[r, at]) == {s + 1}
+    assert batch.weights.sum() == sum(len(row) for row in steps[0])
+
+
+def models():
+    teacher = tiny_teacher(max_position_embeddings=ROW_LENGTH)
+    return {"bert": teacher, "distilbert": tiny_student(teacher)}
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_each_sentence_of_a_packed_row_is_computed_as_alone(model_type):
+    model = models()[model_type]
+    batch = one_step(random_split(60))
+    flags = {"output_hidden_states": True, "output_attention_scores": True, "output_values": True}
+    packed = forward(model, batch, key=None, **flags)
+    alone = forward(model, batch._replace(packed=None), key=None, **flags)
+    real = batch.weights > 0
+    mask = batch.attention_mask[real]
+
+    def compare(ours, reference, where):
+        """The largest difference where ``where`` holds (elsewhere both are padding's, not meaningful)."""
+        return max_diff(
+            np.where(where, np.asarray(ours)[real], 0), np.where(where, np.asarray(reference)[real], 0)
+        )
+
+    assert max_diff(packed.logits[real], alone.logits[real]) < 1e-5
+    tokens = mask[:, None, :, None]
+    assert compare(packed.hidden_states, alone.hidden_states, tokens) < 1e-5
+    assert compare(packed.values, alone.values, tokens) < 1e-5
+    pairs = (mask[:, :, None] & mask[:, None, :])[:, None, None]
+    assert compare(packed.attention_scores, alone.attention_scores, pairs) < 1e-5
+
+
+def test_a_packed_step_is_the_step_on_the_same_sentences_unpacked():
+    teacher = models()["bert"]
+    student = tiny_student(teacher)
+    terms = [CE(1.0), KL(0.5, temperature=2.0), Cos(0.1), Hidden(1.0), AttentionScores(1.0), AttentionKL(1.0)]
+    objective = Objective([*terms, ValueRelation(1.0)])
+    objective = objective.bind(student, teacher)
+    optimizer, _ = make_optimizer(1e-3, 0.01, 0.1, 10)
+    batch = one_step(random_split(60, labelled=True))
+
+    def step(batch):
+        state = init_state(copy_tree(student), optimizer, key=jax.random.key(0))
+        state, metrics = train_step(teacher, state, batch, optimizer, objective)
+        return metrics, state.student
+
+    packed_metrics, packed_student = step(batch)
+    alone_metrics, alone_student = step(batch._replace(packed=None))
+    assert abs(float(packed_metrics.loss) - float(alone_metrics.loss)) < 1e-5
+    for name in objective.weights:
+        assert abs(float(packed_metrics.terms[name]) - float(alone_metrics.terms[name])) < 1e-5
+    assert abs(float(packed_metrics.grad_norm) - float(alone_metrics.grad_norm)) < 1e-4
+    updated = [x for x in jax.tree.leaves(eqx.filter(packed_student, eqx.is_inexact_array))]
+    reference = [x for x in jax.tree.leaves(eqx.filter(alone_student, eqx.is_inexact_array))]
+    assert max(max_diff(a, b) for a, b in zip(updated, reference)) < 1e-5
+
+
+def test_dropout_on_packed_rows_is_fixed_by_the_key():
+    teacher = models()["bert"]
+    student = eqx.nn.inference_mode(tiny_student(teacher), value=False)
+    batch = one_step(random_split(60))
+    out = forward(student, batch, key=jax.random.key(3))
+    real = batch.weights > 0
+    assert out.logits.shape == (3 * SLOTS, 2) and bool(jnp.all(jnp.isfinite(out.logits)))
+    assert max_diff(out.logits, forward(student, batch, key=jax.random.key(3)).logits) == 0.0
+    assert max_diff(out.logits[real], forward(student, batch, key=jax.random.key(4)).logits[real]) > 1e-3
