@@ -25,6 +25,7 @@ from .distill.objective import Objective, shorthand_keys, shorthand_terms
 from .distill.term import AbstractTerm
 from .distill.terms import TERMS
 from .errors import ConfigError, UserError, decode_utf8
+from .packing import PackingSettings
 
 PLATFORMS = ("cpu", "gpu", "tpu", "tt")
 OPTIMIZERS = ("adamw",)
@@ -129,6 +130,9 @@ class ExperimentConfig:
     augment: AugmentSettings | None = None
     augment_seed: int = 0
     augment_dir: str = "runs/augment"
+    # Several sentences to a row (packing.py): `packing: {rows: 4, length: 128, slots: 32}` trains on fixed
+    # steps of rows x length tokens, nearly all real; null: batches of batch_size sentences in length buckets
+    packing: PackingSettings | None = None
     # JAX's persistent compilation cache (null: off)
     compilation_cache_dir: str | None = None
     # The loss as a list of terms (`{type: kl, weight: 0.45, temperature: 2.0}`, ...); null: the terms the flat
@@ -175,6 +179,8 @@ def _coerce(key: str, value: object) -> object:
         return _coerce_loss(value)
     if key == "augment" and value is not None:
         return _coerce_dataclass(key, value, AugmentSettings)
+    if key == "packing" and value is not None:
+        return _coerce_dataclass(key, value, PackingSettings)
     return _coerce_to(key, value, typing.get_type_hints(ExperimentConfig)[key])
 
 
@@ -500,6 +506,14 @@ def _validate(c: ExperimentConfig) -> None:
                 size,
                 f"a multiple of {divisor}={getattr(c, divisor)}",
             )
+    if c.packing is not None:
+        for divisor in ("num_devices", "num_processes"):
+            _require(
+                c.packing.rows % getattr(c, divisor) == 0,
+                "packing",
+                config_to_dict(c)["packing"],
+                f"rows a multiple of {divisor}={getattr(c, divisor)}",
+            )
     if c.student_init_layers is not None:
         layers = c.student_init_layers
         _require(
@@ -647,7 +661,7 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, object]:
     def plain(v: object) -> object:
         if isinstance(v, AbstractTerm):
             return {"type": v.name, **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
-        if isinstance(v, AugmentSettings):
+        if isinstance(v, (AugmentSettings, PackingSettings)):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         return [plain(x) for x in v] if isinstance(v, tuple) else v
 

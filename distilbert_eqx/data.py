@@ -463,12 +463,18 @@ def padding_stats(batches: Iterable[Batch]) -> PaddingStats:
 
 def slice_for_process(batch: Batch, process_id: int, num_processes: int) -> Batch:
     """Rows ``process_id * B / n : (process_id + 1) * B / n`` of a global batch of ``B`` rows, for one of
-    ``n = num_processes`` hosts; every host builds the same global batch and keeps its own slice."""
-    rows = len(batch.labels)
-    if rows % num_processes:
-        raise ValueError(f"batch of {rows} rows cannot be split evenly across num_processes={num_processes}")
+    ``n = num_processes`` hosts; every host builds the same global batch and keeps its own slice. A packed batch's
+    rows are sliced alike, and its sentences, row-major, with them."""
     if not 0 <= process_id < num_processes:
         raise ValueError(f"process_id={process_id}; expected 0 <= process_id < {num_processes}")
-    per_process = rows // num_processes
-    rows_here = slice(process_id * per_process, (process_id + 1) * per_process)
-    return jax.tree.map(lambda field: field[rows_here], batch)
+    for rows in {len(batch.labels), batch.model_rows}:
+        if rows % num_processes:
+            raise ValueError(
+                f"batch of {rows} rows cannot be split evenly across num_processes={num_processes}"
+            )
+
+    def own_rows(field: np.ndarray) -> np.ndarray:
+        per_process = len(field) // num_processes
+        return field[process_id * per_process : (process_id + 1) * per_process]
+
+    return jax.tree.map(own_rows, batch)

@@ -48,6 +48,7 @@ from .loop import FitPlan, evaluate, fit
 from .metrics_log import MetricsLog, say
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
+from .packing import PackingSettings, indexed_packed_batches, steps_per_epoch
 from .provenance import git_commit, machine, package_versions
 from .run_lock import LOCK_FILE, OutputDirLock, check_free
 from .train import Steps, init_state, make_optimizer, single_device_steps
@@ -56,6 +57,13 @@ from .train import Steps, init_state, make_optimizer, single_device_steps
 def length_buckets(config: ExperimentConfig) -> tuple[int, ...]:
     """``length_buckets`` when set, else ``data.default_length_buckets(max_length)``."""
     return config.length_buckets or default_length_buckets(config.max_length)
+
+
+def packing_shape(config: ExperimentConfig) -> PackingSettings | None:
+    """A packed run's step shape with its row length resolved (``max_length`` when unset); ``None``: no packing."""
+    if config.packing is None or config.packing.length is not None:
+        return config.packing
+    return dataclasses.replace(config.packing, length=config.max_length)
 
 
 def eval_batch_size(config: ExperimentConfig) -> int:
@@ -401,7 +409,11 @@ def train_model(
         objective = build_objective(config, model, teacher)
         # A key of its own, so that runs without a projection keep the train state's key they always had.
         projection = build_projection(config, objective, model, teacher, key=jax.random.fold_in(key, 1))
-        per_epoch = num_batches(train_split, config.batch_size)
+        packed = packing_shape(config)
+        if packed is None:
+            per_epoch = num_batches(train_split, config.batch_size)
+        else:
+            per_epoch = steps_per_epoch(train_split.lengths, packed)
         total_steps = config.max_steps or config.num_epochs * per_epoch
         if config.intermediate_steps >= total_steps:
             raise ConfigError(
@@ -452,14 +464,20 @@ def train_model(
             teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
 
         def train_batches(start: int):
-            stream = indexed_epoch_batches(
-                train_split,
-                config.batch_size,
-                buckets,
-                seed=config.seed,
-                group_by_length=config.group_by_length,
-                start_step=start,
-            )
+            if packed is None:
+                stream = indexed_epoch_batches(
+                    train_split,
+                    config.batch_size,
+                    buckets,
+                    seed=config.seed,
+                    group_by_length=config.group_by_length,
+                    start_step=start,
+                )
+            else:
+                widest = int(train_split.lengths.max())
+                stream = indexed_packed_batches(
+                    train_split, packed, widest, seed=config.seed, start_step=start
+                )
             return (batch for _, batch in stream) if cache is None else cache.attach(stream)
 
         if steps.is_writer:
@@ -528,9 +546,15 @@ def startup_summary(
     ]
     variants = "" if train_split.labelled is None else f" ({int(train_split.labelled.sum())} labelled)"
     epochs = plan.total_steps / plan.steps_per_epoch
+    packed = packing_shape(config)
+    step = (
+        f"batch {config.batch_size}"
+        if packed is None
+        else f"packed {packed.rows} x {packed.length} tokens a step (up to {packed.slots} sentences a row)"
+    )
     lines.append(
         f"data: {len(train_split)} train examples{variants}, {len(dev_split)} dev; "
-        f"batch {config.batch_size}, {plan.total_steps} steps = {epochs:.2f} epochs of {plan.steps_per_epoch}"
+        f"{step}, {plan.total_steps} steps = {epochs:.2f} epochs of {plan.steps_per_epoch}"
     )
     student = count_parameters(model)
     if teacher is None:

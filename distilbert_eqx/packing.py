@@ -11,13 +11,32 @@ so its outputs are those of the sentence alone.
 Everything here is numpy, and an epoch's steps depend only on ``(seed, epoch)``, as in ``data.py``.
 """
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from jaxtyping import Int64
 
 from .batch import Batch, PackedRows
-from .data import DataError, TokenizedSplit, make_batch
+from .data import DataError, IndexedBatch, TokenizedSplit, make_batch
+from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingSettings:
+    """A packed run's step: ``rows`` rows of ``length`` tokens (``None`` in a config: the tokenizer's
+    ``max_length``), each holding at most ``slots`` sentences. The loss terms see the step's sentences as
+    ``rows * slots`` one-to-a-row rows, most of them real."""
+
+    rows: int = 4
+    length: int | None = None
+    slots: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "length", "slots"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value}; expected an int >= 1")
 
 
 def pack_rows(
@@ -33,7 +52,8 @@ def pack_rows(
     if too_long:
         raise DataError(
             f"example {too_long[0]} has {int(lengths[too_long[0]])} tokens, more than the packed row length "
-            f"{length}; the row length must be at least the tokenizer's max_length"
+            f"{length}: set packing's length to at least the longest example (at most max_length), or leave it "
+            "null for max_length"
         )
     rows: list[list[int]] = []
     # open_rows[room]: the open rows with `room` tokens free; `has_room` has bit `room` set when any are.
@@ -62,29 +82,45 @@ def pack_rows(
 
 
 def packed_steps(
-    lengths: Int64[np.ndarray, " examples"], rows: int, length: int, slots: int, *, seed: int, epoch: int
+    lengths: Int64[np.ndarray, " examples"], shape: PackingSettings, *, seed: int, epoch: int
 ) -> list[list[list[int]]]:
-    """The steps of one training epoch: each a list of at most ``rows`` rows of example indices. Every example
-    appears exactly once; rows are shuffled across steps; only the last step may have fewer rows."""
+    """The steps of one training epoch: each a list of at most ``shape.rows`` rows of example indices. Every
+    example appears exactly once; rows are shuffled across steps; only the last step may have fewer rows."""
     rng = np.random.default_rng([seed, epoch])
-    packed = pack_rows(lengths, rng.permutation(len(lengths)), length, slots)
+    packed = pack_rows(lengths, rng.permutation(len(lengths)), shape.length, shape.slots)
     shuffled = [packed[i] for i in rng.permutation(len(packed))]
-    return [shuffled[i : i + rows] for i in range(0, len(shuffled), rows)]
+    return [shuffled[i : i + shape.rows] for i in range(0, len(shuffled), shape.rows)]
+
+
+def steps_per_epoch(lengths: Int64[np.ndarray, " examples"], shape: PackingSettings) -> int:
+    """Steps in every epoch: best-fit decreasing sees only the sorted lengths, so the number of rows (not which
+    example goes where) is the same whatever the seed and epoch."""
+    return len(packed_steps(lengths, shape, seed=0, epoch=0))
+
+
+def indexed_packed_batches(
+    split: TokenizedSplit, shape: PackingSettings, seq: int, *, seed: int, start_step: int = 0
+) -> Iterator[IndexedBatch]:
+    """Packed training batches from ``start_step`` on, epoch after epoch, without end (``data``'s
+    ``indexed_epoch_batches`` for a packed run), each with the split indices of its real sentences in row
+    order: the rows whose ``weights`` are 1."""
+    epoch, position = divmod(start_step, steps_per_epoch(split.lengths, shape))
+    while True:
+        for step in packed_steps(split.lengths, shape, seed=seed, epoch=epoch)[position:]:
+            batch = make_packed_batch(split, step, shape, seq)
+            yield np.asarray([i for row in step for i in row], np.int64), batch
+        epoch, position = epoch + 1, 0
 
 
 def make_packed_batch(
-    split: TokenizedSplit,
-    step: Sequence[Sequence[int]],
-    rows: int,
-    length: int,
-    slots: int,
-    seq: int,
+    split: TokenizedSplit, step: Sequence[Sequence[int]], shape: PackingSettings, seq: int
 ) -> Batch:
     """One step's batch: its sentences one to a row, ``(rows * slots, seq)``, sentence ``r * slots + s`` the
     ``s``-th of packed row ``r`` (empty slots and rows are weight-0 dummies), with ``packed`` holding the rows.
 
-    ``seq`` is the length of the one-to-a-row view (the tokenizer's max_length, so the shape never changes).
+    ``seq`` is the width of the one-to-a-row view: the split's longest example, so that the shape never changes.
     """
+    rows, length, slots = shape.rows, shape.length, shape.slots
     if len(step) > rows:
         raise ValueError(f"a step of {len(step)} rows does not fit rows={rows}")
     slot_of = np.full(rows * slots, -1, np.int64)

@@ -139,7 +139,7 @@ def sharded_steps(mesh: Mesh, objective: Objective, optimizer: optax.GradientTra
             return new_arrays, metrics
 
         # The keys the single-device step draws for the same global batch, each row's going with the row.
-        row_keys = row_dropout_keys(state.key, batch.labels.shape[0])
+        row_keys = row_dropout_keys(state.key, batch.model_rows)
         new_arrays, metrics = jax.shard_map(
             local_step, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)), out_specs=(P(), P()), check_vma=True
         )(arrays, batch, row_keys)
@@ -160,12 +160,12 @@ def sharded_steps(mesh: Mesh, objective: Objective, optimizer: optax.GradientTra
 
     def place(batch: Batch) -> Batch:
         """Split a host batch ``(batch, seq)`` over the mesh; each of several processes supplies its rows."""
-        size = len(batch.labels)
-        if size % mesh.size:
-            raise ValueError(
-                f"a batch of {size} rows cannot be split evenly over {mesh.size} devices; make batch_size "
-                f"(and eval_batch_size) a multiple of num_devices={mesh.size}"
-            )
+        for size in {len(batch.labels), batch.model_rows}:
+            if size % mesh.size:
+                raise ValueError(
+                    f"a batch of {size} rows cannot be split evenly over {mesh.size} devices; make batch_size "
+                    f"(and eval_batch_size, and packing's rows) a multiple of num_devices={mesh.size}"
+                )
         if jax.process_count() == 1:
             return jax.device_put(batch, rows)
         local = slice_for_process(batch, jax.process_index(), jax.process_count())

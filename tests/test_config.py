@@ -90,6 +90,7 @@ ADDITIONS = {
     "augment": None,
     "augment_seed": 0,
     "augment_dir": "runs/augment",
+    "packing": None,
 }
 
 

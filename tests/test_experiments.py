@@ -14,7 +14,7 @@ import pytest
 import transformers
 
 import distilbert_eqx as de
-from distilbert_eqx import experiment
+from distilbert_eqx import experiment, packing
 from distilbert_eqx.config import ConfigError, load_config
 from distilbert_eqx.data import DataError, load_text_split, load_tokenizer, tokenize_split
 from distilbert_eqx.init import student_from_teacher
@@ -280,6 +280,47 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
         json.loads(line) for line in (workspace / "cached_teacher" / "metrics.jsonl").read_text().splitlines()
     ]
     assert any("loss_hidden" in m for m in metrics)
+
+
+def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_packed_live_teacher_run(workspace, capsys):
+    """Sentences packed into rows of 64 tokens (2 rows a step), dropout on, the hidden-state loss on, 2 epochs:
+    read from the disk cache, stopped by SIGINT after 3 steps and resumed, the run trains the student that the
+    live teacher does uninterrupted; each step is one shape."""
+    overrides = [
+        *_resumable(workspace),
+        "num_epochs=2",
+        "alpha_hidden=1.0",
+        "packing={rows: 2, length: 64, slots: 8}",
+        f"teacher_cache_dir={workspace / 'packed_cache'}",
+    ]
+    splits = _splits(workspace)
+    per_epoch = packing.steps_per_epoch(splits["train"].lengths, packing.PackingSettings(2, 64, 8))
+
+    def run(out: str, *extra: str, interrupt_after: int | None = None):
+        config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
+        student, teacher = _student_and_teacher(workspace)
+        summary = experiment.train_model(
+            config,
+            student,
+            teacher,
+            splits,
+            key=jax.random.key(7),
+            make_steps=interrupting_steps(interrupt_after),
+        )
+        saved = workspace / out / "student"
+        return summary, de.from_pretrained(saved) if saved.is_dir() else None
+
+    live_summary, live = run("packed_live")
+    assert live_summary["steps"] == 2 * per_epoch
+    err = capsys.readouterr().err
+    assert (
+        f"packed 2 x 64 tokens a step (up to 8 sentences a row), {2 * per_epoch} steps = 2.00 epochs" in err
+    )
+    assert "jit(train_step) x1 " in err  # one shape, one program
+    stopped, _ = run("packed_cached", "teacher_cache=disk", interrupt_after=3)
+    assert stopped == {"interrupted": True, "steps": 3}
+    _, cached = run("packed_cached", "teacher_cache=disk", "resume_from_checkpoint=true")
+    assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5
 
 
 def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):

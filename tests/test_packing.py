@@ -5,14 +5,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from distilbert_eqx import packing
+from distilbert_eqx import packing, parallel
 from distilbert_eqx.data import DataError, TokenizedSplit
 from distilbert_eqx.distill import Objective
 from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
-from helpers import VOCAB, copy_tree, max_diff, tiny_student, tiny_teacher
+from helpers import VOCAB, copy_tree, flat_weights, max_diff, tiny_student, tiny_teacher
 
 MAX_LENGTH = 16  # the tokenizer's max_length: the one-to-a-row view's width
 ROW_LENGTH = 32  # at most the tiny models' 32 positions
@@ -36,9 +37,13 @@ def random_split(n: int, seed: int = 0, labelled: bool = False) -> TokenizedSpli
     )
 
 
+def shape(rows: int) -> packing.PackingSettings:
+    return packing.PackingSettings(rows, ROW_LENGTH, SLOTS)
+
+
 def one_step(split: TokenizedSplit, rows: int = 3, seed: int = 0):
-    steps = packing.packed_steps(split.lengths, rows, ROW_LENGTH, SLOTS, seed=seed, epoch=0)
-    return packing.make_packed_batch(split, steps[0], rows, ROW_LENGTH, SLOTS, MAX_LENGTH)
+    steps = packing.packed_steps(split.lengths, shape(rows), seed=seed, epoch=0)
+    return packing.make_packed_batch(split, steps[0], shape(rows), MAX_LENGTH)
 
 
 def test_rows_hold_every_example_once_within_their_length_and_slots():
@@ -71,19 +76,19 @@ def test_rows_are_those_of_textbook_best_fit_decreasing():
 
 def test_steps_cover_the_epoch_once_and_depend_on_seed_and_epoch():
     lengths = random_split(300).lengths
-    steps = packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=1, epoch=0)
+    steps = packing.packed_steps(lengths, shape(4), seed=1, epoch=0)
     assert sorted(i for step in steps for row in step for i in row) == list(range(300))
     assert all(len(step) == 4 for step in steps[:-1]) and 1 <= len(steps[-1]) <= 4
-    assert steps == packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=1, epoch=0)
-    assert steps != packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=1, epoch=1)
-    assert steps != packing.packed_steps(lengths, 4, ROW_LENGTH, SLOTS, seed=2, epoch=0)
+    assert steps == packing.packed_steps(lengths, shape(4), seed=1, epoch=0)
+    assert steps != packing.packed_steps(lengths, shape(4), seed=1, epoch=1)
+    assert steps != packing.packed_steps(lengths, shape(4), seed=2, epoch=0)
 
 
 def test_nearly_every_packed_token_is_real():
     # SST-2-like lengths: mostly short, a long tail.
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.gamma(2.5, 5.5, size=20_000).astype(np.int64) + 3, 3, 66)
-    steps = packing.packed_steps(lengths, 8, 128, 32, seed=0, epoch=0)
+    steps = packing.packed_steps(lengths, packing.PackingSettings(8, 128, 32), seed=0, epoch=0)
     real = lengths.sum()
     computed = len(steps) * 8 * 128
     assert real / computed >= 0.95
@@ -96,8 +101,8 @@ def test_an_example_longer_than_a_row_is_refused_by_index_and_length():
 
 def test_the_batch_lists_each_slot_as_a_padded_sentence():
     split = random_split(40, labelled=True)
-    steps = packing.packed_steps(split.lengths, 3, ROW_LENGTH, SLOTS, seed=0, epoch=0)
-    batch = packing.make_packed_batch(split, steps[0], 3, ROW_LENGTH, SLOTS, MAX_LENGTH)
+    steps = packing.packed_steps(split.lengths, shape(3), seed=0, epoch=0)
+    batch = packing.make_packed_batch(split, steps[0], shape(3), MAX_LENGTH)
     assert batch.input_ids.shape == (3 * SLOTS, MAX_LENGTH) and batch.packed.input_ids.shape == (
         3,
         ROW_LENGTH,
@@ -188,3 +193,50 @@ def test_dropout_on_packed_rows_is_fixed_by_the_key():
     assert out.logits.shape == (3 * SLOTS, 2) and bool(jnp.all(jnp.isfinite(out.logits)))
     assert max_diff(out.logits, forward(student, batch, key=jax.random.key(3)).logits) == 0.0
     assert max_diff(out.logits[real], forward(student, batch, key=jax.random.key(4)).logits[real]) > 1e-3
+
+
+def test_every_epoch_has_the_same_number_of_steps_and_a_resumed_stream_continues_it():
+    split = random_split(200)
+    counts = {
+        len(packing.packed_steps(split.lengths, shape(3), seed=s, epoch=e))
+        for s in range(3)
+        for e in range(3)
+    }
+    per_epoch = packing.steps_per_epoch(split.lengths, shape(3))
+    assert counts == {per_epoch}
+    stream = packing.indexed_packed_batches(split, shape(3), MAX_LENGTH, seed=4)
+    whole = [next(stream) for _ in range(per_epoch + 3)]
+    resumed = packing.indexed_packed_batches(split, shape(3), MAX_LENGTH, seed=4, start_step=per_epoch - 2)
+    for (indices, batch), (want_indices, want) in zip(
+        [next(resumed) for _ in range(5)], whole[per_epoch - 2 :]
+    ):
+        np.testing.assert_array_equal(indices, want_indices)
+        np.testing.assert_array_equal(batch.packed.input_ids, want.packed.input_ids)
+    # The indices name the rows of weight 1, in order.
+    indices, batch = whole[0]
+    real = np.flatnonzero(batch.weights > 0)
+    np.testing.assert_array_equal(batch.labels[real], split.labels[indices])
+
+
+def test_sharded_packed_steps_equal_the_single_device_step_dropout_on():
+    teacher = models()["bert"]
+    student = eqx.nn.inference_mode(tiny_student(teacher), value=False)
+    objective = Objective([CE(1.0), KL(0.5, temperature=2.0), Cos(0.1), Hidden(1.0)]).bind(student, teacher)
+    sgd = optax.sgd(1.0)  # weights then differ by the summed gradient differences, element by element
+    batches = [one_step(random_split(60, seed=s), rows=4) for s in range(2)]
+
+    state = init_state(copy_tree(student), sgd, key=jax.random.key(5))
+    single = []
+    for batch in batches:
+        state, metrics = train_step(teacher, state, batch, sgd, objective)
+        single.append([float(metrics.loss), float(metrics.grad_norm)])
+    single_weights = flat_weights(state.student)
+
+    steps = parallel.sharded_steps(parallel.make_mesh(2, "cpu"), objective, sgd)
+    state = steps.place_state(init_state(copy_tree(student), sgd, key=jax.random.key(5)))
+    sharded = []
+    for batch in batches:
+        state, metrics = steps.train(steps.place_state(teacher), state, steps.place(batch))
+        sharded.append([float(metrics.loss), float(metrics.grad_norm)])
+    np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5)
+    assert max_diff(flat_weights(state.student), single_weights) <= 1e-5

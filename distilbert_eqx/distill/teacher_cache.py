@@ -146,6 +146,13 @@ def _gather_rows(
     return np.moveaxis(padded, tuple(range(1, k + 1)), tuple(axis + 1 for axis in field.token_axes))
 
 
+def _rows_at(gathered: np.ndarray, rows: Int64[np.ndarray, " real"]) -> np.ndarray:
+    """The leading rows of ``gathered``, one per entry of ``rows``, moved to ``rows`` (the others zero)."""
+    out = np.zeros_like(gathered)
+    out[rows] = gathered[: len(rows)]
+    return out
+
+
 def field_bytes(
     teacher: AbstractSequenceClassifier,
     objective: Objective,
@@ -265,9 +272,17 @@ class TeacherCache:
         return out
 
     def attach(self, batches: Iterable[IndexedBatch]) -> Iterator[Batch]:
-        """The batch stream with each batch's cached targets as ``Batch.teacher``."""
+        """The batch stream with each batch's cached targets as ``Batch.teacher``. The indices name the real
+        rows in order: the leading rows of a batch, or those of weight 1 of a packed one (empty slots between)."""
         for indices, batch in batches:
-            yield batch._replace(teacher=self.gather(indices, len(batch.labels), batch.input_ids.shape[1]))
+            seq = batch.input_ids.shape[1]
+            targets = self.gather(indices, len(batch.labels), seq)
+            if batch.packed is not None:
+                real = np.flatnonzero(batch.weights > 0)
+                targets = {
+                    term: {k: _rows_at(x, real) for k, x in kept.items()} for term, kept in targets.items()
+                }
+            yield batch._replace(teacher=targets)
 
     def save(self, folder: Path) -> None:
         """Write to ``folder`` atomically: a temporary sibling, fsynced, then renamed."""
