@@ -12,7 +12,7 @@ import functools
 import hashlib
 import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from . import host_memory, hub
 from ._types import ComputeDtype
+from .batch import Batch
 from .checkpoint import CheckpointManager, atomic_write_text
 from .compilations import Compilations
 from .config import PROVENANCE_KEY, STUDENT_SHAPE, ConfigError, ExperimentConfig, config_to_dict
@@ -48,7 +49,7 @@ from .loop import FitPlan, evaluate, fit
 from .metrics_log import MetricsLog, say
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
-from .packing import PackingSettings, indexed_packed_batches, steps_per_epoch
+from .packing import PackingSettings, indexed_packed_batches, packed_eval_batches, steps_per_epoch
 from .provenance import git_commit, machine, package_versions
 from .run_lock import LOCK_FILE, OutputDirLock, check_free
 from .train import Steps, init_state, make_optimizer, single_device_steps
@@ -499,7 +500,7 @@ def train_model(
                 ),
                 None if teacher is None else eqx.nn.inference_mode(teacher),
                 train_batches=train_batches,
-                dev_batches=lambda: eval_batches(dev_split, eval_batch_size(config), buckets),
+                dev_batches=lambda: dev_batches(config, dev_split, buckets),
                 steps=steps,
                 plan=plan,
                 learning_rate=schedule,
@@ -513,6 +514,15 @@ def train_model(
                 first_stage_train=first_stage_train,
                 compilations=compilations,
             )
+
+
+def dev_batches(config: ExperimentConfig, dev: TokenizedSplit, buckets: tuple[int, ...]) -> Iterator[Batch]:
+    """One pass over the dev split: packed like the training steps when the run packs (one program), else in
+    batches of ``eval_batch_size`` padded to their buckets."""
+    packed = packing_shape(config)
+    if packed is None:
+        return eval_batches(dev, eval_batch_size(config), buckets)
+    return packed_eval_batches(dev, packed, int(dev.lengths.max()))
 
 
 def count_parameters(model: AbstractSequenceClassifier) -> int:

@@ -48,13 +48,7 @@ def pack_rows(
 
     Returns one list of example indices per row, in the order the rows were opened.
     """
-    too_long = [int(i) for i in order if lengths[i] > length]
-    if too_long:
-        raise DataError(
-            f"example {too_long[0]} has {int(lengths[too_long[0]])} tokens, more than the packed row length "
-            f"{length}: set packing's length to at least the longest example (at most max_length), or leave it "
-            "null for max_length"
-        )
+    _refuse_longer_than_a_row(lengths, order, length)
     rows: list[list[int]] = []
     # open_rows[room]: the open rows with `room` tokens free; `has_room` has bit `room` set when any are.
     open_rows: list[list[int]] = [[] for _ in range(length + 1)]
@@ -79,6 +73,41 @@ def pack_rows(
             open_rows[room].append(row)
             has_room |= 1 << room
     return rows
+
+
+def _refuse_longer_than_a_row(
+    lengths: Int64[np.ndarray, " examples"], order: Int64[np.ndarray, " examples"], length: int
+) -> None:
+    too_long = order[lengths[order] > length]
+    if len(too_long):
+        raise DataError(
+            f"example {too_long[0]} has {int(lengths[too_long[0]])} tokens, more than the packed row length "
+            f"{length}: set packing's length to at least the longest example (at most max_length), or leave it "
+            "null for max_length"
+        )
+
+
+def rows_in_order(lengths: Int64[np.ndarray, " examples"], length: int, slots: int) -> list[list[int]]:
+    """The examples packed in their order (next fit): a row takes the next example while it has room and a free
+    slot, so reading the rows one after another reads the split in order (evaluation's logits stay in order)."""
+    _refuse_longer_than_a_row(lengths, np.arange(len(lengths)), length)
+    rows: list[list[int]] = [[]]
+    room = length
+    for i, need in enumerate(lengths.tolist()):
+        if need > room or len(rows[-1]) == slots:
+            rows.append([])
+            room = length
+        rows[-1].append(i)
+        room -= need
+    return rows
+
+
+def packed_eval_batches(split: TokenizedSplit, shape: PackingSettings, seq: int) -> Iterator[Batch]:
+    """Packed batches of ``split`` in order (``rows_in_order``), for evaluation: its real rows (weight 1) list
+    the examples in order, and every batch has one shape. ``seq``: the split's longest example."""
+    rows = rows_in_order(split.lengths, shape.length, shape.slots)
+    for i in range(0, len(rows), shape.rows):
+        yield make_packed_batch(split, rows[i : i + shape.rows], shape, seq)
 
 
 def packed_steps(

@@ -282,15 +282,17 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     assert any("loss_hidden" in m for m in metrics)
 
 
-def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_packed_live_teacher_run(workspace, capsys):
-    """Sentences packed into rows of 64 tokens (2 rows a step), dropout on, the hidden-state loss on, 2 epochs:
-    read from the disk cache, stopped by SIGINT after 3 steps and resumed, the run trains the student that the
-    live teacher does uninterrupted; each step is one shape."""
+def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_uninterrupted_run(workspace, capsys):
+    """Sentences packed into rows of 64 tokens (2 rows a step), dropout on, the hidden-state loss on, the teacher
+    read from the disk cache, 2 epochs: stopped by SIGINT after 3 steps and resumed, the run trains the very
+    student of the uninterrupted run; every train step has one shape. (That packed batches carry the cached
+    targets of their own sentences: test_packing.py.)"""
     overrides = [
         *_resumable(workspace),
         "num_epochs=2",
         "alpha_hidden=1.0",
         "packing={rows: 2, length: 64, slots: 8}",
+        "teacher_cache=disk",
         f"teacher_cache_dir={workspace / 'packed_cache'}",
     ]
     splits = _splits(workspace)
@@ -310,17 +312,20 @@ def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_packed_live_teacher
         saved = workspace / out / "student"
         return summary, de.from_pretrained(saved) if saved.is_dir() else None
 
-    live_summary, live = run("packed_live")
-    assert live_summary["steps"] == 2 * per_epoch
+    full_summary, full = run("packed_full")
+    assert full_summary["steps"] == 2 * per_epoch
     err = capsys.readouterr().err
     assert (
         f"packed 2 x 64 tokens a step (up to 8 sentences a row), {2 * per_epoch} steps = 2.00 epochs" in err
     )
     assert "jit(train_step) x1 " in err  # one shape, one program
-    stopped, _ = run("packed_cached", "teacher_cache=disk", interrupt_after=3)
+    stopped, _ = run("packed_resumed", interrupt_after=3)
     assert stopped == {"interrupted": True, "steps": 3}
-    _, cached = run("packed_cached", "teacher_cache=disk", "resume_from_checkpoint=true")
-    assert max_diff(flat_weights(cached), flat_weights(live)) <= 1e-5
+    _, resumed = run("packed_resumed", "resume_from_checkpoint=true")
+    for x, y in zip(
+        jax.tree.leaves(eqx.filter(full, eqx.is_array)), jax.tree.leaves(eqx.filter(resumed, eqx.is_array))
+    ):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from distilbert_eqx import packing, parallel
 from distilbert_eqx.data import DataError, TokenizedSplit
 from distilbert_eqx.distill import Objective
+from distilbert_eqx.distill.teacher_cache import teacher_cache
 from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
 from helpers import VOCAB, copy_tree, flat_weights, max_diff, tiny_student, tiny_teacher
@@ -240,3 +241,42 @@ def test_sharded_packed_steps_equal_the_single_device_step_dropout_on():
         sharded.append([float(metrics.loss), float(metrics.grad_norm)])
     np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5)
     assert max_diff(flat_weights(state.student), single_weights) <= 1e-5
+
+
+def test_evaluation_batches_list_the_split_in_order_in_one_shape():
+    split = random_split(50)
+    batches = list(packing.packed_eval_batches(split, shape(2), MAX_LENGTH))
+    assert {b.packed.input_ids.shape for b in batches} == {(2, ROW_LENGTH)}
+    labels = np.concatenate([b.labels[b.weights > 0] for b in batches])
+    np.testing.assert_array_equal(labels, split.labels)
+    first = np.concatenate([b.input_ids[b.weights > 0, 0] for b in batches])
+    np.testing.assert_array_equal(first, split.token_ids[split.offsets[:-1]])
+    rows = packing.rows_in_order(split.lengths, ROW_LENGTH, SLOTS)
+    assert all(split.lengths[row].sum() <= ROW_LENGTH and len(row) <= SLOTS for row in rows)
+
+
+def test_packed_batches_carry_the_cached_targets_of_their_own_sentences():
+    teacher = models()["bert"]
+    student = tiny_student(teacher)
+    objective = Objective([KL(0.5, temperature=2.0), Cos(0.1), Hidden(1.0), AttentionScores(1.0)])
+    objective = objective.bind(student, teacher)
+    split = random_split(60)
+    cache = teacher_cache(
+        teacher, split, objective, batch_size=8, buckets=(8, MAX_LENGTH), log=lambda _: None
+    )
+    stream = packing.indexed_packed_batches(split, shape(3), MAX_LENGTH, seed=0)
+    for _, batch in zip(range(3), cache.attach(stream)):
+        live = objective.teacher_targets(forward(teacher, batch, key=None, **objective.outputs()))
+        real = batch.weights > 0
+        mask = batch.attention_mask[real]
+        for term, kept in live.items():
+            for name, value in kept.items():
+                cached, value = batch.teacher[term][name][real], np.asarray(value)[real]
+                if name == "logits":
+                    assert max_diff(cached, value) < 1e-5, (term, name)
+                    continue
+                where = mask[:, None, :, None] if name == "hidden_states" else mask[:, :, None]
+                if name == "attention_scores":
+                    where = (mask[:, :, None] & mask[:, None, :])[:, None, None]
+                assert max_diff(np.where(where, cached, 0), np.where(where, value, 0)) < 1e-5, (term, name)
+                assert np.count_nonzero(batch.teacher[term][name][~real]) == 0
