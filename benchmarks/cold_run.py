@@ -8,9 +8,11 @@ spent compiling and the number of programs compiled.
     python benchmarks/cold_run.py /tmp/before . --rounds 3           # two checkouts, alternating
     python benchmarks/cold_run.py . --set teacher_model=runs/minilm_teacher_3ep/best \\
         tokenizer_name=runs/minilm_teacher_3ep/best
+    python benchmarks/cold_run.py . --arm "" --arm "packing={rows: 4}"    # one checkout, two configs
 
 Every checkout runs with this checkout as its working directory (the config's relative paths: ``../shared``,
-the teacher under ``runs/``), its own package first on ``PYTHONPATH``, and a fresh output folder.
+the teacher under ``runs/``), its own package first on ``PYTHONPATH``, and a fresh output folder. ``--arm
+OVERRIDE`` (repeatable) runs each checkout once per arm, with that one override added (``""``: none).
 """
 
 import argparse
@@ -60,20 +62,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="more config overrides")
+    parser.add_argument("--arm", action="append", dest="arms", help="one arm's extra override (repeatable)")
     args = parser.parse_args()
-    results: dict[Path, list[dict]] = {tree: [] for tree in args.trees}
+    arms = [(tree, arm) for tree in args.trees for arm in args.arms or [""]]
+    results: dict[tuple[Path, str], list[dict]] = {arm: [] for arm in arms}
     for round_ in range(args.rounds):
-        for tree in args.trees if round_ % 2 == 0 else args.trees[::-1]:
-            results[tree].append(cold_run(tree, args.steps, args.overrides))
-            print(f"round {round_ + 1} {tree}: {results[tree][-1]}", file=sys.stderr, flush=True)
-    print(f"| checkout | wall time (s) | compiling (s) | programs | dev accuracy after {args.steps} steps |")
-    print("|---|---:|---:|---:|---:|")
-    for tree, runs in results.items():
+        for tree, extra in arms if round_ % 2 == 0 else arms[::-1]:
+            runs = results[(tree, extra)]
+            runs.append(cold_run(tree, args.steps, [*args.overrides, *([extra] if extra else [])]))
+            print(f"round {round_ + 1} {tree} {extra}: {runs[-1]}", file=sys.stderr, flush=True)
+    print(
+        f"| checkout | arm | wall time (s) | compiling (s) | programs | dev accuracy after {args.steps} steps |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for (tree, extra), runs in results.items():
         compile_s = spread([r["compile_s"] for r in runs]) if "compile_s" in runs[0] else "not reported"
         programs = runs[0].get("programs", "not reported")
-        print(
-            f"| {tree} | {spread([r['wall_s'] for r in runs])} | {compile_s} | {programs} | {runs[0]['accuracy']:.4f} |"
-        )
+        wall = spread([r["wall_s"] for r in runs])
+        print(f"| {tree} | {extra or '-'} | {wall} | {compile_s} | {programs} | {runs[0]['accuracy']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ POLICIES = {
 }
 PACKED = [
     packing.PackingSettings(rows, length, slots)
-    for rows, length, slots in [(4, 128, 16), (4, 128, 32), (6, 96, 32), (2, 256, 64)]
+    for rows, length, slots in [(8, 72, 16), (4, 128, 16), (4, 128, 32), (2, 256, 64)]
 ]
 
 

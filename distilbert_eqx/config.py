@@ -130,7 +130,7 @@ class ExperimentConfig:
     augment: AugmentSettings | None = None
     augment_seed: int = 0
     augment_dir: str = "runs/augment"
-    # Several sentences to a row (packing.py): `packing: {rows: 4, length: 128, slots: 32}` trains on fixed
+    # Several sentences to a row (packing.py): `packing: {rows: 8, length: 72, slots: 16}` trains on fixed
     # steps of rows x length tokens, nearly all real; null: batches of batch_size sentences in length buckets
     packing: PackingSettings | None = None
     # JAX's persistent compilation cache (null: off)

@@ -60,11 +60,14 @@ def length_buckets(config: ExperimentConfig) -> tuple[int, ...]:
     return config.length_buckets or default_length_buckets(config.max_length)
 
 
-def packing_shape(config: ExperimentConfig) -> PackingSettings | None:
-    """A packed run's step shape with its row length resolved (``max_length`` when unset); ``None``: no packing."""
+def packing_shape(config: ExperimentConfig, *splits: TokenizedSplit) -> PackingSettings | None:
+    """A packed run's step shape with its row length resolved, or ``None`` when the run does not pack. An unset
+    length is the splits' longest example rounded up to a multiple of 8: rows longer than that only lengthen
+    every token's attention (docs/performance.md)."""
     if config.packing is None or config.packing.length is not None:
         return config.packing
-    return dataclasses.replace(config.packing, length=config.max_length)
+    longest = max(int(split.lengths.max()) for split in splits)
+    return dataclasses.replace(config.packing, length=min(-(-longest // 8) * 8, config.max_length))
 
 
 def eval_batch_size(config: ExperimentConfig) -> int:
@@ -410,7 +413,7 @@ def train_model(
         objective = build_objective(config, model, teacher)
         # A key of its own, so that runs without a projection keep the train state's key they always had.
         projection = build_projection(config, objective, model, teacher, key=jax.random.fold_in(key, 1))
-        packed = packing_shape(config)
+        packed = packing_shape(config, train_split, dev_split)
         if packed is None:
             per_epoch = num_batches(train_split, config.batch_size)
         else:
@@ -500,7 +503,7 @@ def train_model(
                 ),
                 None if teacher is None else eqx.nn.inference_mode(teacher),
                 train_batches=train_batches,
-                dev_batches=lambda: dev_batches(config, dev_split, buckets),
+                dev_batches=lambda: dev_batches(config, packed, dev_split, buckets),
                 steps=steps,
                 plan=plan,
                 learning_rate=schedule,
@@ -516,10 +519,11 @@ def train_model(
             )
 
 
-def dev_batches(config: ExperimentConfig, dev: TokenizedSplit, buckets: tuple[int, ...]) -> Iterator[Batch]:
+def dev_batches(
+    config: ExperimentConfig, packed: PackingSettings | None, dev: TokenizedSplit, buckets: tuple[int, ...]
+) -> Iterator[Batch]:
     """One pass over the dev split: packed like the training steps when the run packs (one program), else in
     batches of ``eval_batch_size`` padded to their buckets."""
-    packed = packing_shape(config)
     if packed is None:
         return eval_batches(dev, eval_batch_size(config), buckets)
     return packed_eval_batches(dev, packed, int(dev.lengths.max()))
@@ -556,7 +560,7 @@ def startup_summary(
     ]
     variants = "" if train_split.labelled is None else f" ({int(train_split.labelled.sum())} labelled)"
     epochs = plan.total_steps / plan.steps_per_epoch
-    packed = packing_shape(config)
+    packed = packing_shape(config, train_split, dev_split)
     step = (
         f"batch {config.batch_size}"
         if packed is None

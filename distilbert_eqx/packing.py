@@ -24,13 +24,13 @@ from .errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class PackingSettings:
-    """A packed run's step: ``rows`` rows of ``length`` tokens (``None`` in a config: the tokenizer's
-    ``max_length``), each holding at most ``slots`` sentences. The loss terms see the step's sentences as
-    ``rows * slots`` one-to-a-row rows, most of them real."""
+    """A packed run's step: ``rows`` rows of ``length`` tokens (``None`` in a config: the longest example
+    rounded up to a multiple of 8), each holding at most ``slots`` sentences. The loss terms see the step's
+    sentences as ``rows * slots`` one-to-a-row rows, most of them real."""
 
-    rows: int = 4
+    rows: int = 8
     length: int | None = None
-    slots: int = 32
+    slots: int = 16
 
     def __post_init__(self) -> None:
         for name in ("rows", "length", "slots"):
@@ -82,8 +82,7 @@ def _refuse_longer_than_a_row(
     if len(too_long):
         raise DataError(
             f"example {too_long[0]} has {int(lengths[too_long[0]])} tokens, more than the packed row length "
-            f"{length}: set packing's length to at least the longest example (at most max_length), or leave it "
-            "null for max_length"
+            f"{length}: set packing's length to at least the longest example, or leave it null for that"
         )
 
 

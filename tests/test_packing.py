@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from distilbert_eqx import packing, parallel
+from distilbert_eqx import experiment, packing, parallel
+from distilbert_eqx.config import config_from_dict
 from distilbert_eqx.data import DataError, TokenizedSplit
 from distilbert_eqx.distill import Objective
 from distilbert_eqx.distill.teacher_cache import teacher_cache
@@ -280,3 +281,15 @@ def test_packed_batches_carry_the_cached_targets_of_their_own_sentences():
                     where = (mask[:, :, None] & mask[:, None, :])[:, None, None]
                 assert max_diff(np.where(where, cached, 0), np.where(where, value, 0)) < 1e-5, (term, name)
                 assert np.count_nonzero(batch.teacher[term][name][~real]) == 0
+
+
+def test_an_unset_row_length_is_the_longest_example_rounded_up_to_8():
+    train, dev = random_split(30), random_split(10, seed=1)
+    longest = max(train.lengths.max(), dev.lengths.max())
+    config = config_from_dict({"packing": {}, "max_length": MAX_LENGTH})
+    shape = experiment.packing_shape(config, train, dev)
+    assert shape.length == min(-(-longest // 8) * 8, MAX_LENGTH) and shape.length >= longest
+    assert shape.rows == 8 and shape.slots == 16
+    explicit = config_from_dict({"packing": {"length": 40}})
+    assert experiment.packing_shape(explicit, train, dev).length == 40
+    assert experiment.packing_shape(config_from_dict({}), train, dev) is None
