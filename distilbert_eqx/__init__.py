@@ -8,7 +8,8 @@ The public API, in the order a distillation uses it:
 - the objective: `Objective` of loss terms from `terms` (``terms.CE``, ``terms.KL``, ``terms.Cos``,
   ``terms.Hidden``, ``terms.AttentionScores``, ``terms.AttentionKL``, ``terms.ValueRelation``, ``terms.PKD``);
 - the optimizer: `make_optimizer` (AdamW, warm-up then linear decay, clipping), `init_state` (a `TrainState`);
-- data: `load_tokenizer`, `load_text_split` (SST-2), `sentence_batches` (padded `Batch`es from sentences);
+- data: `load_tokenizer`, `load_text_split` (SST-2), `sentence_batches` (padded `Batch`es from sentences,
+  or packed several to a row with `PackingSettings`);
 - steps: `train_step` (jitted; it donates the state, so use the state it returns: the one passed in, and the
   student it was built from, are deleted), `eval_step`, `evaluate` (accuracy over batches);
 - `fit`: the scripts' fit loop over a list of batches (on a copy of the student), returning the trained
@@ -32,6 +33,7 @@ from .models import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
 )
+from .packing import PackingSettings
 from .train import TrainState, eval_step, init_state, make_optimizer, train_step
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "DistilBertForSequenceClassification",
     "FitResult",
     "Objective",
+    "PackingSettings",
     "TrainState",
     "eval_step",
     "evaluate",

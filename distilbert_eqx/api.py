@@ -31,6 +31,7 @@ from .loop import FitPlan, fit as fit_loop
 from .metrics_log import MetricsLog
 from .models import AbstractSequenceClassifier
 from .models.layers import linear
+from .packing import PackingSettings, make_packed_batch, packed_eval_batches, packed_steps
 from .train import init_state, single_device_steps
 
 
@@ -43,6 +44,7 @@ def sentence_batches(
     seed: int | None = None,
     epoch: int = 0,
     buckets: Sequence[int] | None = None,
+    packing: PackingSettings | None = None,
 ) -> list[Batch]:
     """Tokenise ``sentences`` and pad them into batches of ``batch_size`` rows, as the scripts' batches are.
 
@@ -55,6 +57,9 @@ def sentence_batches(
       scripts' epoch ``epoch`` of seed ``seed``.
     - `buckets`: the padded lengths; ``default_length_buckets(tokenizer.max_length)`` by default. Each bucket
       compiles the steps once.
+    - `packing`: pack the sentences several to a row instead (``PackingSettings(rows, length, slots)``, its
+      length at least the longest tokenised sentence; ``batch_size`` and ``buckets`` then do nothing): every
+      batch has one shape, and holds as many sentences as fit.
 
     **Returns:**
 
@@ -63,6 +68,16 @@ def sentence_batches(
     if len(sentences) != len(labels):
         raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels")
     split = tokenize_split(TextSplit("sentences", tuple(sentences), np.asarray(labels, np.int32)), tokenizer)
+    if packing is not None:
+        if packing.length is None:
+            raise ValueError(
+                "packing.length is None; give the row length (at least the longest sentence's tokens)"
+            )
+        widest = int(split.lengths.max())
+        if seed is None:
+            return list(packed_eval_batches(split, packing, widest))
+        steps = packed_steps(split.lengths, packing, seed=seed, epoch=epoch)
+        return [make_packed_batch(split, step, packing, widest) for step in steps]
     buckets = tuple(buckets or default_length_buckets(tokenizer.max_length))
     if seed is None:
         return list(eval_batches(split, batch_size, buckets))

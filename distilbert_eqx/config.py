@@ -125,6 +125,9 @@ class ExperimentConfig:
     teacher_cache_dir: str = "runs/teacher_cache"
     teacher_cache_dtype: str = "float32"
     teacher_cache_max_gb: float = 8.0
+    # More fine-tuned teachers (distill/ensemble.py): their class probabilities are averaged with teacher_model's
+    # in the teacher-output cache; null: teacher_model alone
+    ensemble_teachers: tuple[str, ...] | None = None
     # A transfer set (distill/augment): `augment: {copies: 20, replace_prob: 0.4, ...}` trains on the train split
     # and its word-level variants, which the teacher labels; null: the train split alone
     augment: AugmentSettings | None = None
@@ -451,6 +454,14 @@ def _validate(c: ExperimentConfig) -> None:
         f"off with num_processes={c.num_processes}: the cache is built and read by one process",
     )
     _require(c.teacher_cache_max_gb > 0, "teacher_cache_max_gb", c.teacher_cache_max_gb, "a size in GiB > 0")
+    if c.ensemble_teachers is not None:
+        _require(
+            len(c.ensemble_teachers) > 0 and c.teacher_cache != "off",
+            "ensemble_teachers",
+            list(c.ensemble_teachers),
+            "null, or a non-empty list of teacher folders with teacher_cache memory or disk (the teachers' "
+            "probabilities are averaged in the cache)",
+        )
     if c.augment is not None:
         _require(
             any(term.on_variants for term in terms),

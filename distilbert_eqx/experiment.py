@@ -12,7 +12,7 @@ import functools
 import hashlib
 import importlib.util
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ from .data import (
     with_transfer_set,
 )
 from .distill.augment import augmented_pool
+from .distill.ensemble import average_soft_targets, logit_temperatures
 from .distill.objective import Objective
-from .distill.teacher_cache import TeacherCache, teacher_cache
+from .distill.teacher_cache import TeacherCache, fields, teacher_cache
 from .hf import CheckpointError, HubUnavailable, from_pretrained, load_config, save_pretrained
 from .init import random_student, student_from_teacher
 from .loop import FitPlan, evaluate, fit
@@ -254,7 +255,8 @@ def _recipe(config: ExperimentConfig, objective: Objective) -> str:
     """The model card's one line on the loss: every term with its weight, and the settings they used."""
     if not objective.needs_teacher:
         return "trained on the labels alone (cross-entropy)"
-    recipe = f"distilled from `{config.teacher_model}`: {objective.describe()}"
+    teachers = [config.teacher_model, *(config.ensemble_teachers or ())]
+    recipe = f"distilled from {' and '.join(f'`{t}`' for t in teachers)}: {objective.describe()}"
     if config.intermediate_steps:
         prediction = [term.title for term in objective.terms if term.prediction_layer]
         recipe += (
@@ -358,26 +360,39 @@ def _teacher_cache(
     objective: Objective,
     steps: Steps,
     buckets: tuple[int, ...],
+    ensemble: Sequence[AbstractSequenceClassifier] = (),
 ) -> TeacherCache | None:
     """The train split's teacher-output cache as the config asks (``None`` when off or when no term reads the
-    teacher), computed on the run's devices."""
+    teacher), computed on the run's devices; with ``ensemble`` (more teachers), the mean of every teacher's
+    probabilities (``distill/ensemble.py``)."""
     if config.teacher_cache == "off":
         return None
     if not objective.needs_teacher:
         say(f"teacher_cache={config.teacher_cache}: the loss reads nothing of the teacher, so none is cached")
         return None
-    return teacher_cache(
-        steps.place_state(eqx.nn.inference_mode(teacher)),
-        split,
-        objective,
-        batch_size=4 * eval_batch_size(config),
-        buckets=buckets,
-        dtype=config.teacher_cache_dtype,
-        folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
-        max_bytes=int(config.teacher_cache_max_gb * 2**30),
-        place=steps.place,
-        log=say,
-    )
+    if ensemble:
+        # Before any teacher pass: a loss that keeps more than logits cannot be averaged.
+        logit_temperatures(objective, fields(eqx.nn.inference_mode(teacher), objective))
+
+    def cache_of(model: AbstractSequenceClassifier) -> TeacherCache:
+        return teacher_cache(
+            steps.place_state(eqx.nn.inference_mode(model)),
+            split,
+            objective,
+            batch_size=4 * eval_batch_size(config),
+            buckets=buckets,
+            dtype=config.teacher_cache_dtype,
+            folder=config.teacher_cache_dir if config.teacher_cache == "disk" else None,
+            max_bytes=int(config.teacher_cache_max_gb * 2**30),
+            place=steps.place,
+            log=say,
+        )
+
+    caches = [cache_of(model) for model in (teacher, *ensemble)]
+    if not ensemble:
+        return caches[0]
+    say(f"teacher cache: the mean probabilities of {len(caches)} teachers")
+    return average_soft_targets(caches, logit_temperatures(objective, caches[0].fields))
 
 
 def train_model(
@@ -390,6 +405,7 @@ def train_model(
     make_steps: Callable[[Objective, Any], Steps] = single_device_steps,
     final_name: str = "student",
     started_from: str = "not recorded",
+    ensemble: Sequence[AbstractSequenceClassifier] = (),
 ) -> dict[str, Any]:
     """Build the losses, optimizer, steps, checkpoints and log from ``config`` and run the fit loop.
 
@@ -402,6 +418,7 @@ def train_model(
         make_steps: ``make_steps(objective, optimizer)`` builds the steps (``parallel.sharded_steps`` on a mesh).
         final_name: the output folder of the final model.
         started_from: the model card's line on where the model's weights came from.
+        ensemble: more teachers (``ensemble_teachers``), whose probabilities the cache averages with ``teacher``'s.
 
     Returns:
         the fit loop's summary.
@@ -462,7 +479,7 @@ def train_model(
                 "config": config_to_dict(config),
             }
         # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
-        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets)
+        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets, ensemble)
         summary = startup_summary(config, model, teacher, train_split, dev_split, plan, objective, cache)
         if cache is not None:
             teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices
@@ -583,6 +600,8 @@ def startup_summary(
     lines.append(f"loss: {objective.describe()}")
     if objective.needs_teacher:
         source = "the live teacher every step" if cache is None else f"a {config.teacher_cache} cache"
+        if config.ensemble_teachers:
+            source += f" of the mean probabilities of {1 + len(config.ensemble_teachers)} teachers"
         lines.append(f"teacher outputs: {source} (teacher_cache={config.teacher_cache})")
     lines.append(f"output: {config.output_dir} (metrics.jsonl, config.json, checkpoints/)")
     return lines
@@ -667,8 +686,21 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
             dtype=config.dtype,
             refuse_fresh_head="the teacher's logits noise: distil from a fine-tuned classifier",
         )
+    ensemble = []
+    for i, name in enumerate(config.ensemble_teachers or ()):
+        with _hub_key(f"ensemble_teachers[{i}]"):
+            ensemble.append(
+                from_pretrained(
+                    name,
+                    dtype=config.dtype,
+                    refuse_fresh_head="the teacher's logits noise: distil from a fine-tuned classifier",
+                )
+            )
     shape = {key: getattr(config, key) for key in STUDENT_SHAPE}
-    checkpoints = {"teacher_model": config.teacher_model}
+    checkpoints = {
+        "teacher_model": config.teacher_model,
+        **{f"ensemble_teachers[{i}]": name for i, name in enumerate(config.ensemble_teachers or ())},
+    }
     if any(v is not None for v in shape.values()):
         student = random_student_from_config(config, teacher, key=init_key)
     elif config.student_init_layers is not None:
@@ -685,9 +717,13 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
                 config.student_model, num_labels=teacher.config.num_labels, dtype=config.dtype, key=init_key
             )
         checkpoints["student_model"] = config.student_model
-    check_max_length(config.max_length, teacher=teacher, student=student)
+    members = {f"ensemble_teachers[{i}]": model for i, model in enumerate(ensemble)}
+    classes = {name: model.config.num_labels for name, model in {"teacher_model": teacher, **members}.items()}
+    if len(set(classes.values())) > 1:
+        raise ConfigError(f"the teachers classify into different numbers of classes: {classes}")
+    check_max_length(config.max_length, teacher=teacher, student=student, **members)
     check_tokenizer_matches(tokenizer, config.tokenizer_name, **checkpoints)
-    _check_vocabularies(tokenizer.backend.get_vocab_size(), teacher=teacher, student=student)
+    _check_vocabularies(tokenizer.backend.get_vocab_size(), teacher=teacher, student=student, **members)
     if any(v is not None for v in shape.values()):
         c = student.config
         started_from = f"random initialisation: {c.n_layers} layers, hidden {c.dim}, {c.n_heads} heads, FFN {c.hidden_dim}"
@@ -706,6 +742,7 @@ def distill(config: ExperimentConfig) -> dict[str, Any]:
         make_steps=make_steps,
         final_name="student",
         started_from=started_from,
+        ensemble=ensemble,
     )
 
 

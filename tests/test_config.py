@@ -85,6 +85,7 @@ ADDITIONS = {
     "teacher_cache_dir": "runs/teacher_cache",
     "teacher_cache_dtype": "float32",
     "teacher_cache_max_gb": 8.0,
+    "ensemble_teachers": None,
     "compilation_cache_dir": None,
     "loss": None,
     "augment": None,

@@ -11,6 +11,7 @@ import equinox as eqx
 import jax
 import numpy as np
 import pytest
+import torch
 import transformers
 
 import distilbert_eqx as de
@@ -326,6 +327,34 @@ def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_uninterrupted_run(w
         jax.tree.leaves(eqx.filter(full, eqx.is_array)), jax.tree.leaves(eqx.filter(resumed, eqx.is_array))
     ):
         assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_two_teachers_distil_their_mean_probabilities_and_a_cosine_loss_is_refused(workspace, capsys):
+    """``ensemble_teachers``: a second random teacher beside the workspace's; the run caches both teachers'
+    logits, trains on their mean probabilities and names both in the model card. With the cosine loss on (it
+    reads hidden states, which do not average) the run stops before any teacher pass."""
+    import transformers
+
+    second = workspace / "second_teacher"
+    if not second.is_dir():
+        config = transformers.BertConfig.from_pretrained(workspace / "teacher")
+        torch.manual_seed(5)
+        transformers.BertForSequenceClassification(config).save_pretrained(second)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (second / name).write_bytes((workspace / "teacher" / name).read_bytes())
+    both = ["--set", f"ensemble_teachers=[{second}]", "--set", "teacher_cache=memory"]
+    with pytest.raises(ConfigError, match="the 'cos' term keeps the teacher's last_hidden_state"):
+        distill_sst2.main(common(workspace, "ensemble_cos") + both + ["--set", "student_init_layers=[0,1]"])
+    assert "teacher cache:" not in capsys.readouterr().err
+    summary = distill_sst2.main(
+        common(workspace, "ensemble") + both + ["--set", "student_init_layers=[0,1]", "--set", "alpha_cos=0"]
+    )
+    assert summary["steps"] == 2
+    err = capsys.readouterr().err
+    assert err.count("teacher cache (float32, 40 examples): kl.logits") == 2
+    assert "teacher outputs: a memory cache of the mean probabilities of 2 teachers" in err
+    card = (workspace / "ensemble" / "student" / "README.md").read_text()
+    assert f"`{workspace / 'teacher'}` and `{second}`" in card
 
 
 def test_bad_inputs_fail_before_writing_anything(workspace, tmp_path):

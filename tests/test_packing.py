@@ -8,14 +8,15 @@ import numpy as np
 import optax
 import pytest
 
+import distilbert_eqx as de
 from distilbert_eqx import experiment, packing, parallel
 from distilbert_eqx.config import config_from_dict
-from distilbert_eqx.data import DataError, TokenizedSplit
+from distilbert_eqx.data import DataError, TokenizedSplit, load_text_split, load_tokenizer, slice_for_process
 from distilbert_eqx.distill import Objective
 from distilbert_eqx.distill.teacher_cache import teacher_cache
 from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
-from helpers import VOCAB, copy_tree, flat_weights, max_diff, tiny_student, tiny_teacher
+from helpers import VOCAB, copy_tree, flat_weights, max_diff, minilm_dir, sst2_dir, tiny_student, tiny_teacher
 
 MAX_LENGTH = 16  # the tokenizer's max_length: the one-to-a-row view's width
 ROW_LENGTH = 32  # at most the tiny models' 32 positions
@@ -293,3 +294,29 @@ def test_an_unset_row_length_is_the_longest_example_rounded_up_to_8():
     explicit = config_from_dict({"packing": {"length": 40}})
     assert experiment.packing_shape(explicit, train, dev).length == 40
     assert experiment.packing_shape(config_from_dict({}), train, dev) is None
+
+
+def test_each_process_takes_its_packed_rows_with_their_sentences():
+    batch = one_step(random_split(80), rows=4)
+    halves = [slice_for_process(batch, i, 2) for i in range(2)]
+    for i, half in enumerate(halves):
+        assert half.model_rows == 2 and len(half.labels) == 2 * SLOTS
+        np.testing.assert_array_equal(half.packed.input_ids, batch.packed.input_ids[2 * i : 2 * i + 2])
+        np.testing.assert_array_equal(half.labels, batch.labels[2 * i * SLOTS : (2 * i + 2) * SLOTS])
+    with pytest.raises(ValueError, match="batch of 4 rows cannot be split evenly across num_processes=3"):
+        slice_for_process(batch._replace(labels=batch.labels[:12], weights=batch.weights[:12]), 0, 3)
+
+
+def test_sentence_batches_pack_in_order_for_evaluation_and_shuffled_for_training():
+    tokenizer = load_tokenizer(str(minilm_dir()), 64)
+    text = load_text_split("dev", data_dir=sst2_dir())
+    sentences, labels = text.sentences[:50], text.labels[:50]
+    shape = de.PackingSettings(rows=2, length=64, slots=8)
+    ordered = de.sentence_batches(sentences, labels, tokenizer, 32, packing=shape)
+    assert {b.packed.input_ids.shape for b in ordered} == {(2, 64)}
+    np.testing.assert_array_equal(np.concatenate([b.labels[b.weights > 0] for b in ordered]), labels)
+    shuffled = de.sentence_batches(sentences, labels, tokenizer, 32, seed=0, packing=shape)
+    assert sum(int(b.weights.sum()) for b in shuffled) == 50
+    assert not np.array_equal(np.concatenate([b.labels[b.weights > 0] for b in shuffled]), labels)
+    with pytest.raises(ValueError, match="packing.length is None"):
+        de.sentence_batches(sentences, labels, tokenizer, 32, packing=de.PackingSettings())
