@@ -53,7 +53,6 @@ def pack_rows(
     # open_rows[room]: the open rows with `room` tokens free; `has_room` has bit `room` set when any are.
     open_rows: list[list[int]] = [[] for _ in range(length + 1)]
     has_room = 0
-    room_of: list[int] = []
     for i in order[np.argsort(-lengths[order], kind="stable")]:
         need = int(lengths[i])
         fits = has_room >> need
@@ -65,10 +64,8 @@ def pack_rows(
         else:
             room, row = length, len(rows)
             rows.append([])
-            room_of.append(length)
         rows[row].append(int(i))
         room -= need
-        room_of[row] = room
         if len(rows[row]) < slots and room > 0:
             open_rows[room].append(row)
             has_room |= 1 << room
