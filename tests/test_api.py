@@ -20,6 +20,7 @@ def readme_python_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
+@pytest.mark.slow
 def test_the_readmes_python_example_runs(tmp_path, monkeypatch, capsys):
     # The example's paths, relative to the repository root: the teacher finetune_teacher.py saves, and SST-2.
     (tmp_path / "workspace").mkdir()

@@ -29,6 +29,7 @@ def _report(done: subprocess.CompletedProcess) -> tuple[str, dict]:
     return "\n".join(lines[:-1]), json.loads(lines[-1])
 
 
+@pytest.mark.slow
 def test_device_check_quick_prints_one_table_and_the_json():
     # A bf16 peak given, none for float32: on a CPU only the given one grades the step.
     table, result = _report(_benchmark(["benchmarks/device_check.py", "--quick", "--peak-tflops", "1"]))

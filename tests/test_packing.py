@@ -221,6 +221,7 @@ def test_every_epoch_has_the_same_number_of_steps_and_a_resumed_stream_continues
     np.testing.assert_array_equal(batch.labels[real], split.labels[indices])
 
 
+@pytest.mark.slow
 def test_sharded_packed_steps_equal_the_single_device_step_dropout_on():
     teacher = models()["bert"]
     student = eqx.nn.inference_mode(tiny_student(teacher), value=False)

@@ -73,6 +73,7 @@ def test_a_recorded_comparison_is_drawn(tmp_path, monkeypatch):
     assert (tmp_path / "summary.png").read_bytes().startswith(PNG)
 
 
+@pytest.mark.slow
 def test_a_short_runs_log_is_drawn(tmp_path):
     import jax
 

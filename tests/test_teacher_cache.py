@@ -130,6 +130,7 @@ def test_a_cache_of_another_teacher_would_not_match(teacher):
     assert not np.allclose(batch.teacher["kl"]["logits"], live["kl.logits"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_twenty_steps_with_the_cache_train_the_same_student_dropout_on(teacher):
     split = _split(80)  # 10 batches an epoch: the second epoch reads every example's targets again
     cache = _computed(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS)

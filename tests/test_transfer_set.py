@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from distilbert_eqx.data import TokenizedSplit, indexed_train_batches, make_batch, with_transfer_set
 from distilbert_eqx.distill import Objective
@@ -77,6 +78,7 @@ def test_variant_labels_do_not_enter_the_loss_and_originals_labels_do():
     assert terms(flipped)["loss_ce"] != base["loss_ce"]
 
 
+@pytest.mark.slow
 def test_the_cache_stores_variants_only_for_the_terms_computed_on_them_and_trains_as_the_live_teacher():
     teacher = tiny_teacher(num_hidden_layers=2)
     pool = _pool()
@@ -105,6 +107,7 @@ def test_the_cache_stores_variants_only_for_the_terms_computed_on_them_and_train
     assert max_diff(live, flat_weights(student)) > 1e-3  # it trained
 
 
+@pytest.mark.slow
 def test_sharded_steps_on_a_pool_equal_single_device():
     """The labelled mask is split over devices like the rows it weighs: 4 devices give the single device's
     losses and student, CE's row count summed across devices included."""
