@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, minilm_dir, sst2_dir
+from helpers import REPO, make_workspace, minilm_dir, sst2_dir
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -105,3 +105,37 @@ def test_epoch_time_quick_reports_each_ratio_over_rounds():
     assert ratio["timed_steps"]["rounds"] == pytest.approx(per_round)
     assert "medians over 2 rounds" in table and "median over 2 rounds" in table
     assert f"| b/e | {ratio['1_epochs']['median']:.2f}x ({ratio['1_epochs']['min']:.2f}-" in table
+
+
+@pytest.mark.slow
+def test_packing_throughput_runs_each_arm_and_reports_it(tmp_path):
+    """One round of buckets against one packed shape, on a tiny teacher over the first SST-2 rows."""
+    workspace = make_workspace(tmp_path, {"train": 80, "dev": 20})
+    teacher = workspace / "teacher"
+    table, result = _report(
+        _benchmark(
+            [
+                "benchmarks/packing_throughput.py",
+                "--rounds",
+                "1",
+                "--steps",
+                "100",
+                "--warm",
+                "0",
+                "--packed",
+                "2x64x8",
+                "--set",
+                f"data_dir={workspace / 'data'}",
+                f"teacher_model={teacher}",
+                f"tokenizer_name={teacher}",
+                "max_length=64",
+                "student_init_layers=[0,1]",
+            ]
+        )
+    )
+    assert set(result) == {"buckets", "2x64x8"}
+    for runs in result.values():
+        (run,) = runs
+        assert run["sentences_per_s"] > 0 and run["programs"] >= 1
+    assert "| 2x64x8 |" in table and "| buckets |" in table
+    assert result["2x64x8"][0]["programs"] < result["buckets"][0]["programs"]  # one shape against several

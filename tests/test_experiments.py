@@ -204,6 +204,23 @@ def _resumable(workspace: Path) -> list[str]:
     ]
 
 
+def _train_and_load(workspace: Path, splits, overrides: list[str], out: str, interrupt_after: int | None):
+    """``train_model`` on the workspace's student and teacher with these overrides into ``workspace / out``
+    (SIGINT during train call ``interrupt_after``): its summary, and the saved student if the run finished."""
+    config = load_config(None, [*overrides, f"output_dir={workspace / out}"])
+    student, teacher = _student_and_teacher(workspace)
+    summary = experiment.train_model(
+        config,
+        student,
+        teacher,
+        splits,
+        key=jax.random.key(7),
+        make_steps=interrupting_steps(interrupt_after),
+    )
+    saved = workspace / out / "student"
+    return summary, de.from_pretrained(saved) if saved.is_dir() else None
+
+
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
     overrides = [*_resumable(workspace), "num_epochs=2"]
@@ -253,18 +270,7 @@ def test_a_cached_teacher_run_resumed_after_ctrl_c_equals_the_live_teacher_run(w
     splits = _splits(workspace)
 
     def run(out: str, *extra: str, interrupt_after: int | None = None):
-        config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
-        student, teacher = _student_and_teacher(workspace)
-        summary = experiment.train_model(
-            config,
-            student,
-            teacher,
-            splits,
-            key=jax.random.key(7),
-            make_steps=interrupting_steps(interrupt_after),
-        )
-        saved = workspace / out / "student"
-        return summary, de.from_pretrained(saved) if saved.is_dir() else None
+        return _train_and_load(workspace, splits, [*overrides, *extra], out, interrupt_after)
 
     _, live = run("live_teacher")
     stopped, _ = run("cached_teacher", "teacher_cache=disk", interrupt_after=3)
@@ -300,18 +306,7 @@ def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_uninterrupted_run(w
     per_epoch = packing.steps_per_epoch(splits["train"].lengths, packing.PackingSettings(2, 64, 8))
 
     def run(out: str, *extra: str, interrupt_after: int | None = None):
-        config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
-        student, teacher = _student_and_teacher(workspace)
-        summary = experiment.train_model(
-            config,
-            student,
-            teacher,
-            splits,
-            key=jax.random.key(7),
-            make_steps=interrupting_steps(interrupt_after),
-        )
-        saved = workspace / out / "student"
-        return summary, de.from_pretrained(saved) if saved.is_dir() else None
+        return _train_and_load(workspace, splits, [*overrides, *extra], out, interrupt_after)
 
     full_summary, full = run("packed_full")
     assert full_summary["steps"] == 2 * per_epoch
