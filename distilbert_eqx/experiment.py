@@ -65,10 +65,20 @@ def packing_shape(config: ExperimentConfig, *splits: TokenizedSplit) -> PackingS
     """A packed run's step shape with its row length resolved, or ``None`` when the run does not pack. An unset
     length is the splits' longest example rounded up to a multiple of 8: rows longer than that only lengthen
     every token's attention (docs/performance.md)."""
-    if config.packing is None or config.packing.length is not None:
-        return config.packing
-    longest = max(int(split.lengths.max()) for split in splits)
-    return dataclasses.replace(config.packing, length=min(-(-longest // 8) * 8, config.max_length))
+    if config.packing is None:
+        return None
+    if config.packing.length is None:
+        longest = max(int(split.lengths.max()) for split in splits)
+        return dataclasses.replace(config.packing, length=min(-(-longest // 8) * 8, config.max_length))
+    for split in splits:
+        example = int(np.argmax(split.lengths))
+        if split.lengths[example] > config.packing.length:
+            raise ConfigError(
+                f"packing length={config.packing.length} is shorter than {split.name} example {example} "
+                f"({int(split.lengths[example])} tokens); set it to at least that, or leave it null for the "
+                "longest example"
+            )
+    return config.packing
 
 
 def eval_batch_size(config: ExperimentConfig) -> int:

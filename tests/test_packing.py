@@ -10,7 +10,7 @@ import pytest
 
 import distilbert_eqx as de
 from distilbert_eqx import experiment, packing, parallel
-from distilbert_eqx.config import config_from_dict
+from distilbert_eqx.config import ConfigError, config_from_dict
 from distilbert_eqx.data import DataError, TokenizedSplit, load_text_split, load_tokenizer, slice_for_process
 from distilbert_eqx.distill import Objective
 from distilbert_eqx.distill.teacher_cache import teacher_cache
@@ -294,6 +294,10 @@ def test_an_unset_row_length_is_the_longest_example_rounded_up_to_8():
     assert shape.rows == 8 and shape.slots == 16
     explicit = config_from_dict({"packing": {"length": 40}})
     assert experiment.packing_shape(explicit, train, dev).length == 40
+    example = int(np.argmax(train.lengths))
+    message = rf"packing length=8 is shorter than train example {example} \({train.lengths[example]} tokens\)"
+    with pytest.raises(ConfigError, match=message):
+        experiment.packing_shape(config_from_dict({"packing": {"length": 8}}), train, dev)
     assert experiment.packing_shape(config_from_dict({}), train, dev) is None
 
 
