@@ -382,7 +382,7 @@ def _teacher_cache(
         return None
     if ensemble:
         # Before any teacher pass: a loss that keeps more than logits cannot be averaged.
-        logit_temperatures(objective, fields(eqx.nn.inference_mode(teacher), objective))
+        temperatures = logit_temperatures(objective, fields(eqx.nn.inference_mode(teacher), objective))
 
     def cache_of(model: AbstractSequenceClassifier) -> TeacherCache:
         return teacher_cache(
@@ -402,7 +402,7 @@ def _teacher_cache(
     if not ensemble:
         return caches[0]
     say(f"teacher cache: the mean probabilities of {len(caches)} teachers")
-    return average_soft_targets(caches, logit_temperatures(objective, caches[0].fields))
+    return average_soft_targets(caches, temperatures)
 
 
 def train_model(

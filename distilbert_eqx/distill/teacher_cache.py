@@ -122,18 +122,20 @@ def _gather_rows(
     offsets: Int64[np.ndarray, " offsets"],
     lengths: Int64[np.ndarray, " examples"],
     indices: Int64[np.ndarray, " rows"],
+    rows: Int64[np.ndarray, " rows"],
     batch_size: int,
     seq: int,
 ) -> np.ndarray:
-    """The inverse of `_to_rows` for a whole batch in one gather: the examples' targets in the storage dtype,
-    zero-padded to ``seq`` tokens and ``batch_size`` rows (all zeros for a variant the field does not store).
+    """The inverse of `_to_rows` for a whole batch in one gather: the examples' targets in the storage dtype, at
+    batch rows ``rows``, zero-padded to ``seq`` tokens and ``batch_size`` rows (all zeros for a variant the field
+    does not store).
 
     Example ``i`` stores ``n ** k`` rows in C order over its ``k`` token axes, so local row ``j`` is the
     position whose base-``n`` digits are ``j``'s."""
     k = len(field.token_axes)
     starts = offsets[indices]
     counts = offsets[indices + 1] - starts
-    row = np.repeat(np.arange(len(indices)), counts)
+    row = np.repeat(rows, counts)
     local = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     source = np.repeat(starts, counts) + local
     width = np.repeat(lengths[indices], counts)
@@ -144,13 +146,6 @@ def _gather_rows(
     padded = np.zeros((batch_size, *(seq,) * k, *field.row_shape), array.dtype)
     padded[(row, *reversed(digits))] = array[source]
     return np.moveaxis(padded, tuple(range(1, k + 1)), tuple(axis + 1 for axis in field.token_axes))
-
-
-def _rows_at(gathered: np.ndarray, rows: Int64[np.ndarray, " real"]) -> np.ndarray:
-    """The leading rows of ``gathered``, one per entry of ``rows``, moved to ``rows`` (the others zero)."""
-    out = np.zeros_like(gathered)
-    out[rows] = gathered[: len(rows)]
-    return out
 
 
 def field_bytes(
@@ -251,21 +246,25 @@ class TeacherCache:
     def nbytes(self) -> dict[str, int]:
         return {name: int(array.nbytes) for name, array in self.arrays.items()}
 
-    def gather(self, indices: Int64[np.ndarray, " rows"], batch_size: int, seq: int) -> TeacherTargets:
+    def gather(
+        self,
+        indices: Int64[np.ndarray, " rows"],
+        batch_size: int,
+        seq: int,
+        rows: Int64[np.ndarray, " rows"] | None = None,
+    ) -> TeacherTargets:
         """The targets of the examples at ``indices`` in the storage dtype (the terms compute in float32 on the
-        device, so a bfloat16 cache also sends half the bytes), padded to ``(batch_size, ..., seq, ...)`` like
-        their batch (zeros at padded positions and dummy rows, which no loss reads). One vectorised gather per
-        field."""
+        device, so a bfloat16 cache also sends half the bytes), at batch rows ``rows`` (default the leading
+        ones), padded to ``(batch_size, ..., seq, ...)`` like their batch (zeros at padded positions and dummy
+        rows, which no loss reads). One vectorised gather per field."""
+        indices = np.asarray(indices)
+        rows = np.arange(len(indices)) if rows is None else np.asarray(rows)
+        if len(rows) != len(indices):
+            raise ValueError(f"{len(indices)} examples for {len(rows)} batch rows")
         out: TeacherTargets = {}
         for name, array in self.arrays.items():
             padded = _gather_rows(
-                self.layout[name],
-                array,
-                self.offsets[name],
-                self.lengths,
-                np.asarray(indices),
-                batch_size,
-                seq,
+                self.layout[name], array, self.offsets[name], self.lengths, indices, rows, batch_size, seq
             )
             term, kept = _split_key(name)
             out.setdefault(term, {})[kept] = padded
@@ -273,15 +272,10 @@ class TeacherCache:
 
     def attach(self, batches: Iterable[IndexedBatch]) -> Iterator[Batch]:
         """The batch stream with each batch's cached targets as ``Batch.teacher``. The indices name the real
-        rows in order: the leading rows of a batch, or those of weight 1 of a packed one (empty slots between)."""
+        rows (weight 1) in order: a batch's leading rows, or a packed batch's filled slots."""
         for indices, batch in batches:
-            seq = batch.input_ids.shape[1]
-            targets = self.gather(indices, len(batch.labels), seq)
-            if batch.packed is not None:
-                real = np.flatnonzero(batch.weights > 0)
-                targets = {
-                    term: {k: _rows_at(x, real) for k, x in kept.items()} for term, kept in targets.items()
-                }
+            real = np.flatnonzero(batch.weights > 0)
+            targets = self.gather(indices, len(batch.labels), batch.input_ids.shape[1], rows=real)
             yield batch._replace(teacher=targets)
 
     def save(self, folder: Path) -> None:
