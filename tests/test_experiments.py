@@ -227,28 +227,16 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     splits = _splits(workspace)
 
     def run(out: str, *, resume: bool, interrupt_after: int | None):
-        config = load_config(
-            None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"]
-        )
-        student, teacher = _student_and_teacher(workspace)
-        summary = experiment.train_model(
-            config,
-            student,
-            teacher,
-            splits,
-            key=jax.random.key(7),
-            make_steps=interrupting_steps(interrupt_after),
-        )
-        return summary, workspace / out
+        overriding = [*overrides, f"resume_from_checkpoint={resume}"]
+        return _train_and_load(workspace, splits, overriding, out, interrupt_after)
 
-    full, full_dir = run("uninterrupted", resume=False, interrupt_after=None)
-    stopped, resumed_dir = run("resumed", resume=False, interrupt_after=3)
+    full, a = run("uninterrupted", resume=False, interrupt_after=None)
+    stopped, _ = run("resumed", resume=False, interrupt_after=3)
+    resumed_dir = workspace / "resumed"
     assert stopped == {"interrupted": True, "steps": 3}
     assert (resumed_dir / "checkpoints" / "step_00000003").is_dir()
-    resumed, _ = run("resumed", resume=True, interrupt_after=None)
+    resumed, b = run("resumed", resume=True, interrupt_after=None)
     assert full["steps"] == resumed["steps"] == 10
-    a = de.from_pretrained(full_dir / "student")
-    b = de.from_pretrained(resumed_dir / "student")
     for x, y in zip(
         jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))
     ):
@@ -606,20 +594,13 @@ def test_a_transfer_set_run_resumed_after_ctrl_c_equals_the_live_teacher_run(wor
     tokenizer = load_tokenizer(str(workspace / "teacher"), 64)
 
     def run(out: str, *extra: str, interrupt_after: int | None = None):
-        config = load_config(None, [*overrides, f"output_dir={workspace / out}", *extra])
-        student, teacher = _student_and_teacher(workspace)
+        """The pool as the script makes it (or reads it back), then the run: summary, pool, saved student."""
+        _, teacher = _student_and_teacher(workspace)
         splits = _splits(workspace)
+        config = load_config(None, [*overrides, *extra])
         splits["train"] = experiment._with_augmented_pool(config, splits["train"], tokenizer, teacher)
-        summary = experiment.train_model(
-            config,
-            student,
-            teacher,
-            splits,
-            key=jax.random.key(7),
-            make_steps=interrupting_steps(interrupt_after),
-        )
-        saved = workspace / out / "student"
-        return summary, splits["train"], de.from_pretrained(saved) if saved.is_dir() else None
+        summary, student = _train_and_load(workspace, splits, [*overrides, *extra], out, interrupt_after)
+        return summary, splits["train"], student
 
     _, pool, live = run("pool_live")
     assert int(pool.labelled.sum()) == 40 and len(pool) > 40  # the originals, then their variants
