@@ -1,5 +1,12 @@
 """Test-wide settings: 8 CPU devices for mesh tests, strict dtype and rank promotion."""
 
+import os
+
+# Must be set before XLA starts. The suite compiles some 600 small programs and runs each a few times; LLVM's
+# optimisation passes are about half of each compile and buy nothing at these sizes. Runs and benchmarks keep
+# XLA's default; a user's own XLA_FLAGS are kept.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
 import jax
 import pytest
 
