@@ -4,6 +4,7 @@
     python experiments/compare.py FILE --dry-run    # the commands, and which runs are finished/resumable/new
     python experiments/compare.py FILE --no-run     # train nothing: evaluate and report what has finished
     python experiments/compare.py FILE --only ARM ... --seeds SEED ... [--data-dir DIR]
+    python experiments/compare.py FILE --no-run --control ARM   # the same runs, each arm minus ARM
 
 The comparison file names the training script, its config, the ``output_root``, the ``seeds``, the ``control``
 arm, overrides for every run (``set``), the ``arms`` (a ``name`` and its ``set``) and optionally ``records``;
@@ -16,6 +17,8 @@ The ``best/`` and final model of every finished run are then evaluated on dev an
 ``records``); the table gives each arm's mean accuracies and the arm minus the control on dev+test pooled,
 paired by seed, with a 95% bootstrap interval over seeds and sentences; ``output_root/summary.json`` and the
 last line hold the same as JSON. ``--only`` and ``--seeds`` choose what is trained; the report covers all.
+``--control`` reports against another arm (e.g. what an added ingredient gives over the arm without it); that
+report goes to ``output_root/summary_minus_<ARM>.json``.
 """
 
 import argparse
@@ -82,8 +85,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="SST-2 folder for training and evaluation (default: each run's config's data_dir)",
     )
+    parser.add_argument(
+        "--control",
+        metavar="ARM",
+        default=None,
+        help="report each arm minus this arm instead of the file's control (the runs are the same)",
+    )
     args = parser.parse_args(argv)
     comparison = runner.read_comparison(args.file)
+    file_control = comparison.control
+    if args.control is not None:
+        comparison = runner.with_control(comparison, args.control)
     runs = runner.select_runs(comparison, args.only, args.seeds)
     extra = [] if args.data_dir is None else [f"data_dir={args.data_dir}"]
     if not args.no_run:
@@ -98,7 +110,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {**runner.summarise(comparison, args.data_dir, extra), "failed": failures}
     runner.print_table(summary)
     comparison.output_root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(comparison.output_root / "summary.json", json.dumps(summary, indent=2))
+    name = (
+        "summary.json" if comparison.control == file_control else f"summary_minus_{comparison.control}.json"
+    )
+    atomic_write_text(comparison.output_root / name, json.dumps(summary, indent=2))
     print("\n" + json.dumps(summary))
     if failures:
         raise runner.RunsFailed(

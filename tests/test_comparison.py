@@ -157,13 +157,13 @@ def fabricate_run(
             (out / "predictions" / f"{model}_{split}.jsonl").write_text(text)
 
 
-def expected_difference(arm: str, seeds: list[int], model: str) -> dict:
+def expected_difference(arm: str, seeds: list[int], model: str, control: str = "labels_only") -> dict:
     def pooled(name):
         return np.concatenate(
             [np.stack([correctness(name, s, model, split) for s in seeds]) for split in runner.SPLITS], axis=1
         )
 
-    return {"paired_seeds": seeds, **paired_difference(pooled(arm), pooled("labels_only"))}
+    return {"paired_seeds": seeds, **paired_difference(pooled(arm), pooled(control))}
 
 
 def _no_evaluation(*args, **kwargs):
@@ -390,6 +390,32 @@ def test_the_summary_pairs_only_the_seeds_both_arms_finished(tmp_path, monkeypat
     arms = {row["arm"]: row for row in summary["arms"]}
     assert arms["labels_only"]["finished_seeds"] == [1, 2] and arms["original"]["finished_seeds"] == [2, 3]
     assert arms["original"]["minus_control"]["final"] == expected_difference("original", [2], "final")
+
+
+def test_another_arm_can_be_the_control_of_the_report(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "runs"
+    arms = document(root)["arms"] + [{"name": "original_more", "set": ["alpha_cos=0"]}]
+    path = write_comparison(tmp_path, document(root, arms=arms))
+    monkeypatch.setattr(runner, "evaluate_checkpoint", _no_evaluation)
+    monkeypatch.setattr(compare, "launch", lambda command: pytest.fail("--no-run launched a run"))
+    for arm in ("labels_only", "original", "original_more"):
+        for seed in (1, 2):
+            fabricate_run(root / arm / f"seed{seed}", arm, seed)
+    by_file = compare.main([str(path), "--no-run"])
+    capsys.readouterr()
+    summary = compare.main([str(path), "--no-run", "--control", "original"])
+    assert summary["control"] == "original"
+    rows = {row["arm"]: row for row in summary["arms"]}
+    assert "minus_control" not in rows["original"]
+    for model in runner.MODELS:
+        for arm in ("labels_only", "original_more"):
+            expected = expected_difference(arm, [1, 2], model, control="original")
+            assert rows[arm]["minus_control"][model] == expected
+    assert "each arm minus original" in capsys.readouterr().out
+    assert json.loads((root / "summary_minus_original.json").read_text()) == summary
+    assert json.loads((root / "summary.json").read_text()) == by_file
+    with pytest.raises(runner.ComparisonError, match=r"--control orignal: not an arm of .*original_more"):
+        compare.main([str(path), "--no-run", "--control", "orignal"])
 
 
 def test_predictions_from_other_data_are_refused(tmp_path, monkeypatch):

@@ -194,6 +194,16 @@ def read_comparison(path: str | Path) -> Comparison:
     )
 
 
+def with_control(comparison: Comparison, control: str) -> Comparison:
+    """The same comparison reported against another of its arms."""
+    names = [arm.name for arm in comparison.arms]
+    if control not in names:
+        raise ComparisonError(
+            f"--control {control}: not an arm of {comparison.source}; its arms: {', '.join(names)}"
+        )
+    return dataclasses.replace(comparison, control=control)
+
+
 def select_runs(comparison: Comparison, only: Sequence[str] | None, seeds: Sequence[int] | None) -> list[Run]:
     """The runs to train, seed by seed (each seed's pair completes before the next seed starts)."""
     names = [arm.name for arm in comparison.arms]
