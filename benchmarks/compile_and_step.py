@@ -10,10 +10,16 @@ and, from ``jax.monitoring``'s events, its tracing + lowering and XLA compile; t
 
     git worktree add /tmp/before <commit>
     python benchmarks/compile_and_step.py /tmp/before . --sizes mini base --seq-len 16 128 --rounds 3
+
+``--before-xla-flags`` / ``--after-xla-flags`` add to ``XLA_FLAGS`` for that side's children, so one checkout
+given twice compares two compiler settings:
+
+    python benchmarks/compile_and_step.py . . --after-xla-flags=--xla_cpu_use_fusion_emitters=false
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -77,10 +83,11 @@ print("RESULT " + json.dumps({"first_s": first, **phases, "step_s": statistics.m
 """
 
 
-def measure(repo: Path, size: str, seq: int, steps: int, dropout: bool) -> dict:
+def measure(repo: Path, size: str, seq: int, steps: int, dropout: bool, xla_flags: str) -> dict:
     argv = [str(repo.resolve()), *map(str, SIZES[size]), str(seq), str(steps), str(int(dropout))]
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, *argv], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, *argv], check=True, capture_output=True, text=True, env=env
     ).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
 
@@ -99,8 +106,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steady steps timed per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dropout", action="store_true", help="the student's dropout on, as in a real run")
+    parser.add_argument("--before-xla-flags", default="", help="added to XLA_FLAGS for the before side")
+    parser.add_argument("--after-xla-flags", default="", help="added to XLA_FLAGS for the after side")
     args = parser.parse_args()
     trees = {"before": args.before, "after": args.after}
+    flags = {"before": args.before_xla_flags, "after": args.after_xla_flags}
     print(
         "| size | batch x seq | checkout | first call (s) | of which trace + lower (s) | XLA compile (s) | "
         "steady step (ms) | instructions |"
@@ -112,7 +122,9 @@ def main() -> None:
             for round_ in range(args.rounds):
                 order = list(trees) if round_ % 2 == 0 else list(trees)[::-1]
                 for name in order:
-                    results[name].append(measure(trees[name], size, seq, args.steps, args.dropout))
+                    results[name].append(
+                        measure(trees[name], size, seq, args.steps, args.dropout, flags[name])
+                    )
                     print(f"{size} 32x{seq} round {round_ + 1} {name}: {results[name][-1]}", file=sys.stderr)
             for name, runs in results.items():
                 first = spread([r["first_s"] for r in runs], 1, 2)
