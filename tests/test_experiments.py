@@ -204,12 +204,9 @@ def _resumable(workspace: Path) -> list[str]:
     ]
 
 
-def _train_and_load(workspace: Path, splits, overrides: list[str], out: str, interrupt_after: int | None):
-    """``train_model`` on the workspace's student and teacher with these overrides into ``workspace / out``
-    (SIGINT during train call ``interrupt_after``): its summary, and the saved student if the run finished."""
-    config = load_config(None, [*overrides, f"output_dir={workspace / out}"])
-    student, teacher = _student_and_teacher(workspace)
-    summary = experiment.train_model(
+def _train(config, student, teacher, splits, interrupt_after: int | None) -> dict:
+    """``train_model`` with the tests' run key, a SIGINT during train call ``interrupt_after``: its summary."""
+    return experiment.train_model(
         config,
         student,
         teacher,
@@ -217,6 +214,14 @@ def _train_and_load(workspace: Path, splits, overrides: list[str], out: str, int
         key=jax.random.key(7),
         make_steps=interrupting_steps(interrupt_after),
     )
+
+
+def _train_and_load(workspace: Path, splits, overrides: list[str], out: str, interrupt_after: int | None):
+    """`_train` on the workspace's student and teacher with these overrides into ``workspace / out``: its
+    summary, and the saved student if the run finished."""
+    config = load_config(None, [*overrides, f"output_dir={workspace / out}"])
+    student, teacher = _student_and_teacher(workspace)
+    summary = _train(config, student, teacher, splits, interrupt_after)
     saved = workspace / out / "student"
     return summary, de.from_pretrained(saved) if saved.is_dir() else None
 
@@ -515,14 +520,7 @@ def test_two_stage_narrow_student_resumes_exactly_in_either_stage(workspace):
             None, overrides + [f"output_dir={workspace / out}", f"resume_from_checkpoint={resume}"]
         )
         student = experiment.random_student_from_config(config, teacher, key=jax.random.key(1))
-        return experiment.train_model(
-            config,
-            student,
-            teacher,
-            splits,
-            key=jax.random.key(7),
-            make_steps=interrupting_steps(interrupt_after),
-        )
+        return _train(config, student, teacher, splits, interrupt_after)
 
     assert run("two_stage_full", resume=False, interrupt_after=None)["steps"] == 7
     assert run("two_stage_resumed", resume=False, interrupt_after=2) == {"interrupted": True, "steps": 2}
