@@ -370,11 +370,13 @@ def _teacher_cache(
     objective: Objective,
     steps: Steps,
     buckets: tuple[int, ...],
+    packed: PackingSettings | None,
     ensemble: Sequence[AbstractSequenceClassifier] = (),
 ) -> TeacherCache | None:
     """The train split's teacher-output cache as the config asks (``None`` when off or when no term reads the
-    teacher), computed on the run's devices; with ``ensemble`` (more teachers), the mean of every teacher's
-    probabilities (``distill/ensemble.py``)."""
+    teacher), computed on the run's devices in the run's batching (a packed run's pass packs 4 times the rows
+    of its step: one program); with ``ensemble`` (more teachers), the mean of every teacher's probabilities
+    (``distill/ensemble.py``)."""
     if config.teacher_cache == "off":
         return None
     if not objective.needs_teacher:
@@ -396,6 +398,7 @@ def _teacher_cache(
             max_bytes=int(config.teacher_cache_max_gb * 2**30),
             place=steps.place,
             log=say,
+            packing=None if packed is None else dataclasses.replace(packed, rows=4 * packed.rows),
         )
 
     caches = [cache_of(model) for model in (teacher, *ensemble)]
@@ -489,7 +492,7 @@ def train_model(
                 "config": config_to_dict(config),
             }
         # Built before the folder is locked and written: its size limit is one of the checks that must pass first.
-        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets, ensemble)
+        cache = _teacher_cache(config, teacher, train_split, objective, steps, buckets, packed, ensemble)
         summary = startup_summary(config, model, teacher, train_split, dev_split, plan, objective, cache)
         if cache is not None:
             teacher = None  # the steps read the cache; the teacher's weights need not stay on the devices

@@ -308,6 +308,7 @@ def test_a_packed_cached_run_resumed_after_ctrl_c_equals_the_uninterrupted_run(w
         f"packed 2 x 64 tokens a step (up to 8 sentences a row), {2 * per_epoch} steps = 2.00 epochs" in err
     )
     assert "jit(train_step) x1 " in err  # one shape, one program
+    assert "jit(_kept) x1 " in err  # the teacher pass packs too: one program
     stopped, _ = run("packed_resumed", interrupt_after=3)
     assert stopped == {"interrupted": True, "steps": 3}
     _, resumed = run("packed_resumed", "resume_from_checkpoint=true")

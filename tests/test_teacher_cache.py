@@ -17,6 +17,7 @@ from distilbert_eqx.distill.teacher_cache import (
     teacher_cache,
 )
 from distilbert_eqx.distill.terms import CE, KL, AttentionKL, AttentionScores, Cos, Hidden, ValueRelation
+from distilbert_eqx.packing import PackingSettings
 from distilbert_eqx.train import forward, init_state, make_optimizer, train_step
 from helpers import VOCAB, copy_tree, flat_weights, max_diff, original_objective, tiny_student, tiny_teacher
 
@@ -90,10 +91,18 @@ def _real(name: str, value: np.ndarray, mask: np.ndarray, rows: int) -> np.ndarr
     return np.moveaxis(value, (1, 2), (3, 4))[pairs]
 
 
+# The pass's two batchings: length-sorted batches padded to buckets, and packed rows (up to 4 sentences of a 24-token
+# row, 3 rows a batch: several batches, the last one part-filled).
+PASSES = {"buckets": None, "packed": PackingSettings(rows=3, length=24, slots=4)}
+
+
+@pytest.mark.parametrize("batching", PASSES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cached_targets_equal_the_live_teachers_on_real_tokens(teacher, dtype):
+def test_cached_targets_equal_the_live_teachers_on_real_tokens(teacher, dtype, batching):
     split = _split()
-    cache = _computed(teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS, dtype=dtype)
+    cache = _computed(
+        teacher, split, EVERY_FIELD, batch_size=8, buckets=BUCKETS, dtype=dtype, packing=PASSES[batching]
+    )
     assert cache.fields == STORED
     assert cache.nbytes == field_bytes(teacher, EVERY_FIELD, split.lengths, dtype)
     tolerance = 1e-6 if dtype == "float32" else 2**-8  # bfloat16 keeps 8 bits of mantissa

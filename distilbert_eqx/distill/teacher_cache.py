@@ -39,6 +39,7 @@ from ..checkpoint import temp_sibling
 from ..data import IndexedBatch, TokenizedSplit, batch_indices, make_batch
 from ..errors import UserError
 from ..models import AbstractSequenceClassifier
+from ..packing import PackingSettings, make_packed_batch, pack_rows
 from ..train import forward
 from .objective import Objective
 
@@ -325,12 +326,41 @@ def _kept(teacher: AbstractSequenceClassifier, batch: Batch, objective: Objectiv
 _targets = eqx.filter_jit(_kept)
 
 
+class _PassBatch(NamedTuple):
+    """A batch of the teacher pass: the examples it holds, and the batch row of each one's outputs."""
+
+    indices: Int64[np.ndarray, " examples"]
+    rows: Int64[np.ndarray, " examples"]
+    batch: Batch
+
+
 def _length_sorted_batches(
     split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]
-) -> Iterator[IndexedBatch]:
+) -> tuple[int, Iterator[_PassBatch]]:
     order = np.argsort(split.lengths, kind="stable")
-    for indices in batch_indices(order, batch_size):
-        yield indices, make_batch(split, indices, batch_size, buckets)
+    chunks = batch_indices(order, batch_size)
+    return len(chunks), (
+        _PassBatch(indices, np.arange(len(indices)), make_batch(split, indices, batch_size, buckets))
+        for indices in chunks
+    )
+
+
+def _packed_batches(split: TokenizedSplit, shape: PackingSettings) -> tuple[int, Iterator[_PassBatch]]:
+    """The split packed by best-fit decreasing (about 99% real tokens), ``shape.rows`` rows a batch: one shape,
+    so one program, whatever the lengths. A sentence's outputs are at its slot, ``row * slots + slot``."""
+    packed = pack_rows(split.lengths, np.arange(len(split)), shape.length, shape.slots)
+    steps = [packed[start : start + shape.rows] for start in range(0, len(packed), shape.rows)]
+    seq = int(split.lengths.max())
+    return len(steps), (
+        _PassBatch(
+            np.asarray([i for row in step for i in row], np.int64),
+            np.asarray(
+                [r * shape.slots + s for r, row in enumerate(step) for s in range(len(row))], np.int64
+            ),
+            make_packed_batch(split, step, shape, seq),
+        )
+        for step in steps
+    )
 
 
 def _gib(n: int) -> str:
@@ -349,12 +379,15 @@ def teacher_cache(
     max_bytes: int | None = None,
     place=lambda batch: batch,
     log=print,
+    packing: PackingSettings | None = None,
 ) -> TeacherCache:
     """The split's cache: read from ``folder/<key>`` when it is there, else computed by one inference pass of
     ``teacher`` (in inference mode) and saved there (``folder=None`` keeps it in memory only). ``objective``
     must be bound to the models (``Objective.bind``). ``place`` puts a batch on the run's devices
-    (``Steps.place``), so the pass is data-parallel where the run is. Prints each field's size first, and
-    refuses a cache larger than ``max_bytes``."""
+    (``Steps.place``), so the pass is data-parallel where the run is. The pass runs in length-sorted batches of
+    ``batch_size`` padded to ``buckets``, or, given ``packing``, in packed rows of that shape (one program; its
+    rows a multiple of the devices). Prints each field's size first, and refuses a cache larger than
+    ``max_bytes``."""
     if dtype not in DTYPES:
         raise TeacherCacheError(f"teacher cache dtype={dtype!r}; expected one of {', '.join(DTYPES)}")
     if not objective.needs_teacher:
@@ -380,7 +413,8 @@ def teacher_cache(
     if target is not None and target.is_dir():
         log(f"teacher cache: reading {target}")
         return TeacherCache.load(target)
-    # One inference pass in length-sorted batches, each padded to its bucket, on the run's devices (``place``).
+    # One inference pass on the run's devices (``place``): in length-sorted batches, each padded to its bucket,
+    # or in packed rows of one shape.
     arrays = {
         name: np.zeros(
             (int(_rows_per_example(field, split.lengths, split.labelled).sum()), *field.row_shape),
@@ -391,18 +425,17 @@ def teacher_cache(
     cache = TeacherCache(split.lengths, arrays, layout, key, split.labelled)
     started = time.perf_counter()
     # The pass costs about the teacher's share of one epoch (minutes on a CPU), so it shows progress.
-    batches = tqdm(
-        _length_sorted_batches(split, batch_size, buckets),
-        total=-(-len(split) // batch_size),
-        dynamic_ncols=True,
-        desc="teacher cache",
+    count, batches = (
+        _length_sorted_batches(split, batch_size, buckets)
+        if packing is None
+        else _packed_batches(split, packing)
     )
-    for indices, batch in batches:
+    for indices, rows, batch in tqdm(batches, total=count, dynamic_ncols=True, desc="teacher cache"):
         targets = jax.device_get(_targets(teacher, place(batch), objective))
         for name, store in arrays.items():
             term, kept = _split_key(name)
             field, offsets, value = layout[name], cache.offsets[name], np.asarray(targets[term][kept])
-            for row, i in enumerate(indices):
+            for row, i in zip(rows.tolist(), indices.tolist()):
                 if offsets[i + 1] > offsets[i]:
                     store[offsets[i] : offsets[i + 1]] = _to_rows(field, value[row], int(cache.lengths[i]))
     seconds = time.perf_counter() - started
