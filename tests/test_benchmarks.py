@@ -139,3 +139,31 @@ def test_packing_throughput_runs_each_arm_and_reports_it(tmp_path):
         assert run["sentences_per_s"] > 0 and run["programs"] >= 1
     assert "| 2x64x8 |" in table and "| buckets |" in table
     assert result["2x64x8"][0]["programs"] < result["buckets"][0]["programs"]  # one shape against several
+
+
+@pytest.mark.slow
+def test_teacher_pass_runs_each_arm_and_the_arms_cache_the_same_values(tmp_path):
+    """One round of the bucketed pass against a packed one, on a tiny teacher over the first SST-2 rows."""
+    workspace = make_workspace(tmp_path, {"train": 60})
+    table, result = _report(
+        _benchmark(
+            [
+                "benchmarks/teacher_pass.py",
+                "--rounds",
+                "1",
+                "--arms",
+                "buckets:16",
+                "packed:4x64x8",
+                "--weights",
+                str(workspace / "teacher"),
+                "--train",
+                str(workspace / "data" / "train.tsv"),
+            ]
+        )
+    )
+    buckets, packed = result["results"]["buckets:16"][0], result["results"]["packed:4x64x8"][0]
+    assert buckets["examples"] == packed["examples"] == 60
+    assert packed["programs"] == 1 < buckets["programs"]
+    assert packed["real_tokens"] > buckets["real_tokens"]
+    assert result["max_difference"]["packed:4x64x8"] < 1e-4
+    assert "| packed:4x64x8 |" in table and "| buckets:16 |" in table
