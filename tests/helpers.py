@@ -199,6 +199,9 @@ def make_workspace(root: Path, rows: dict[str, int]) -> Path:
         max_position_embeddings=128,
     )
     teacher = root / "teacher"
+    import torch
+
+    torch.manual_seed(0)  # the same teacher in every process: the tests' results do not vary between runs
     transformers.BertForSequenceClassification(config).save_pretrained(teacher)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (teacher / name).write_bytes((tokenizer / name).read_bytes())
