@@ -31,12 +31,15 @@ TRAIN = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
 def parse_arm(arm: str):
     """``buckets:BATCH`` or ``packed:RxLxS`` (rows x length x slots)."""
     kind, _, shape = arm.partition(":")
-    if kind == "buckets":
-        return {"batch_size": int(shape or 128), "packing": None}
-    if kind == "packed":
-        rows, length, slots = (int(x) for x in shape.split("x"))
-        return {"batch_size": 128, "packing": (rows, length, slots)}
-    raise SystemExit(f"arm {arm!r}: expected buckets:BATCH or packed:RxLxS")
+    numbers = shape.split("x") if shape else []
+    if all(n.isdigit() and int(n) > 0 for n in numbers):
+        if kind == "buckets" and len(numbers) <= 1:
+            return {"batch_size": int(shape or 128), "packing": None}
+        if kind == "packed" and len(numbers) == 3:
+            return {"batch_size": 128, "packing": tuple(int(n) for n in numbers)}
+    raise SystemExit(
+        f"arm {arm!r}: expected buckets:BATCH (e.g. buckets:128) or packed:RxLxS (e.g. packed:16x72x16)"
+    )
 
 
 def child(args: argparse.Namespace) -> None:
@@ -118,6 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: expected at least 1")
     for arm in args.arms:
         parse_arm(arm)
     results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
