@@ -326,39 +326,21 @@ def _kept(teacher: AbstractSequenceClassifier, batch: Batch, objective: Objectiv
 _targets = eqx.filter_jit(_kept)
 
 
-class _PassBatch(NamedTuple):
-    """A batch of the teacher pass: the examples it holds, and the batch row of each one's outputs."""
-
-    indices: Int64[np.ndarray, " examples"]
-    rows: Int64[np.ndarray, " examples"]
-    batch: Batch
-
-
 def _length_sorted_batches(
     split: TokenizedSplit, batch_size: int, buckets: tuple[int, ...]
-) -> tuple[int, Iterator[_PassBatch]]:
-    order = np.argsort(split.lengths, kind="stable")
-    chunks = batch_indices(order, batch_size)
-    return len(chunks), (
-        _PassBatch(indices, np.arange(len(indices)), make_batch(split, indices, batch_size, buckets))
-        for indices in chunks
-    )
+) -> tuple[int, Iterator[IndexedBatch]]:
+    chunks = batch_indices(np.argsort(split.lengths, kind="stable"), batch_size)
+    return len(chunks), ((indices, make_batch(split, indices, batch_size, buckets)) for indices in chunks)
 
 
-def _packed_batches(split: TokenizedSplit, shape: PackingSettings) -> tuple[int, Iterator[_PassBatch]]:
+def _packed_batches(split: TokenizedSplit, shape: PackingSettings) -> tuple[int, Iterator[IndexedBatch]]:
     """The split packed by best-fit decreasing (about 99% real tokens), ``shape.rows`` rows a batch: one shape,
-    so one program, whatever the lengths. A sentence's outputs are at its slot, ``row * slots + slot``."""
+    so one program, whatever the lengths."""
     packed = pack_rows(split.lengths, np.arange(len(split)), shape.length, shape.slots)
     steps = [packed[start : start + shape.rows] for start in range(0, len(packed), shape.rows)]
     seq = int(split.lengths.max())
     return len(steps), (
-        _PassBatch(
-            np.asarray([i for row in step for i in row], np.int64),
-            np.asarray(
-                [r * shape.slots + s for r, row in enumerate(step) for s in range(len(row))], np.int64
-            ),
-            make_packed_batch(split, step, shape, seq),
-        )
+        (np.asarray([i for row in step for i in row], np.int64), make_packed_batch(split, step, shape, seq))
         for step in steps
     )
 
@@ -430,8 +412,10 @@ def teacher_cache(
         if packing is None
         else _packed_batches(split, packing)
     )
-    for indices, rows, batch in tqdm(batches, total=count, dynamic_ncols=True, desc="teacher cache"):
+    for indices, batch in tqdm(batches, total=count, dynamic_ncols=True, desc="teacher cache"):
         targets = jax.device_get(_targets(teacher, place(batch), objective))
+        # The examples' outputs are at the batch's real rows, in order (as ``attach`` reads them back).
+        rows = np.flatnonzero(batch.weights > 0)
         for name, store in arrays.items():
             term, kept = _split_key(name)
             field, offsets, value = layout[name], cache.offsets[name], np.asarray(targets[term][kept])
