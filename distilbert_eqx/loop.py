@@ -138,20 +138,27 @@ def fit(
             compiled, and the run ends with its line.
 
     Returns:
-        a summary: steps run, final and best validation accuracy, wall time, examples/s; or
-        ``{"interrupted": True, "steps": ...}`` after Ctrl-C, which saves a checkpoint first.
+        a summary: steps run, final and best validation accuracy, the fit loop's wall time over every process
+        of the run (a resumed run adds the time its checkpoint recorded, and says ``resumed_at_step``), this
+        process's training examples/s; or ``{"interrupted": True, "steps": ...}`` after Ctrl-C, which saves a
+        checkpoint first.
     """
     writer = steps.is_writer
     # A bar redrawn with carriage returns floods a log file or a CI log: off unless stderr is a terminal;
     # without one, each train record and validation is printed as a line instead.
     interactive = writer and sys.stderr.isatty()
     best_accuracy, start_step = -1.0, 0  # any accuracy beats -1
+    earlier_seconds = 0.0  # the fit loop's time in the processes before this one (a resumed run)
     latest = checkpoints.latest() if resume and checkpoints is not None else None
     if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         start_step = int(meta["step"])
         best_accuracy = meta["metadata"]["best_accuracy"]
         say(f"resumed from {latest} at step {start_step}")
+        if "wall_time_sec" in meta["metadata"]:
+            earlier_seconds = meta["metadata"]["wall_time_sec"]
+        else:  # a checkpoint written before the loop recorded its time
+            say("the checkpoint does not record the time before it: wall_time_sec counts this process only")
     elif not resume and checkpoints is not None:
         checkpoints.clear()
     log.start(append=latest is not None)
@@ -191,7 +198,7 @@ def fit(
             epoch=step // plan.steps_per_epoch,
             batch_in_epoch=step % plan.steps_per_epoch,
             val_accuracy=accuracy,
-            metadata={"best_accuracy": best_accuracy},
+            metadata={"best_accuracy": best_accuracy, "wall_time_sec": run_seconds()},
         )
 
     def checkpoint_due(step: int) -> bool:
@@ -205,6 +212,11 @@ def fit(
     batches = train_batches(start_step)
     window_examples, window_start, window = 0, time.perf_counter(), []
     run_start, run_examples = window_start, 0
+
+    def run_seconds() -> float:
+        """The fit loop's wall time so far, over this process and the ones before it."""
+        return earlier_seconds + time.perf_counter() - run_start
+
     accuracy = None
     step = start_step
     progress = tqdm(
@@ -268,9 +280,11 @@ def fit(
         "steps": step,
         "final_val_accuracy": accuracy,
         "best_val_accuracy": best_accuracy,
-        "wall_time_sec": elapsed,
+        "wall_time_sec": earlier_seconds + elapsed,
         "train_examples_per_sec": run_examples / (elapsed - eval_seconds),
     }
+    if start_step:
+        summary["resumed_at_step"] = start_step
     if compilations is not None:
         summary |= {"compiled_programs": compilations.count, "compile_sec": compilations.compile_seconds}
         if writer:

@@ -227,7 +227,8 @@ def _train_and_load(workspace: Path, splits, overrides: list[str], out: str, int
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
-    """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical."""
+    """Dropout on, 2 epochs of 5 batches: stopped by SIGINT after 3 steps and resumed, the weights are identical,
+    and the resumed run's summary counts the first process's time (from its checkpoint) and says where it resumed."""
     overrides = [*_resumable(workspace), "num_epochs=2"]
     splits = _splits(workspace)
 
@@ -239,9 +240,16 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(workspace):
     stopped, _ = run("resumed", resume=False, interrupt_after=3)
     resumed_dir = workspace / "resumed"
     assert stopped == {"interrupted": True, "steps": 3}
-    assert (resumed_dir / "checkpoints" / "step_00000003").is_dir()
+    meta_file = resumed_dir / "checkpoints" / "step_00000003" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["metadata"]["wall_time_sec"] > 0  # the first process's fit-loop time
+    # Stand-in for a first process that ran 1000 s: the resumed run's wall time must carry it.
+    meta["metadata"]["wall_time_sec"] = 1000.0
+    meta_file.write_text(json.dumps(meta))
     resumed, b = run("resumed", resume=True, interrupt_after=None)
     assert full["steps"] == resumed["steps"] == 10
+    assert resumed["resumed_at_step"] == 3 and "resumed_at_step" not in full
+    assert 1000.0 < resumed["wall_time_sec"] < 1000.0 + full["wall_time_sec"] + 60
     for x, y in zip(
         jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))
     ):
