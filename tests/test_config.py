@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import re
 
 import pytest
 import yaml
@@ -515,3 +516,17 @@ def test_a_layer_map_no_term_reads_is_refused():
     ):
         load_config(None, ["layer_map=[[0, 0]]"])
     assert load_config(None, ["layer_map=[[0, 0]]", "alpha_hidden=1"]).terms[-1].layer_map == ((0, 0),)
+
+
+def test_docs_configuration_names_every_key():
+    """docs/configuration.md is where the README sends a user for every key: a key added without a line there
+    fails here (the nested settings, such as augment's and packing's fields, included)."""
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    keys = set()
+    for field in dataclasses.fields(ExperimentConfig):
+        keys.add(field.name)
+        nested = [t for t in getattr(field.type, "__args__", (field.type,)) if dataclasses.is_dataclass(t)]
+        keys.update(f.name for t in nested for f in dataclasses.fields(t))
+    assert {"augment_seed", "replace_prob", "slots"} <= keys  # the walk reaches the nested settings
+    missing = sorted(key for key in keys if not re.search(rf"\b{key}\b", doc))
+    assert not missing, f"keys not in docs/configuration.md: {missing}"
