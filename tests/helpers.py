@@ -182,6 +182,7 @@ def our_forward(
 def make_workspace(root: Path, rows: dict[str, int]) -> Path:
     """``root/data`` with the first ``rows[split]`` rows of each real SST-2 split, and ``root/teacher``: a tiny
     random BERT (hidden 32, 2 layers) saved with the real tokenizer's files, for running the scripts."""
+    import torch
     import transformers
 
     tokenizer = minilm_dir()
@@ -199,8 +200,6 @@ def make_workspace(root: Path, rows: dict[str, int]) -> Path:
         max_position_embeddings=128,
     )
     teacher = root / "teacher"
-    import torch
-
     torch.manual_seed(0)  # the same teacher in every process: the tests' results do not vary between runs
     transformers.BertForSequenceClassification(config).save_pretrained(teacher)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
